@@ -1,0 +1,57 @@
+"""fastvoice: Discord voice for Python at scale.
+
+The public API follows the disgo ``voice`` package in Python form (PEP 8 names);
+the wire behaviour is Discord's voice protocol as spoken in 2026 (gateway v8,
+AEAD ``_rtpsize`` transport encryption, DAVE end-to-end encryption).
+"""
+
+from __future__ import annotations
+
+from .constants import (
+    GATEWAY_VERSION,
+    OPUS_FRAME_SIZE,
+    OPUS_FRAME_SIZE_BYTES,
+    OPUS_FRAME_SIZE_MS,
+    OPUS_PACKET_HEADER_SIZE,
+    SILENCE_AUDIO_FRAME,
+    UDP_TIMEOUT,
+)
+from .encryption import EncryptionMode, choose_encryption_mode
+from .errors import (
+    DecryptionFailedError,
+    GatewayAlreadyConnectedError,
+    GatewayNotConnectedError,
+    IPDiscoveryError,
+    VoiceError,
+)
+from .ipdiscovery import build_ip_discovery_request, parse_ip_discovery_response
+from .rtp import Depacketizer, Packet, Packetizer, SSRCEntry, SSRCTable, speedups_enabled
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GATEWAY_VERSION",
+    "OPUS_FRAME_SIZE",
+    "OPUS_FRAME_SIZE_BYTES",
+    "OPUS_FRAME_SIZE_MS",
+    "OPUS_PACKET_HEADER_SIZE",
+    "SILENCE_AUDIO_FRAME",
+    "UDP_TIMEOUT",
+    "DecryptionFailedError",
+    "Depacketizer",
+    "EncryptionMode",
+    "GatewayAlreadyConnectedError",
+    "GatewayNotConnectedError",
+    "IPDiscoveryError",
+    "Packet",
+    "Packetizer",
+    "SSRCEntry",
+    "SSRCTable",
+    "VoiceError",
+    "build_ip_discovery_request",
+    "choose_encryption_mode",
+    "parse_ip_discovery_response",
+    "speedups_enabled",
+]
+
+# --- gateway and local voice server exports are added below this line ---
