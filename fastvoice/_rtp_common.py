@@ -1,0 +1,82 @@
+"""Argument checks and mode numbering shared by both twins of the packet core.
+
+Only construction-time work lives here; nothing in this module runs per packet.
+"""
+
+from __future__ import annotations
+
+from .encryption import EncryptionMode
+
+# Internal mode numbers (the compiled twin switches on them).
+MODE_AES256GCM_RTPSIZE = 0
+MODE_XCHACHA20_RTPSIZE = 1
+MODE_XSALSA20 = 2
+MODE_XSALSA20_SUFFIX = 3
+MODE_XSALSA20_LITE = 4
+
+_MODE_NUMBERS = {
+    EncryptionMode.AEAD_AES256_GCM_RTPSIZE: MODE_AES256GCM_RTPSIZE,
+    EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE: MODE_XCHACHA20_RTPSIZE,
+    EncryptionMode.XSALSA20_POLY1305: MODE_XSALSA20,
+    EncryptionMode.XSALSA20_POLY1305_SUFFIX: MODE_XSALSA20_SUFFIX,
+    EncryptionMode.XSALSA20_POLY1305_LITE: MODE_XSALSA20_LITE,
+}
+
+KEY_SIZE = 32
+TAG_SIZE = 16
+# Largest UDP payload over IPv4; a packet never grows past it.
+MAX_DATAGRAM = 65507
+# Worst-case bytes added around the Opus payload by any supported mode.
+MAX_OVERHEAD = 12 + TAG_SIZE + 24
+MAX_PAYLOAD = MAX_DATAGRAM - MAX_OVERHEAD
+
+
+def resolve_mode(mode: object, aes_available: bool) -> tuple[EncryptionMode, int]:
+    """Return ``(EncryptionMode, internal number)`` or raise ``ValueError``."""
+    parsed = EncryptionMode.parse(mode)
+    number = _MODE_NUMBERS.get(parsed)
+    if number is None:
+        supported = ", ".join(m.value for m in _MODE_NUMBERS)
+        raise ValueError(f"encryption mode {parsed.value!r} is not supported by the packet core; expected one of: {supported}")
+    if number == MODE_AES256GCM_RTPSIZE and not aes_available:
+        raise ValueError(
+            "encryption mode 'aead_aes256_gcm_rtpsize' needs AES-NI/ARMv8 crypto instructions, which this CPU lacks; "
+            "use 'aead_xchacha20_poly1305_rtpsize'"
+        )
+    return parsed, number
+
+
+def check_key(secret_key: object) -> bytes:
+    """Return the 32-byte key as ``bytes`` (accepts bytes-like or a list of 32 ints, as in op 4)."""
+    if isinstance(secret_key, (bytes, bytearray, memoryview)):
+        key = bytes(secret_key)
+    elif isinstance(secret_key, (list, tuple)):
+        try:
+            key = bytes(secret_key)
+        except (TypeError, ValueError):
+            raise ValueError("secret_key as a list must hold 32 ints in 0..255") from None
+    else:
+        raise TypeError(f"secret_key must be 32 bytes or a list of 32 ints, not {type(secret_key).__name__}")
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"secret_key must be {KEY_SIZE} bytes, got {len(key)}")
+    return key
+
+
+def check_uint(name: str, value: object, bits: int) -> int:
+    """Validate an unsigned integer field of ``bits`` bits and return it."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    limit = (1 << bits) - 1
+    if not 0 <= value <= limit:
+        raise ValueError(f"{name} must be in 0..{limit}, got {value}")
+    return value
+
+
+def packet_repr(p: object) -> str:
+    """Shared ``repr`` of a Packet (payload shown by length only)."""
+    ext = getattr(p, "extension_profile")
+    return (
+        f"Packet(sequence={p.sequence}, timestamp={p.timestamp}, ssrc={p.ssrc}, "  # type: ignore[attr-defined]
+        f"opus=<{len(p.opus)} bytes>, marker={p.marker}, csrcs={p.csrcs!r}"  # type: ignore[attr-defined]
+        + (f", extension_profile=0x{ext:04x}, extension=<{len(p.extension)} bytes>)" if ext is not None else ")")  # type: ignore[attr-defined]
+    )

@@ -1,0 +1,402 @@
+"""Pure-Python twin of the packet core: RTP packing, transport encryption, SSRC dispatch.
+
+This module is the typed source of truth for the API; ``fastvoice._rtp_c`` is its
+compiled twin and must behave identically, byte for byte.  The crypto goes
+through ``nacl.bindings`` (libsodium bundled in PyNaCl >= 1.6).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+
+import nacl._sodium
+import nacl.bindings as _nb
+from nacl.exceptions import CryptoError
+
+from . import _rtp_common as _c
+from .encryption import EncryptionMode
+from .errors import DecryptionFailedError
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Packet",
+    "Packetizer",
+    "Depacketizer",
+    "SSRCEntry",
+    "SSRCTable",
+    "aes256gcm_available",
+]
+
+IMPLEMENTATION = "py"
+
+# Looked up at call time so tests can make the suffix mode's nonce deterministic.
+_urandom = os.urandom
+
+_HEADER = struct.Struct(">BBHII")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_PREAMBLE = struct.Struct(">HH")
+_ZERO20 = bytes(20)
+_ZERO8 = bytes(8)
+_ZERO12 = bytes(12)
+
+
+def aes256gcm_available() -> bool:
+    """True when libsodium can use AES-256-GCM on this CPU (AES-NI/PCLMUL or ARMv8 crypto)."""
+    # Importing nacl.bindings has run sodium_init(), which detects the CPU features.
+    return bool(nacl._sodium.lib.crypto_aead_aes256gcm_is_available())
+
+
+class Packet:
+    """A received voice packet (the seed's ``Packet`` plus what a receiver needs).
+
+    ``opus`` is the payload after transport decryption with the extension body and
+    RTP padding removed (an Opus frame, or a DAVE frame in an end-to-end encrypted
+    call).  ``extension_profile`` is ``None`` when the packet carried no header
+    extension; otherwise ``extension`` holds the decrypted extension body.
+    """
+
+    __slots__ = (
+        "sequence",
+        "timestamp",
+        "ssrc",
+        "opus",
+        "marker",
+        "payload_type",
+        "csrcs",
+        "extension_profile",
+        "extension",
+    )
+
+    def __init__(
+        self,
+        sequence: int,
+        timestamp: int,
+        ssrc: int,
+        opus: bytes,
+        marker: bool = False,
+        payload_type: int = 0x78,
+        csrcs: tuple[int, ...] = (),
+        extension_profile: int | None = None,
+        extension: bytes = b"",
+    ) -> None:
+        self.sequence = sequence
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.opus = opus
+        self.marker = marker
+        self.payload_type = payload_type
+        self.csrcs = tuple(csrcs)
+        self.extension_profile = extension_profile
+        self.extension = extension
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Packet):
+            return NotImplemented
+        return (
+            self.sequence == other.sequence
+            and self.timestamp == other.timestamp
+            and self.ssrc == other.ssrc
+            and self.opus == other.opus
+            and self.marker == other.marker
+            and self.payload_type == other.payload_type
+            and self.csrcs == other.csrcs
+            and self.extension_profile == other.extension_profile
+            and self.extension == other.extension
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return _c.packet_repr(self)
+
+
+class Packetizer:
+    """Builds encrypted RTP voice packets for one SSRC.
+
+    ``packetize(opus)`` returns header + ciphertext + tag + nonce suffix as one
+    ``bytes`` object and then advances ``sequence`` (+1, wraps at 2**16),
+    ``timestamp`` (+960, wraps at 2**32) and the ``nonce`` counter (+1, wraps at
+    2**32).  All three are readable and settable, so a stream can continue across
+    reconnects.
+
+    Modes: ``aead_aes256_gcm_rtpsize``, ``aead_xchacha20_poly1305_rtpsize`` and the
+    seed's three ``xsalsa20_poly1305*`` modes.
+    """
+
+    __slots__ = ("_ssrc", "_mode", "_mode_no", "_key", "_sequence", "_timestamp", "_nonce")
+
+    def __init__(
+        self,
+        ssrc: int,
+        mode: EncryptionMode | str,
+        secret_key: bytes,
+        *,
+        sequence: int = 0,
+        timestamp: int = 0,
+        nonce: int = 0,
+    ) -> None:
+        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
+        self._mode, self._mode_no = _c.resolve_mode(mode, aes256gcm_available())
+        self._key = _c.check_key(secret_key)
+        self._sequence = _c.check_uint("sequence", sequence, 16)
+        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
+        self._nonce = _c.check_uint("nonce", nonce, 32)
+
+    @property
+    def ssrc(self) -> int:
+        """The SSRC written into every packet (from Ready)."""
+        return self._ssrc
+
+    @property
+    def mode(self) -> EncryptionMode:
+        """The transport encryption mode."""
+        return self._mode
+
+    @property
+    def sequence(self) -> int:
+        """RTP sequence number of the next packet."""
+        return self._sequence
+
+    @sequence.setter
+    def sequence(self, value: int) -> None:
+        self._sequence = _c.check_uint("sequence", value, 16)
+
+    @property
+    def timestamp(self) -> int:
+        """RTP timestamp of the next packet."""
+        return self._timestamp
+
+    @timestamp.setter
+    def timestamp(self, value: int) -> None:
+        self._timestamp = _c.check_uint("timestamp", value, 32)
+
+    @property
+    def nonce(self) -> int:
+        """Nonce counter of the next packet (counter modes)."""
+        return self._nonce
+
+    @nonce.setter
+    def nonce(self, value: int) -> None:
+        self._nonce = _c.check_uint("nonce", value, 32)
+
+    def packetize(self, opus: bytes) -> bytes:
+        """Encrypt ``opus`` into a complete RTP datagram and advance the counters."""
+        if not isinstance(opus, bytes):
+            opus = bytes(memoryview(opus))
+        if len(opus) > _c.MAX_PAYLOAD:
+            raise ValueError(f"payload of {len(opus)} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
+        header = _HEADER.pack(0x80, 0x78, self._sequence, self._timestamp, self._ssrc)
+        mode = self._mode_no
+        if mode == _c.MODE_AES256GCM_RTPSIZE:
+            suffix = _U32.pack(self._nonce)
+            body = _nb.crypto_aead_aes256gcm_encrypt(opus, header, suffix + _ZERO8, self._key)
+        elif mode == _c.MODE_XCHACHA20_RTPSIZE:
+            suffix = _U32.pack(self._nonce)
+            body = _nb.crypto_aead_xchacha20poly1305_ietf_encrypt(opus, header, suffix + _ZERO20, self._key)
+        elif mode == _c.MODE_XSALSA20:
+            suffix = b""
+            body = _nb.crypto_secretbox_easy(opus, header + _ZERO12, self._key)
+        elif mode == _c.MODE_XSALSA20_SUFFIX:
+            suffix = _urandom(24)
+            body = _nb.crypto_secretbox_easy(opus, suffix, self._key)
+        else:  # MODE_XSALSA20_LITE
+            suffix = _U32.pack(self._nonce)
+            body = _nb.crypto_secretbox_easy(opus, suffix + _ZERO20, self._key)
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        self._timestamp = (self._timestamp + 960) & 0xFFFFFFFF
+        self._nonce = (self._nonce + 1) & 0xFFFFFFFF
+        return header + body + suffix
+
+    def __repr__(self) -> str:
+        return f"Packetizer(ssrc={self._ssrc}, mode={self._mode.value!r}, sequence={self._sequence})"
+
+
+class Depacketizer:
+    """Parses and decrypts received RTP voice packets.
+
+    ``depacketize(datagram)`` returns a :class:`Packet`, ``None`` for datagrams that
+    are not RTP audio (RTCP, IP discovery replies, other payload types, anything
+    shorter than an RTP header), and raises :class:`DecryptionFailedError` for a
+    forged, truncated or wrongly keyed packet.  It raises nothing else, whatever
+    the bytes.
+    """
+
+    __slots__ = ("_mode", "_mode_no", "_key")
+
+    def __init__(self, mode: EncryptionMode | str, secret_key: bytes) -> None:
+        self._mode, self._mode_no = _c.resolve_mode(mode, aes256gcm_available())
+        self._key = _c.check_key(secret_key)
+
+    @property
+    def mode(self) -> EncryptionMode:
+        """The transport encryption mode."""
+        return self._mode
+
+    def depacketize(self, datagram: bytes) -> Packet | None:
+        """Return the :class:`Packet` in ``datagram``, or ``None`` if it is not RTP audio."""
+        data = datagram if isinstance(datagram, bytes) else bytes(memoryview(datagram))
+        n = len(data)
+        if n < 12:
+            return None
+        b0 = data[0]
+        b1 = data[1]
+        if b0 >> 6 != 2 or 200 <= b1 <= 204 or (b1 & 0x7F) != 0x78:
+            return None
+        cc = b0 & 0x0F
+        has_ext = b0 & 0x10
+        _, _, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+        mode = self._mode_no
+        key = self._key
+        profile = None
+        ext_len = 0
+        if mode <= _c.MODE_XCHACHA20_RTPSIZE:
+            # Header (fixed part, CSRCs, extension preamble) is the AAD.
+            hlen = 12 + 4 * cc
+            if has_ext:
+                if n < hlen + 4:
+                    raise DecryptionFailedError("truncated packet: header extension preamble missing")
+                profile, words = _PREAMBLE.unpack_from(data, hlen)
+                ext_len = words * 4
+                hlen += 4
+            if n < hlen + _c.TAG_SIZE + 4:
+                raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
+            suffix = data[-4:]
+            try:
+                if mode == _c.MODE_AES256GCM_RTPSIZE:
+                    plain = _nb.crypto_aead_aes256gcm_decrypt(data[hlen:-4], data[:hlen], suffix + _ZERO8, key)
+                else:
+                    plain = _nb.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                        data[hlen:-4], data[:hlen], suffix + _ZERO20, key
+                    )
+            except CryptoError:
+                raise DecryptionFailedError("authentication failed") from None
+            csrcs = struct.unpack_from(f">{cc}I", data, 12) if cc else ()
+            start = 0
+        else:
+            # Legacy secretbox modes: only the fixed 12 bytes are in the clear.
+            if mode == _c.MODE_XSALSA20:
+                if n < 12 + _c.TAG_SIZE:
+                    raise DecryptionFailedError("truncated packet: shorter than header + tag")
+                nonce = data[:12] + _ZERO12
+                box = data[12:]
+            elif mode == _c.MODE_XSALSA20_SUFFIX:
+                if n < 12 + _c.TAG_SIZE + 24:
+                    raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
+                nonce = data[-24:]
+                box = data[12:-24]
+            else:
+                if n < 12 + _c.TAG_SIZE + 4:
+                    raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
+                nonce = data[-4:] + _ZERO20
+                box = data[12:-4]
+            try:
+                plain = _nb.crypto_secretbox_open_easy(box, nonce, key)
+            except CryptoError:
+                raise DecryptionFailedError("authentication failed") from None
+            start = 4 * cc
+            if len(plain) < start:
+                raise DecryptionFailedError("malformed packet: CSRC list longer than the packet")
+            csrcs = struct.unpack_from(f">{cc}I", plain, 0)
+            if has_ext:
+                if len(plain) < start + 4:
+                    raise DecryptionFailedError("malformed packet: header extension preamble missing")
+                profile, words = _PREAMBLE.unpack_from(plain, start)
+                ext_len = words * 4
+                start += 4
+        end = len(plain)
+        if end - start < ext_len:
+            raise DecryptionFailedError("malformed packet: header extension longer than the packet")
+        extension = plain[start : start + ext_len]
+        start += ext_len
+        if b0 & 0x20:
+            if end == start:
+                raise DecryptionFailedError("malformed packet: padding bit set on an empty payload")
+            pad = plain[end - 1]
+            if pad == 0 or pad > end - start:
+                raise DecryptionFailedError(f"malformed packet: invalid padding count {pad}")
+            end -= pad
+        return Packet(sequence, timestamp, ssrc, plain[start:end], bool(b1 & 0x80), b1 & 0x7F, csrcs, profile, extension)
+
+    def __repr__(self) -> str:
+        return f"Depacketizer(mode={self._mode.value!r})"
+
+
+class SSRCEntry:
+    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state."""
+
+    __slots__ = ("ssrc", "user_id", "state")
+
+    def __init__(self, ssrc: int, user_id: int, state: object = None) -> None:
+        self.ssrc = ssrc
+        self.user_id = user_id
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
+
+
+class SSRCTable:
+    """SSRC -> (user id, receiver state), the map the receive path looks up per packet.
+
+    Filled from op 5 (Speaking: ``set``), emptied per user on op 13 (Client
+    Disconnect: ``remove_user``).
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[int, SSRCEntry] = {}
+
+    def set(self, ssrc: int, user_id: int, state: object = None) -> SSRCEntry:
+        """Map ``ssrc`` to ``user_id`` and return its entry.
+
+        If ``ssrc`` already belongs to ``user_id`` the existing entry (and its state)
+        is kept; if it belonged to someone else, the entry is replaced.
+        """
+        _c.check_uint("ssrc", ssrc, 32)
+        _c.check_uint("user_id", user_id, 64)
+        entry = self._entries.get(ssrc)
+        if entry is not None and entry.user_id == user_id:
+            return entry
+        entry = SSRCEntry(ssrc, user_id, state)
+        self._entries[ssrc] = entry
+        return entry
+
+    def lookup(self, ssrc: int) -> SSRCEntry | None:
+        """The entry for ``ssrc``, or ``None`` for an unknown SSRC."""
+        return self._entries.get(ssrc)
+
+    def user_id(self, ssrc: int) -> int | None:
+        """The user id mapped to ``ssrc``, or ``None``."""
+        entry = self._entries.get(ssrc)
+        return None if entry is None else entry.user_id
+
+    def remove(self, ssrc: int) -> SSRCEntry | None:
+        """Remove ``ssrc`` and return its entry (``None`` if it was unknown)."""
+        return self._entries.pop(ssrc, None)
+
+    def remove_user(self, user_id: int) -> list[SSRCEntry]:
+        """Remove every SSRC of ``user_id`` (op 13) and return the removed entries."""
+        removed = [e for e in self._entries.values() if e.user_id == user_id]
+        for entry in removed:
+            del self._entries[entry.ssrc]
+        return removed
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, ssrc: object) -> bool:
+        return ssrc in self._entries
+
+    def __iter__(self) -> Iterator[SSRCEntry]:
+        return iter(list(self._entries.values()))
+
+    def __repr__(self) -> str:
+        return f"SSRCTable({len(self._entries)} entries)"
