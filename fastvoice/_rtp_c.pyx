@@ -1,0 +1,694 @@
+# cython: language_level=3, embedsignature=True
+"""Compiled twin of the packet core (see ``fastvoice._rtp_py`` for the documented API).
+
+The crypto calls go straight into the libsodium that PyNaCl >= 1.6 bundles:
+function pointers are taken once, at import, from PyNaCl's cffi module, so no
+system libsodium is needed and no Python wrapper runs per packet.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
+
+import os
+
+from . import _rtp_common as _c
+from .errors import DecryptionFailedError
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Packet",
+    "Packetizer",
+    "Depacketizer",
+    "SSRCEntry",
+    "SSRCTable",
+    "aes256gcm_available",
+]
+
+IMPLEMENTATION = "c"
+
+# Looked up at call time so tests can make the suffix mode's nonce deterministic.
+_urandom = os.urandom
+
+ctypedef unsigned long long ull
+
+ctypedef int (*aead_encrypt_fn)(unsigned char *c, ull *clen_p, const unsigned char *m, ull mlen,
+                                const unsigned char *ad, ull adlen, const unsigned char *nsec,
+                                const unsigned char *npub, const unsigned char *k) noexcept nogil
+ctypedef int (*aead_decrypt_fn)(unsigned char *m, ull *mlen_p, unsigned char *nsec,
+                                const unsigned char *c, ull clen, const unsigned char *ad, ull adlen,
+                                const unsigned char *npub, const unsigned char *k) noexcept nogil
+ctypedef int (*secretbox_fn)(unsigned char *c, const unsigned char *m, ull mlen,
+                             const unsigned char *n, const unsigned char *k) noexcept nogil
+ctypedef int (*int_fn)() noexcept nogil
+
+cdef aead_encrypt_fn _aes_encrypt = NULL
+cdef aead_decrypt_fn _aes_decrypt = NULL
+cdef aead_encrypt_fn _xchacha_encrypt = NULL
+cdef aead_decrypt_fn _xchacha_decrypt = NULL
+cdef secretbox_fn _secretbox_easy = NULL
+cdef secretbox_fn _secretbox_open_easy = NULL
+cdef bint _aes_available = False
+
+# Must match the numbers in _rtp_common.
+cdef enum:
+    TAG = 16
+    MODE_AES = 0
+    MODE_XCHACHA = 1
+    MODE_XSALSA = 2
+    MODE_XSALSA_SUFFIX = 3
+    MODE_XSALSA_LITE = 4
+
+
+cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
+    try:
+        return <uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    except (AttributeError, TypeError) as exc:
+        raise ImportError(f"PyNaCl's libsodium does not export {name} (PyNaCl >= 1.6 is required)") from exc
+
+
+cdef _load_sodium():
+    global _aes_encrypt, _aes_decrypt, _xchacha_encrypt, _xchacha_decrypt
+    global _secretbox_easy, _secretbox_open_easy, _aes_available
+    try:
+        from nacl._sodium import ffi, lib
+    except ImportError as exc:
+        raise ImportError("PyNaCl >= 1.6 is required by the compiled packet core") from exc
+    if lib.sodium_init() < 0:
+        raise ImportError("libsodium failed to initialise (sodium_init)")
+    _aes_encrypt = <aead_encrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_aes256gcm_encrypt")
+    _aes_decrypt = <aead_decrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_aes256gcm_decrypt")
+    _xchacha_encrypt = <aead_encrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_xchacha20poly1305_ietf_encrypt")
+    _xchacha_decrypt = <aead_decrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_xchacha20poly1305_ietf_decrypt")
+    _secretbox_easy = <secretbox_fn>_sodium_symbol(ffi, lib, "crypto_secretbox_easy")
+    _secretbox_open_easy = <secretbox_fn>_sodium_symbol(ffi, lib, "crypto_secretbox_open_easy")
+    _aes_available = (<int_fn>_sodium_symbol(ffi, lib, "crypto_aead_aes256gcm_is_available"))() == 1
+
+
+_load_sodium()
+
+
+def aes256gcm_available():
+    """True when libsodium can use AES-256-GCM on this CPU (AES-NI/PCLMUL or ARMv8 crypto)."""
+    return bool(_aes_available)
+
+
+cdef inline void _put_u16(unsigned char *p, uint32_t v) noexcept nogil:
+    p[0] = <unsigned char>(v >> 8)
+    p[1] = <unsigned char>v
+
+
+cdef inline void _put_u32(unsigned char *p, uint32_t v) noexcept nogil:
+    p[0] = <unsigned char>(v >> 24)
+    p[1] = <unsigned char>(v >> 16)
+    p[2] = <unsigned char>(v >> 8)
+    p[3] = <unsigned char>v
+
+
+cdef inline uint32_t _get_u16(const unsigned char *p) noexcept nogil:
+    return (<uint32_t>p[0] << 8) | p[1]
+
+
+cdef inline uint32_t _get_u32(const unsigned char *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint32_t ssrc) noexcept nogil:
+    p[0] = 0x80
+    p[1] = 0x78
+    _put_u16(p + 2, seq)
+    _put_u32(p + 4, ts)
+    _put_u32(p + 8, ssrc)
+
+
+cdef class Packet:
+    """A received voice packet (the seed's ``Packet`` plus what a receiver needs).
+
+    ``opus`` is the payload after transport decryption with the extension body and
+    RTP padding removed.  ``extension_profile`` is ``None`` when the packet carried
+    no header extension; otherwise ``extension`` holds the decrypted extension body.
+    """
+
+    cdef public object sequence
+    cdef public object timestamp
+    cdef public object ssrc
+    cdef public object opus
+    cdef public object marker
+    cdef public object payload_type
+    cdef public object csrcs
+    cdef public object extension_profile
+    cdef public object extension
+
+    def __init__(self, sequence, timestamp, ssrc, opus, marker=False, payload_type=0x78, csrcs=(),
+                 extension_profile=None, extension=b""):
+        self.sequence = sequence
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.opus = opus
+        self.marker = marker
+        self.payload_type = payload_type
+        self.csrcs = tuple(csrcs)
+        self.extension_profile = extension_profile
+        self.extension = extension
+
+    def __eq__(self, other):
+        if not isinstance(other, Packet):
+            return NotImplemented
+        cdef Packet o = <Packet>other
+        return (
+            self.sequence == o.sequence
+            and self.timestamp == o.timestamp
+            and self.ssrc == o.ssrc
+            and self.opus == o.opus
+            and self.marker == o.marker
+            and self.payload_type == o.payload_type
+            and self.csrcs == o.csrcs
+            and self.extension_profile == o.extension_profile
+            and self.extension == o.extension
+        )
+
+    __hash__ = None
+
+    def __repr__(self):
+        return _c.packet_repr(self)
+
+
+cdef class Packetizer:
+    """Builds encrypted RTP voice packets for one SSRC (see ``fastvoice._rtp_py.Packetizer``)."""
+
+    cdef uint32_t _ssrc
+    cdef uint32_t _sequence
+    cdef uint32_t _timestamp
+    cdef uint32_t _nonce
+    cdef int _mode_no
+    cdef object _mode
+    cdef unsigned char _key[32]
+
+    def __init__(self, ssrc, mode, secret_key, *, sequence=0, timestamp=0, nonce=0):
+        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
+        self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
+        key = _c.check_key(secret_key)
+        memcpy(self._key, PyBytes_AS_STRING(key), 32)
+        self._sequence = _c.check_uint("sequence", sequence, 16)
+        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
+        self._nonce = _c.check_uint("nonce", nonce, 32)
+
+    def __dealloc__(self):
+        memset(self._key, 0, 32)
+
+    @property
+    def ssrc(self):
+        """The SSRC written into every packet (from Ready)."""
+        return self._ssrc
+
+    @property
+    def mode(self):
+        """The transport encryption mode."""
+        return self._mode
+
+    @property
+    def sequence(self):
+        """RTP sequence number of the next packet."""
+        return self._sequence
+
+    @sequence.setter
+    def sequence(self, value):
+        self._sequence = _c.check_uint("sequence", value, 16)
+
+    @property
+    def timestamp(self):
+        """RTP timestamp of the next packet."""
+        return self._timestamp
+
+    @timestamp.setter
+    def timestamp(self, value):
+        self._timestamp = _c.check_uint("timestamp", value, 32)
+
+    @property
+    def nonce(self):
+        """Nonce counter of the next packet (counter modes)."""
+        return self._nonce
+
+    @nonce.setter
+    def nonce(self, value):
+        self._nonce = _c.check_uint("nonce", value, 32)
+
+    def packetize(self, opus):
+        """Encrypt ``opus`` into a complete RTP datagram and advance the counters."""
+        cdef Py_buffer view
+        cdef bint have_view = False
+        cdef const unsigned char *m
+        cdef Py_ssize_t mlen
+        if PyBytes_CheckExact(opus):
+            m = <const unsigned char *>PyBytes_AS_STRING(opus)
+            mlen = PyBytes_GET_SIZE(opus)
+        else:
+            PyObject_GetBuffer(opus, &view, PyBUF_SIMPLE)
+            have_view = True
+            m = <const unsigned char *>view.buf
+            mlen = view.len
+        try:
+            if mlen > _c.MAX_PAYLOAD:
+                raise ValueError(f"payload of {mlen} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
+            return self._packetize(m, mlen)
+        finally:
+            if have_view:
+                PyBuffer_Release(&view)
+
+    cdef object _packetize(self, const unsigned char *m, Py_ssize_t mlen):
+        cdef int mode = self._mode_no
+        cdef Py_ssize_t suffix_len = 24 if mode == MODE_XSALSA_SUFFIX else (0 if mode == MODE_XSALSA else 4)
+        cdef Py_ssize_t total = 12 + mlen + TAG + suffix_len
+        cdef object out = PyBytes_FromStringAndSize(NULL, total)
+        cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+        cdef unsigned char nonce[24]
+        cdef ull clen = 0
+        cdef int rc
+        cdef object random_nonce
+        _write_header(p, self._sequence, self._timestamp, self._ssrc)
+        memset(nonce, 0, 24)
+        if mode == MODE_AES or mode == MODE_XCHACHA:
+            _put_u32(nonce, self._nonce)
+            if mode == MODE_AES:
+                rc = _aes_encrypt(p + 12, &clen, m, mlen, p, 12, NULL, nonce, self._key)
+            else:
+                rc = _xchacha_encrypt(p + 12, &clen, m, mlen, p, 12, NULL, nonce, self._key)
+            memcpy(p + 12 + mlen + TAG, nonce, 4)
+        elif mode == MODE_XSALSA:
+            memcpy(nonce, p, 12)
+            rc = _secretbox_easy(p + 12, m, mlen, nonce, self._key)
+        elif mode == MODE_XSALSA_SUFFIX:
+            random_nonce = _urandom(24)
+            if not PyBytes_CheckExact(random_nonce) or PyBytes_GET_SIZE(random_nonce) != 24:
+                raise RuntimeError("the nonce source must return 24 bytes")
+            memcpy(nonce, PyBytes_AS_STRING(random_nonce), 24)
+            rc = _secretbox_easy(p + 12, m, mlen, nonce, self._key)
+            memcpy(p + 12 + mlen + TAG, nonce, 24)
+        else:
+            _put_u32(nonce, self._nonce)
+            rc = _secretbox_easy(p + 12, m, mlen, nonce, self._key)
+            memcpy(p + 12 + mlen + TAG, nonce, 4)
+        if rc != 0:
+            raise RuntimeError(f"libsodium encryption failed (mode {self._mode.value})")
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        self._timestamp = self._timestamp + 960  # uint32 arithmetic wraps
+        self._nonce = self._nonce + 1
+        return out
+
+    def __repr__(self):
+        return f"Packetizer(ssrc={self._ssrc}, mode={self._mode.value!r}, sequence={self._sequence})"
+
+
+cdef class Depacketizer:
+    """Parses and decrypts received RTP voice packets (see ``fastvoice._rtp_py.Depacketizer``)."""
+
+    cdef int _mode_no
+    cdef object _mode
+    cdef unsigned char _key[32]
+    cdef unsigned char *_scratch
+    cdef Py_ssize_t _scratch_size
+
+    def __cinit__(self, *args, **kwargs):
+        self._scratch = NULL
+        self._scratch_size = 0
+
+    def __init__(self, mode, secret_key):
+        self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
+        key = _c.check_key(secret_key)
+        memcpy(self._key, PyBytes_AS_STRING(key), 32)
+
+    def __dealloc__(self):
+        memset(self._key, 0, 32)
+        if self._scratch != NULL:
+            memset(self._scratch, 0, self._scratch_size)
+            free(self._scratch)
+
+    @property
+    def mode(self):
+        """The transport encryption mode."""
+        return self._mode
+
+    def depacketize(self, datagram):
+        """Return the :class:`Packet` in ``datagram``, or ``None`` if it is not RTP audio."""
+        cdef Py_buffer view
+        if PyBytes_CheckExact(datagram):
+            return self._depacketize(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram))
+        PyObject_GetBuffer(datagram, &view, PyBUF_SIMPLE)
+        try:
+            return self._depacketize(<const unsigned char *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef unsigned char *_buffer(self, Py_ssize_t size) except NULL:
+        if size > self._scratch_size:
+            if self._scratch != NULL:
+                free(self._scratch)
+                self._scratch = NULL
+                self._scratch_size = 0
+            # Room for any UDP datagram once, so it is never resized again.
+            if size < 65536:
+                size = 65536
+            self._scratch = <unsigned char *>malloc(size)
+            if self._scratch == NULL:
+                raise MemoryError()
+            self._scratch_size = size
+        return self._scratch
+
+    cdef object _depacketize(self, const unsigned char *data, Py_ssize_t n):
+        cdef uint32_t b0, b1, cc, words
+        cdef Py_ssize_t hlen, box_len, plain_len, start, end, ext_len = 0, i
+        cdef int mode = self._mode_no
+        cdef int rc
+        cdef unsigned char nonce[24]
+        cdef unsigned char *plain
+        cdef const unsigned char *box
+        cdef const unsigned char *csrc_src
+        cdef ull out_len = 0
+        cdef object profile = None
+        cdef Packet pkt
+        if n < 12:
+            return None
+        b0 = data[0]
+        b1 = data[1]
+        if (b0 >> 6) != 2 or (200 <= b1 <= 204) or (b1 & 0x7F) != 0x78:
+            return None
+        cc = b0 & 0x0F
+        memset(nonce, 0, 24)
+        if mode == MODE_AES or mode == MODE_XCHACHA:
+            hlen = 12 + 4 * cc
+            if b0 & 0x10:
+                if n < hlen + 4:
+                    raise DecryptionFailedError("truncated packet: header extension preamble missing")
+                profile = _get_u16(data + hlen)
+                ext_len = 4 * <Py_ssize_t>_get_u16(data + hlen + 2)
+                hlen += 4
+            if n < hlen + TAG + 4:
+                raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
+            memcpy(nonce, data + n - 4, 4)
+            box_len = n - 4 - hlen
+            plain = self._buffer(box_len)
+            if mode == MODE_AES:
+                rc = _aes_decrypt(plain, &out_len, NULL, data + hlen, box_len, data, hlen, nonce, self._key)
+            else:
+                rc = _xchacha_decrypt(plain, &out_len, NULL, data + hlen, box_len, data, hlen, nonce, self._key)
+            if rc != 0:
+                raise DecryptionFailedError("authentication failed")
+            plain_len = box_len - TAG
+            csrc_src = data + 12
+            start = 0
+        else:
+            if mode == MODE_XSALSA:
+                if n < 12 + TAG:
+                    raise DecryptionFailedError("truncated packet: shorter than header + tag")
+                memcpy(nonce, data, 12)
+                box = data + 12
+                box_len = n - 12
+            elif mode == MODE_XSALSA_SUFFIX:
+                if n < 12 + TAG + 24:
+                    raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
+                memcpy(nonce, data + n - 24, 24)
+                box = data + 12
+                box_len = n - 12 - 24
+            else:
+                if n < 12 + TAG + 4:
+                    raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
+                memcpy(nonce, data + n - 4, 4)
+                box = data + 12
+                box_len = n - 12 - 4
+            plain = self._buffer(box_len)
+            rc = _secretbox_open_easy(plain, box, box_len, nonce, self._key)
+            if rc != 0:
+                raise DecryptionFailedError("authentication failed")
+            plain_len = box_len - TAG
+            start = 4 * cc
+            if plain_len < start:
+                raise DecryptionFailedError("malformed packet: CSRC list longer than the packet")
+            csrc_src = plain
+            if b0 & 0x10:
+                if plain_len < start + 4:
+                    raise DecryptionFailedError("malformed packet: header extension preamble missing")
+                profile = _get_u16(plain + start)
+                ext_len = 4 * <Py_ssize_t>_get_u16(plain + start + 2)
+                start += 4
+        end = plain_len
+        if end - start < ext_len:
+            raise DecryptionFailedError("malformed packet: header extension longer than the packet")
+        pkt = Packet.__new__(Packet)
+        pkt.extension = PyBytes_FromStringAndSize(<char *>plain + start, ext_len)
+        start += ext_len
+        if b0 & 0x20:
+            if end == start:
+                raise DecryptionFailedError("malformed packet: padding bit set on an empty payload")
+            words = plain[end - 1]
+            if words == 0 or words > end - start:
+                raise DecryptionFailedError(f"malformed packet: invalid padding count {words}")
+            end -= words
+        pkt.sequence = _get_u16(data + 2)
+        pkt.timestamp = _get_u32(data + 4)
+        pkt.ssrc = _get_u32(data + 8)
+        pkt.opus = PyBytes_FromStringAndSize(<char *>plain + start, end - start)
+        pkt.marker = bool(b1 & 0x80)
+        pkt.payload_type = b1 & 0x7F
+        if cc:
+            pkt.csrcs = tuple([_get_u32(csrc_src + 4 * i) for i in range(cc)])
+        else:
+            pkt.csrcs = ()
+        pkt.extension_profile = profile
+        return pkt
+
+    def __repr__(self):
+        return f"Depacketizer(mode={self._mode.value!r})"
+
+
+cdef class SSRCEntry:
+    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state."""
+
+    cdef public object ssrc
+    cdef public object user_id
+    cdef public object state
+
+    def __init__(self, ssrc, user_id, state=None):
+        self.ssrc = ssrc
+        self.user_id = user_id
+        self.state = state
+
+    def __repr__(self):
+        return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
+
+
+cdef struct _Slot:
+    uint32_t key
+    PyObject *entry  # NULL marks an empty slot
+
+
+cdef inline size_t _slot_hash(uint32_t key, size_t mask) noexcept nogil:
+    # Fibonacci hashing spreads sequential or clustered SSRCs over the table.
+    return <size_t>((<uint32_t>(key * 2654435769u)) >> 8) & mask
+
+
+cdef class SSRCTable:
+    """SSRC -> (user id, receiver state), an open-addressing hash table keyed by the C ``uint32``.
+
+    Filled from op 5 (``set``), emptied per user on op 13 (``remove_user``).
+    """
+
+    cdef _Slot *_slots
+    cdef size_t _mask
+    cdef size_t _count
+
+    def __cinit__(self):
+        self._slots = <_Slot *>calloc(16, sizeof(_Slot))
+        if self._slots == NULL:
+            raise MemoryError()
+        self._mask = 15
+        self._count = 0
+
+    def __init__(self):
+        # Declared so that unexpected constructor arguments raise, as in the pure twin.
+        pass
+
+    def __dealloc__(self):
+        self._release_all()
+        free(self._slots)
+
+    cdef void _release_all(self) noexcept:
+        cdef size_t i
+        if self._slots == NULL:
+            return
+        for i in range(self._mask + 1):
+            if self._slots[i].entry != NULL:
+                Py_DECREF(<object>self._slots[i].entry)
+                self._slots[i].entry = NULL
+        self._count = 0
+
+    cdef inline size_t _find(self, uint32_t key) noexcept:
+        """Index of ``key``'s slot, or of the empty slot where it would go."""
+        cdef size_t i = _slot_hash(key, self._mask)
+        while self._slots[i].entry != NULL and self._slots[i].key != key:
+            i = (i + 1) & self._mask
+        return i
+
+    cdef SSRCEntry c_lookup(self, uint32_t key):
+        cdef size_t i = self._find(key)
+        if self._slots[i].entry == NULL:
+            return None
+        return <SSRCEntry>self._slots[i].entry
+
+    cdef int _grow(self) except -1:
+        cdef _Slot *old = self._slots
+        cdef size_t old_size = self._mask + 1
+        cdef size_t new_size = old_size * 2
+        cdef size_t i, j
+        cdef _Slot *fresh = <_Slot *>calloc(new_size, sizeof(_Slot))
+        if fresh == NULL:
+            raise MemoryError()
+        self._slots = fresh
+        self._mask = new_size - 1
+        for i in range(old_size):
+            if old[i].entry != NULL:
+                j = self._find(old[i].key)
+                self._slots[j] = old[i]
+        free(old)
+        return 0
+
+    cdef object _delete_at(self, size_t i):
+        """Remove slot ``i`` (backward-shift deletion, no tombstones) and return its entry."""
+        cdef object entry = <object>self._slots[i].entry
+        Py_DECREF(entry)  # the table's reference; ``entry`` holds its own
+        self._slots[i].entry = NULL
+        self._count -= 1
+        cdef size_t hole = i
+        cdef size_t j = (i + 1) & self._mask
+        cdef size_t home
+        while self._slots[j].entry != NULL:
+            home = _slot_hash(self._slots[j].key, self._mask)
+            # Move j into the hole if its home is not in the (cyclic) range (hole, j].
+            if ((j - home) & self._mask) >= ((j - hole) & self._mask):
+                self._slots[hole] = self._slots[j]
+                self._slots[j].entry = NULL
+                hole = j
+            j = (j + 1) & self._mask
+        return entry
+
+    def set(self, ssrc, user_id, state=None):
+        """Map ``ssrc`` to ``user_id`` and return its entry (same rules as the pure twin)."""
+        cdef uint32_t key = _c.check_uint("ssrc", ssrc, 32)
+        _c.check_uint("user_id", user_id, 64)
+        cdef size_t i = self._find(key)
+        cdef SSRCEntry entry
+        if self._slots[i].entry != NULL:
+            entry = <SSRCEntry>self._slots[i].entry
+            if entry.user_id == user_id:
+                return entry
+            Py_DECREF(entry)
+            self._slots[i].entry = NULL
+            self._count -= 1
+        entry = SSRCEntry(ssrc, user_id, state)
+        Py_INCREF(entry)
+        self._slots[i].key = key
+        self._slots[i].entry = <PyObject *>entry
+        self._count += 1
+        if self._count * 2 > self._mask + 1:
+            self._grow()
+        return entry
+
+    def lookup(self, ssrc):
+        """The entry for ``ssrc``, or ``None`` for an unknown SSRC."""
+        if type(ssrc) is not int or not 0 <= ssrc <= 0xFFFFFFFF:
+            return None
+        return self.c_lookup(<uint32_t>ssrc)
+
+    def user_id(self, ssrc):
+        """The user id mapped to ``ssrc``, or ``None``."""
+        entry = self.lookup(ssrc)
+        return None if entry is None else (<SSRCEntry>entry).user_id
+
+    def remove(self, ssrc):
+        """Remove ``ssrc`` and return its entry (``None`` if it was unknown)."""
+        if type(ssrc) is not int or not 0 <= ssrc <= 0xFFFFFFFF:
+            return None
+        cdef size_t i = self._find(<uint32_t>ssrc)
+        if self._slots[i].entry == NULL:
+            return None
+        return self._delete_at(i)
+
+    def remove_user(self, user_id):
+        """Remove every SSRC of ``user_id`` (op 13) and return the removed entries."""
+        removed = [e for e in self if (<SSRCEntry>e).user_id == user_id]
+        for e in removed:
+            self.remove((<SSRCEntry>e).ssrc)
+        return removed
+
+    def clear(self):
+        """Remove every entry."""
+        self._release_all()
+
+    def __len__(self):
+        return self._count
+
+    def __contains__(self, ssrc):
+        return self.lookup(ssrc) is not None
+
+    def __iter__(self):
+        cdef size_t i
+        entries = []
+        for i in range(self._mask + 1):
+            if self._slots[i].entry != NULL:
+                entries.append(<object>self._slots[i].entry)
+        return iter(entries)
+
+    def __repr__(self):
+        return f"SSRCTable({self._count} entries)"
+
+
+def _native_reference_loop(mode, secret_key, bytes payload, long count, bint decrypt=False):
+    """Benchmark ceiling: ``count`` packets packed and encrypted (or decrypted and stripped)
+    entirely in C, with no Python object per packet.  Not part of the API."""
+    cdef int mode_no
+    _, mode_no = _c.resolve_mode(mode, _aes_available)
+    if mode_no > MODE_XCHACHA:
+        raise ValueError("the native reference loop covers the two AEAD modes only")
+    key_bytes = _c.check_key(secret_key)
+    cdef const unsigned char *key = <const unsigned char *>PyBytes_AS_STRING(key_bytes)
+    cdef const unsigned char *m = <const unsigned char *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t mlen = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t total = 12 + mlen + TAG + 4
+    cdef unsigned char *pkt = <unsigned char *>malloc(total)
+    cdef unsigned char *plain = <unsigned char *>malloc(total)
+    cdef unsigned char nonce[24]
+    cdef ull outlen = 0
+    cdef long i
+    cdef int failures = 0
+    cdef Py_ssize_t hlen
+    cdef aead_encrypt_fn enc = _aes_encrypt if mode_no == MODE_AES else _xchacha_encrypt
+    cdef aead_decrypt_fn dec = _aes_decrypt if mode_no == MODE_AES else _xchacha_decrypt
+    if pkt == NULL or plain == NULL:
+        free(pkt)
+        free(plain)
+        raise MemoryError()
+    try:
+        with nogil:
+            memset(nonce, 0, 24)
+            _write_header(pkt, 0, 0, 12345)
+            _put_u32(nonce, 0)
+            enc(pkt + 12, &outlen, m, mlen, pkt, 12, NULL, nonce, key)
+            memcpy(pkt + total - 4, nonce, 4)
+            for i in range(count):
+                if decrypt:
+                    hlen = 12 + 4 * (pkt[0] & 0x0F)
+                    memcpy(nonce, pkt + total - 4, 4)
+                    failures += dec(plain, &outlen, NULL, pkt + hlen, total - 4 - hlen, pkt, hlen, nonce, key) != 0
+                else:
+                    _write_header(pkt, <uint32_t>i & 0xFFFF, <uint32_t>i * 960, 12345)
+                    _put_u32(nonce, <uint32_t>i)
+                    failures += enc(pkt + 12, &outlen, m, mlen, pkt, 12, NULL, nonce, key) != 0
+                    memcpy(pkt + total - 4, nonce, 4)
+        if decrypt and failures:
+            raise RuntimeError("native reference decryption failed")
+        return failures
+    finally:
+        free(pkt)
+        free(plain)

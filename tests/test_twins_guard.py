@@ -1,0 +1,123 @@
+"""Guards on the twin mechanism: the compiled twin really loads, and both twins match."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastvoice
+from fastvoice._env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
+
+
+def _public(module):
+    return sorted(n for n in module.__all__)
+
+
+def test_compiled_twin_loaded_when_required():
+    if not REQUIRE_EXTENSIONS:
+        pytest.skip("FASTVOICE_REQUIRE_EXTENSIONS not set")
+    assert fastvoice.speedups_enabled() is True
+    assert fastvoice.rtp.IMPLEMENTATION == "c"
+    assert fastvoice.Packetizer.__module__ == "fastvoice._rtp_c"
+
+
+def test_no_extensions_gives_pure():
+    if not NO_EXTENSIONS:
+        pytest.skip("FASTVOICE_NO_EXTENSIONS not set")
+    assert fastvoice.speedups_enabled() is False
+    assert fastvoice.Packetizer.__module__ == "fastvoice._rtp_py"
+
+
+def test_twins_expose_same_names(rtp_c, rtp_py):
+    assert _public(rtp_c) == _public(rtp_py)
+    for name in rtp_py.__all__:
+        a, b = getattr(rtp_c, name), getattr(rtp_py, name)
+        assert type(a) is type(b) or (inspect.isclass(a) and inspect.isclass(b)) or (callable(a) and callable(b)), name
+        if inspect.isclass(b):
+            pub_b = {m for m in dir(b) if not m.startswith("_")}
+            pub_a = {m for m in dir(a) if not m.startswith("_")}
+            assert pub_a == pub_b, f"{name}: {pub_a ^ pub_b}"
+
+
+def _params(obj):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(obj).parameters.values()]
+
+
+def test_twins_same_signatures(rtp_c, rtp_py):
+    for name in ("Packetizer", "Depacketizer", "Packet", "SSRCEntry", "SSRCTable"):
+        c_cls, py_cls = getattr(rtp_c, name), getattr(rtp_py, name)
+        for meth in (m for m in dir(py_cls) if not m.startswith("_")):
+            py_attr = getattr(py_cls, meth)
+            if callable(py_attr) and not isinstance(py_attr, property):
+                assert _params(getattr(c_cls, meth)) == _params(py_attr), f"{name}.{meth}"
+    assert _params(rtp_c.aes256gcm_available) == _params(rtp_py.aes256gcm_available)
+
+
+CONSTRUCTOR_CALLS = [
+    # (class, args, kwargs): both twins must accept or reject each call alike.
+    ("Packetizer", (1, "aead_xchacha20_poly1305_rtpsize", bytes(32)), {}),
+    ("Packetizer", (1, "aead_xchacha20_poly1305_rtpsize", bytes(32)), {"sequence": 1, "timestamp": 2, "nonce": 3}),
+    ("Packetizer", (1, "aead_xchacha20_poly1305_rtpsize", bytes(32), 5), {}),
+    ("Packetizer", (), {"ssrc": 1, "mode": "aead_xchacha20_poly1305_rtpsize", "secret_key": bytes(32)}),
+    ("Packetizer", (1, "aead_xchacha20_poly1305_rtpsize"), {}),
+    ("Depacketizer", ("aead_xchacha20_poly1305_rtpsize", bytes(32)), {}),
+    ("Depacketizer", (), {"mode": "aead_xchacha20_poly1305_rtpsize", "secret_key": bytes(32)}),
+    ("Depacketizer", ("aead_xchacha20_poly1305_rtpsize",), {}),
+    ("Packet", (1, 2, 3, b""), {}),
+    ("Packet", (1, 2, 3, b"", True, 0x78, (1,), 0xBEDE, b"abcd"), {}),
+    ("Packet", (), {"sequence": 1, "timestamp": 2, "ssrc": 3, "opus": b"", "extension": b""}),
+    ("Packet", (1, 2, 3), {}),
+    ("SSRCEntry", (1, 2), {"state": 3}),
+    ("SSRCEntry", (1,), {}),
+    ("SSRCTable", (), {}),
+    ("SSRCTable", (1,), {}),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs", CONSTRUCTOR_CALLS)
+def test_twins_same_constructors(rtp_c, rtp_py, name, args, kwargs):
+    outcomes = []
+    for twin in (rtp_c, rtp_py):
+        try:
+            obj = getattr(twin, name)(*args, **kwargs)
+            outcomes.append(repr(obj))
+        except TypeError:
+            outcomes.append("TypeError")
+    assert outcomes[0] == outcomes[1]
+
+
+def _implementation_in_subprocess(**env):
+    full = dict(os.environ)
+    full.pop("FASTVOICE_NO_EXTENSIONS", None)
+    full.pop("FASTVOICE_REQUIRE_EXTENSIONS", None)
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastvoice; print(fastvoice.speedups_enabled(), fastvoice.Packet.__module__)"],
+        env=full, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return out.stdout.split()
+
+
+def test_env_switch_on_reimport(rtp_c):
+    assert _implementation_in_subprocess(FASTVOICE_NO_EXTENSIONS="1") == ["False", "fastvoice._rtp_py"]
+    assert _implementation_in_subprocess() == ["True", "fastvoice._rtp_c"]
+    assert _implementation_in_subprocess(FASTVOICE_NO_EXTENSIONS="0") == ["True", "fastvoice._rtp_c"]
+
+
+def test_require_without_compiled_twin_fails():
+    # Make the compiled twin unimportable (a None entry in sys.modules blocks the import).
+    code = (
+        "import sys; sys.modules['fastvoice._rtp_c'] = None; import fastvoice; "
+        "print(fastvoice.speedups_enabled(), fastvoice.Packet.__module__)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
+    fallback = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert fallback.returncode == 0 and fallback.stdout.split() == ["False", "fastvoice._rtp_py"]
+    env["FASTVOICE_REQUIRE_EXTENSIONS"] = "1"
+    required = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert required.returncode != 0
+    assert "ImportError: FASTVOICE_REQUIRE_EXTENSIONS is set" in required.stderr
