@@ -13,6 +13,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
+cimport cython
+
 import os
 
 from . import _rtp_common as _c
@@ -124,6 +126,8 @@ cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint
     _put_u32(p + 8, ssrc)
 
 
+@cython.freelist(256)
+@cython.final
 cdef class Packet:
     """A received voice packet (the seed's ``Packet`` plus what a receiver needs).
 
@@ -463,6 +467,7 @@ cdef class Depacketizer:
         return f"Depacketizer(mode={self._mode.value!r})"
 
 
+@cython.final
 cdef class SSRCEntry:
     """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state."""
 
@@ -597,9 +602,13 @@ cdef class SSRCTable:
 
     def lookup(self, ssrc):
         """The entry for ``ssrc``, or ``None`` for an unknown SSRC."""
-        if type(ssrc) is not int or not 0 <= ssrc <= 0xFFFFFFFF:
+        cdef size_t i
+        if type(ssrc) is not int or ssrc < 0 or ssrc > 0xFFFFFFFF:
             return None
-        return self.c_lookup(<uint32_t>ssrc)
+        i = self._find(<uint32_t>ssrc)
+        if self._slots[i].entry == NULL:
+            return None
+        return <object>self._slots[i].entry
 
     def user_id(self, ssrc):
         """The user id mapped to ``ssrc``, or ``None``."""

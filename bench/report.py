@@ -1,0 +1,34 @@
+"""Turn a pytest-benchmark JSON file into per-packet figures and ratios, per group.
+
+    python bench/report.py bench/packets.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def main(path: str) -> None:
+    with open(path) as fh:
+        data = json.load(fh)
+    groups: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for bench in data["benchmarks"]:
+        batch = bench["extra_info"].get("batch", 1)
+        groups[bench["group"]].append((bench["extra_info"]["contender"], bench["stats"]["median"] / batch * 1e9))
+    for group in sorted(groups):
+        rows = groups[group]
+        native = next((ns for name, ns in rows if name.startswith("native")), None)
+        compiled = next((ns for name, ns in rows if name == "fastvoice compiled"), None)
+        print(f"\n{group}")
+        print(f"| contender | ns/packet (median) | x native | compiled is faster by |")
+        print("|---|---:|---:|---:|")
+        for name, ns in sorted(rows, key=lambda r: r[1]):
+            x_native = f"{ns / native:.2f}" if native else "-"
+            speedup = f"{ns / compiled:.1f}x" if compiled and name != "fastvoice compiled" else "-"
+            print(f"| {name} | {ns:,.0f} | {x_native} | {speedup} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench/packets.json")

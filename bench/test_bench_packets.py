@@ -1,0 +1,213 @@
+"""Per-packet cost of the packet core: compiled twin vs pure twin vs discord.py vs native C.
+
+Every contender processes a batch of ``BATCH`` packets per round (a Python loop for
+the Python-level contenders, a C loop for the native reference), so the per-packet
+time is the round time divided by ``BATCH``.  Run side by side in one process:
+
+    pytest bench/test_bench_packets.py --benchmark-json=bench/packets.json
+    python bench/report.py bench/packets.json
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from types import SimpleNamespace
+
+import nacl.bindings
+import nacl.secret
+import pytest
+
+import fastvoice._rtp_py as rtp_py
+
+try:
+    import fastvoice._rtp_c as rtp_c
+except ImportError:  # pure install: the compiled rows are skipped
+    rtp_c = None
+
+BATCH = 1000
+PAYLOAD = os.urandom(120)  # a typical 20 ms Opus frame at ~48 kbit/s
+KEY = os.urandom(32)
+SSRC = 0x1234ABCD
+AES = "aead_aes256_gcm_rtpsize"
+XCHACHA = "aead_xchacha20_poly1305_rtpsize"
+
+needs_c = pytest.mark.skipif(rtp_c is None, reason="compiled twin not built")
+modes = pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(AES, marks=pytest.mark.skipif(not rtp_py.aes256gcm_available(), reason="no AES-GCM on this CPU")),
+        XCHACHA,
+    ],
+)
+
+
+def _discordpy_client(mode):
+    from discord.voice_client import VoiceClient
+
+    vc = VoiceClient.__new__(VoiceClient)
+    vc._connection = SimpleNamespace(dave_session=None, can_encrypt=False, ssrc=SSRC, mode=mode, secret_key=list(KEY))
+    vc.sequence = vc.timestamp = vc._incr_nonce = 0
+    return vc
+
+
+def _discordpy_style_aes_send(vc, data):
+    # discord.py 2.7 has no AES-GCM; this is its rtpsize send step with the AES cipher swapped in.
+    header = bytearray(12)
+    header[0] = 0x80
+    header[1] = 0x78
+    struct.pack_into(">H", header, 2, vc.sequence)
+    struct.pack_into(">I", header, 4, vc.timestamp)
+    struct.pack_into(">I", header, 8, vc.ssrc)
+    nonce = bytearray(12)
+    nonce[:4] = struct.pack(">I", vc._incr_nonce)
+    vc.checked_add("_incr_nonce", 1, 4294967295)
+    sealed = nacl.bindings.crypto_aead_aes256gcm_encrypt(bytes(data), bytes(header), bytes(nonce), bytes(vc.secret_key))
+    return bytes(header) + sealed + nonce[:4]
+
+
+def _send_batch(packetize):
+    payload = PAYLOAD
+    for _ in range(BATCH):
+        packetize(payload)
+
+
+# ---------------------------------------------------------------- send
+
+
+@modes
+def test_send_native(benchmark, mode):
+    if rtp_c is None:
+        pytest.skip("compiled twin not built")
+    benchmark.group = f"send {mode}"
+    benchmark.extra_info.update(contender="native C loop", batch=BATCH)
+    benchmark(rtp_c._native_reference_loop, mode, KEY, PAYLOAD, BATCH)
+
+
+@needs_c
+@modes
+def test_send_compiled(benchmark, mode):
+    benchmark.group = f"send {mode}"
+    benchmark.extra_info.update(contender="fastvoice compiled", batch=BATCH)
+    benchmark(_send_batch, rtp_c.Packetizer(SSRC, mode, KEY).packetize)
+
+
+@modes
+def test_send_pure(benchmark, mode):
+    benchmark.group = f"send {mode}"
+    benchmark.extra_info.update(contender="fastvoice pure", batch=BATCH)
+    benchmark(_send_batch, rtp_py.Packetizer(SSRC, mode, KEY).packetize)
+
+
+@modes
+def test_send_discordpy(benchmark, mode):
+    pytest.importorskip("discord")
+    benchmark.group = f"send {mode}"
+    vc = _discordpy_client(mode)
+    if mode == XCHACHA:
+        benchmark.extra_info.update(contender="discord.py 2.7 _get_voice_packet", batch=BATCH)
+
+        def step(data, vc=vc):
+            packet = vc._get_voice_packet(data)
+            vc.checked_add("sequence", 1, 65535)
+            vc.checked_add("timestamp", 960, 4294967295)
+            return packet
+    else:
+        benchmark.extra_info.update(contender="discord.py-style (AES swapped in)", batch=BATCH)
+
+        def step(data, vc=vc):
+            packet = _discordpy_style_aes_send(vc, data)
+            vc.checked_add("sequence", 1, 65535)
+            vc.checked_add("timestamp", 960, 4294967295)
+            return packet
+
+    benchmark(_send_batch, step)
+
+
+# ---------------------------------------------------------------- receive
+
+
+def _datagram(mode):
+    return rtp_py.Packetizer(SSRC, mode, KEY, nonce=99).packetize(PAYLOAD)
+
+
+def _receive_batch(depacketize, lookup, datagram):
+    for _ in range(BATCH):
+        pkt = depacketize(datagram)
+        lookup(pkt.ssrc)
+
+
+def _table(twin):
+    t = twin.SSRCTable()
+    for i in range(20):  # a busy channel
+        t.set(SSRC + i, 10**17 + i)
+    return t
+
+
+@modes
+def test_receive_native(benchmark, mode):
+    if rtp_c is None:
+        pytest.skip("compiled twin not built")
+    benchmark.group = f"receive {mode}"
+    benchmark.extra_info.update(contender="native C loop", batch=BATCH)
+    benchmark(rtp_c._native_reference_loop, mode, KEY, PAYLOAD, BATCH, True)
+
+
+@needs_c
+@modes
+def test_receive_compiled(benchmark, mode):
+    benchmark.group = f"receive {mode}"
+    benchmark.extra_info.update(contender="fastvoice compiled", batch=BATCH)
+    dg = _datagram(mode)
+    assert rtp_c.Depacketizer(mode, KEY).depacketize(dg).opus == PAYLOAD
+    benchmark(_receive_batch, rtp_c.Depacketizer(mode, KEY).depacketize, _table(rtp_c).lookup, dg)
+
+
+@modes
+def test_receive_pure(benchmark, mode):
+    benchmark.group = f"receive {mode}"
+    benchmark.extra_info.update(contender="fastvoice pure", batch=BATCH)
+    benchmark(_receive_batch, rtp_py.Depacketizer(mode, KEY).depacketize, _table(rtp_py).lookup, _datagram(mode))
+
+
+class _DiscordPyStyleReceiver:
+    """The receive path as discord.py-family code writes it (discord-ext-voice-recv's shape):
+    struct-parse the header, decrypt with PyNaCl, strip the extension, map the SSRC with a dict."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.box = nacl.secret.Aead(KEY) if mode == XCHACHA else None
+        self.ssrc_to_user = {SSRC + i: 10**17 + i for i in range(20)}
+
+    def receive(self, data):
+        b0 = data[0]
+        cc = b0 & 0x0F
+        hlen = 12 + 4 * cc + (4 if b0 & 0x10 else 0)
+        seq, ts, ssrc = struct.unpack_from(">HII", data, 2)
+        header = data[:hlen]
+        nonce = bytearray(24 if self.box else 12)
+        nonce[:4] = data[-4:]
+        if self.box is not None:
+            plain = self.box.decrypt(bytes(data[hlen:-4]), bytes(header), bytes(nonce))
+        else:
+            plain = nacl.bindings.crypto_aead_aes256gcm_decrypt(bytes(data[hlen:-4]), bytes(header), bytes(nonce), KEY)
+        if b0 & 0x10:
+            words = struct.unpack_from(">H", data, hlen - 2)[0]
+            plain = plain[4 * words :]
+        user = self.ssrc_to_user.get(ssrc)
+        return user, seq, ts, plain
+
+
+@modes
+def test_receive_discordpy_style(benchmark, mode):
+    benchmark.group = f"receive {mode}"
+    benchmark.extra_info.update(contender="discord.py-style receive", batch=BATCH)
+    receiver = _DiscordPyStyleReceiver(mode)
+    dg = _datagram(mode)
+    assert receiver.receive(dg)[3] == PAYLOAD
+
+    def batch():
+        for _ in range(BATCH):
+            receiver.receive(dg)
+
+    benchmark(batch)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# CI: install exactly as the README says, run the README's test command (both twins
+# through the shared fixture), then the whole suite again on the pure twins, then
+# every benchmark once, untimed, so a broken benchmark fails here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export FASTVOICE_REQUIRE_EXTENSIONS=1   # a silently pure build must fail CI
+python --version
+
+echo "::: install (README)"
+pip install -e ".[test]"
+
+echo "::: tests, compiled + pure twins (README)"
+python -m pytest
+
+echo "::: tests, FASTVOICE_NO_EXTENSIONS=1"
+FASTVOICE_NO_EXTENSIONS=1 FASTVOICE_REQUIRE_EXTENSIONS=0 python -m pytest -q
+
+echo "::: benchmarks, smoke run"
+python -m pytest bench --benchmark-disable -q
