@@ -35,3 +35,39 @@ class GatewayAlreadyConnectedError(VoiceError):
 
     def __init__(self, message: str = "voice gateway already connected") -> None:
         super().__init__(message)
+
+
+class GatewayDecodeError(VoiceError, ValueError):
+    """A voice gateway frame could not be decoded: invalid JSON, or a known op whose payload is malformed.
+
+    The message names the field and what was expected.  The gateway catches it,
+    logs it and drops the frame.
+    """
+
+
+class GatewayClosedError(VoiceError):
+    """The voice gateway closed for good: a close code it must not retry, or retries were used up.
+
+    ``code`` is the close code (``None`` when the connection dropped without a close
+    frame), ``close_event`` its :class:`fastvoice.close_codes.GatewayCloseEventCode`
+    entry (description, explanation and behaviour), ``reason`` the close reason
+    sent by the server, and ``attempts`` how many reconnect attempts were made.
+    """
+
+    def __init__(self, code: "int | None", close_event: object, reason: str = "", attempts: int = 0, detail: str = "") -> None:
+        self.code = code
+        self.close_event = close_event
+        self.reason = reason
+        self.attempts = attempts
+        description = getattr(close_event, "description", "Unknown")
+        explanation = getattr(close_event, "explanation", "")
+        text = f"voice gateway closed with code {code} ({description}): {explanation}"
+        if reason:
+            text += f" Server reason: {reason!r}."
+        if detail:
+            text += f" {detail}"
+        super().__init__(text)
+
+
+class GatewayTimeoutError(VoiceError, TimeoutError):
+    """The voice gateway did not become ready (Ready or Resumed) within the configured timeout."""
