@@ -55,3 +55,30 @@ __all__ = [
 ]
 
 # --- gateway and local voice server exports are added below this line ---
+from .close_codes import (
+    GATEWAY_CLOSE_EVENT_CODES,
+    CloseBehaviour,
+    GatewayCloseEventCode,
+    gateway_close_event_code_by_code,
+)
+from .errors import GatewayClosedError, GatewayDecodeError, GatewayTimeoutError
+from .gateway import Gateway, GatewayConfig, State, Status
+from .gateway_messages import GatewayMessage, Opcode, Protocol, SpeakingFlags
+
+__all__ += [
+    "GATEWAY_CLOSE_EVENT_CODES",
+    "CloseBehaviour",
+    "Gateway",
+    "GatewayCloseEventCode",
+    "GatewayClosedError",
+    "GatewayConfig",
+    "GatewayDecodeError",
+    "GatewayMessage",
+    "GatewayTimeoutError",
+    "Opcode",
+    "Protocol",
+    "SpeakingFlags",
+    "State",
+    "Status",
+    "gateway_close_event_code_by_code",
+]

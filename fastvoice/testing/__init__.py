@@ -1,0 +1,37 @@
+"""A local Discord voice server for tests, benchmarks and demos.
+
+:class:`VoiceServer` speaks the voice gateway v8 over websockets (``ws://`` or,
+with ``tls=True``, ``wss://`` with a generated self-signed certificate) and the
+UDP media side (IP discovery, transport decryption, SFU-style forwarding to the
+other members of a call), records what it saw, and has knobs for faults.
+
+    async with VoiceServer() as server:
+        state = server.make_state(guild_id=1, user_id=2)
+        ...
+
+``tls=True`` needs the ``cryptography`` package.
+"""
+
+from __future__ import annotations
+
+from ._server import (
+    ReceivedPacket,
+    RecordedMessage,
+    RejectedDatagram,
+    ServerConnection,
+    ServerSession,
+    VoiceServer,
+    build_ip_discovery_reply,
+    build_rtcp_receiver_report,
+)
+
+__all__ = [
+    "VoiceServer",
+    "ServerSession",
+    "ServerConnection",
+    "RecordedMessage",
+    "ReceivedPacket",
+    "RejectedDatagram",
+    "build_ip_discovery_reply",
+    "build_rtcp_receiver_report",
+]

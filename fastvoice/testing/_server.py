@@ -1,0 +1,1010 @@
+"""An in-process Discord voice server for tests: gateway v8 over websockets plus the UDP media side."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import secrets
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..close_codes import CloseBehaviour, gateway_close_event_code_by_code
+from ..encryption import AVAILABLE_MODES, EncryptionMode
+from ..errors import DecryptionFailedError, GatewayDecodeError
+from ..gateway_messages import (
+    GatewayMessage,
+    GatewayMessageData,
+    GatewayMessageDataClientDisconnect,
+    GatewayMessageDataClientsConnect,
+    GatewayMessageDataHeartbeat,
+    GatewayMessageDataHeartbeatACK,
+    GatewayMessageDataHello,
+    GatewayMessageDataIdentify,
+    GatewayMessageDataReady,
+    GatewayMessageDataResume,
+    GatewayMessageDataResumed,
+    GatewayMessageDataSelectProtocol,
+    GatewayMessageDataSessionDescription,
+    GatewayMessageDataSpeaking,
+    GatewayMessageDataUnknown,
+    Opcode,
+    Protocol,
+    SpeakingFlags,
+    decode_client_binary,
+    decode_message,
+    encode_message,
+    encode_server_binary,
+)
+
+__all__ = [
+    "VoiceServer",
+    "ServerSession",
+    "ServerConnection",
+    "RecordedMessage",
+    "ReceivedPacket",
+    "RejectedDatagram",
+    "build_ip_discovery_reply",
+    "build_rtcp_receiver_report",
+]
+
+_log = logging.getLogger("fastvoice.testing")
+
+_IP_DISCOVERY = struct.Struct(">HHI64sH")
+_CLIENT_OPS_BEFORE_IDENTIFY = frozenset({Opcode.IDENTIFY, Opcode.RESUME, Opcode.HEARTBEAT})
+_CLIENT_OPS = frozenset(
+    {
+        Opcode.IDENTIFY,
+        Opcode.SELECT_PROTOCOL,
+        Opcode.HEARTBEAT,
+        Opcode.SPEAKING,
+        Opcode.RESUME,
+        Opcode.DAVE_TRANSITION_READY,
+        Opcode.DAVE_MLS_KEY_PACKAGE,
+        Opcode.DAVE_MLS_COMMIT_WELCOME,
+        Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME,
+    }
+)
+
+
+def build_ip_discovery_reply(ssrc: int, address: str, port: int) -> bytes:
+    """Return the 74-byte IP discovery reply (type 2, length 70) for ``ssrc`` seen at ``address:port``."""
+    raw = address.encode("ascii")
+    if len(raw) > 63:
+        raise ValueError(f"address {address!r} is longer than 63 bytes")
+    return _IP_DISCOVERY.pack(0x0002, 70, ssrc & 0xFFFFFFFF, raw, port & 0xFFFF)
+
+
+def build_rtcp_receiver_report(ssrc: int) -> bytes:
+    """Return a minimal RTCP receiver report (packet type 201, no report blocks) from ``ssrc``."""
+    return struct.pack(">BBHI", 0x80, 201, 1, ssrc & 0xFFFFFFFF)
+
+
+@dataclass(slots=True)
+class RecordedMessage:
+    """One gateway frame seen by the server.
+
+    ``direction`` is ``"in"`` (client to server) or ``"out"``; ``op`` the opcode
+    (``-1`` for a frame that could not be decoded); ``data`` the decoded JSON ``d``
+    value or the binary payload; ``seq`` the server seq it carried; ``time`` a
+    ``time.monotonic()`` stamp; ``raw`` the frame as sent or received.
+    """
+
+    direction: str
+    op: int
+    data: Any
+    seq: int | None
+    time: float
+    raw: str | bytes = field(repr=False)
+
+    @property
+    def binary(self) -> bool:
+        """True for a binary frame."""
+        return isinstance(self.raw, bytes)
+
+
+@dataclass(slots=True)
+class ReceivedPacket:
+    """One audio packet the server received and decrypted.
+
+    ``arrival`` is ``time.monotonic()`` at reception; ``opus`` the decrypted payload.
+    """
+
+    ssrc: int
+    user_id: int
+    sequence: int
+    timestamp: int
+    opus: bytes
+    marker: bool
+    arrival: float
+    address: tuple[str, int]
+
+
+@dataclass(slots=True)
+class RejectedDatagram:
+    """A datagram the UDP side could not use, with the reason (for tests of garbage handling)."""
+
+    address: tuple[str, int]
+    reason: str
+    data: bytes = field(repr=False)
+    arrival: float = 0.0
+
+
+class ServerConnection:
+    """One websocket connection; ``messages`` records every frame both ways, in order."""
+
+    def __init__(self, server: VoiceServer, number: int, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.server = server
+        #: 1, 2, 3... in order of arrival.
+        self.number = number
+        #: Every frame of this connection, both directions.
+        self.messages: list[RecordedMessage] = []
+        #: The voice session this connection identified or resumed, if any.
+        self.session: ServerSession | None = None
+        #: The close code this connection ended with (``None`` while open or after a drop).
+        self.close_code: int | None = None
+        #: True once the connection has ended.
+        self.closed = False
+        self._ws = ws
+        self._request = request
+        self._inbound = 0
+        self._close_after: tuple[int, int, str] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._identified = False
+        self._server_closed = False
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection #{self.number} closed={self.closed} close_code={self.close_code}>"
+
+    def messages_in(self, op: int | None = None) -> list[RecordedMessage]:
+        """Frames received from the client (optionally only opcode ``op``)."""
+        return [m for m in self.messages if m.direction == "in" and (op is None or m.op == op)]
+
+    def messages_out(self, op: int | None = None) -> list[RecordedMessage]:
+        """Frames sent to the client (optionally only opcode ``op``)."""
+        return [m for m in self.messages if m.direction == "out" and (op is None or m.op == op)]
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Send ``frame`` as-is (text or binary): for malformed-input tests."""
+        if self._ws.closed:
+            return
+        self._record("out", -1, None, None, frame)
+        try:
+            if isinstance(frame, str):
+                await self._ws.send_str(frame)
+            else:
+                await self._ws.send_bytes(bytes(frame))
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close this connection now with ``code``."""
+        self.close_code = code
+        self._server_closed = True
+        if not self._ws.closed:
+            try:
+                await self._ws.close(code=code, message=reason.encode())
+            except (ConnectionError, RuntimeError):
+                pass
+
+    def close_after(self, code: int, *, messages: int | None = None, seconds: float | None = None,
+                    reason: str = "") -> None:
+        """Close with ``code`` after ``messages`` more client frames and/or ``seconds`` from now."""
+        if messages is None and seconds is None:
+            raise ValueError("close_after needs messages=N and/or seconds=T")
+        if messages is not None:
+            self._close_after = (self._inbound + messages, code, reason)
+        if seconds is not None:
+            loop = asyncio.get_running_loop()
+            self._timers.append(loop.call_later(seconds, lambda: self.server._spawn(self.close(code, reason))))
+
+    def drop(self) -> None:
+        """Cut the TCP connection without a close frame (the client sees code 1006)."""
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
+    def _record(self, direction: str, op: int, data: Any, seq: int | None, raw: str | bytes) -> None:
+        self.messages.append(RecordedMessage(direction, op, data, seq, time.monotonic(), raw))
+        self.server._notify()
+
+
+class ServerSession:
+    """One voice session: survives resumes; owns the SSRC, key, mode and the resume buffer."""
+
+    def __init__(self, server: VoiceServer, identify: GatewayMessageDataIdentify, channel_id: int, ssrc: int) -> None:
+        self.server = server
+        self.guild_id = identify.guild_id
+        self.user_id = identify.user_id
+        self.session_id = identify.session_id
+        self._token = identify.token
+        self.channel_id = channel_id
+        self.ssrc = ssrc
+        self.max_dave_protocol_version = identify.max_dave_protocol_version
+        #: The mode chosen in Select Protocol (``None`` before it).
+        self.mode: str | None = None
+        #: The 32-byte key sent in Session Description (``None`` before it).
+        self.secret_key: bytes | None = None
+        #: The client's UDP address as seen by the server (from IP discovery or audio).
+        self.udp_address: tuple[str, int] | None = None
+        #: The address and port the client announced in Select Protocol.
+        self.announced_address: tuple[str, int] | None = None
+        #: The last Speaking flags the client sent (``None`` before any op 5).
+        self.speaking: SpeakingFlags | None = None
+        #: Every audio packet received from this session, in arrival order.
+        self.packets: list[ReceivedPacket] = []
+        #: Every websocket connection this session used (identify first, then resumes).
+        self.connections: list[ServerConnection] = []
+        #: The last seq_ack the client reported.
+        self.seq_ack = -1
+        #: When True, heartbeats of this session get no ACK.
+        self.withhold_heartbeat_acks = False
+        #: True once the session has ended (closed for good or timed out).
+        self.ended = False
+        self.audio_before_speaking = 0
+        self._seq = 0
+        self._buffer: collections.deque[tuple[int, str | bytes, int, Any]] = collections.deque(maxlen=4096)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._depacketizer: Any = None
+        self._packetizers: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<ServerSession user_id={self.user_id} guild_id={self.guild_id} ssrc={self.ssrc} "
+            f"mode={self.mode} ended={self.ended}>"
+        )
+
+    @property
+    def connection(self) -> ServerConnection | None:
+        """The live websocket connection, or ``None`` while the client is away."""
+        if self.connections and not self.connections[-1].closed:
+            return self.connections[-1]
+        return None
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last session message sent (0 before any)."""
+        return self._seq
+
+    @property
+    def messages(self) -> list[RecordedMessage]:
+        """Every frame of every connection of this session, in order."""
+        return [m for c in self.connections for m in c.messages]
+
+    async def send(self, op: int, data: GatewayMessageData | Any) -> int:
+        """Send a session message with the next ``seq`` (buffered for resume); return the seq.
+
+        Binary DAVE payloads go in a binary frame ``[seq][op][payload]``.  While the
+        client is away the message is only buffered and re-delivered on resume.
+        """
+        self._seq += 1
+        seq = self._seq
+        binary = isinstance(data, (bytes, bytearray)) or (
+            isinstance(data, GatewayMessageData) and not isinstance(data, GatewayMessageDataUnknown) and data.BINARY
+        )
+        if binary:
+            frame: str | bytes = encode_server_binary(seq, op, data)
+            recorded: Any = frame[3:]
+        else:
+            frame = encode_message(op, data, seq=seq)
+            recorded = data.to_json() if isinstance(data, GatewayMessageData) else data
+        self._buffer.append((seq, frame, op, recorded))
+        conn = self.connection
+        if conn is not None:
+            await self.server._send_frame(conn, op, recorded, seq, frame)
+        return seq
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the live connection with ``code`` (the session ends unless the code is resumable)."""
+        conn = self.connection
+        if conn is not None:
+            await conn.close(code, reason)
+
+    def close_after(self, code: int, *, messages: int | None = None, seconds: float | None = None) -> None:
+        """Close the live connection with ``code`` after ``messages`` client frames and/or ``seconds``."""
+        conn = self.connection
+        if conn is None:
+            raise RuntimeError("the session has no live connection to close")
+        conn.close_after(code, messages=messages, seconds=seconds)
+
+    def drop(self) -> None:
+        """Cut the live TCP connection without a close frame (the session stays resumable)."""
+        conn = self.connection
+        if conn is not None:
+            conn.drop()
+
+    async def inject_datagram(self, data: bytes) -> None:
+        """Send ``data`` as-is to the client's UDP address (RTCP, garbage, crafted packets)."""
+        if self.udp_address is None:
+            raise RuntimeError("the client has not sent anything over UDP yet (no IP discovery)")
+        self.server._udp_send(self.udp_address, bytes(data))
+
+    def _check_token(self, token: str) -> bool:
+        return secrets.compare_digest(self._token.encode(), token.encode())
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: VoiceServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        try:
+            self.server._on_datagram(data, addr)
+        except Exception:  # the server must survive whatever arrives
+            _log.exception("voice server failed on a datagram from %s", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        _log.debug("voice server UDP error: %s", exc)
+
+
+class VoiceServer:
+    """A local Discord voice server: gateway v8 over websockets and UDP media, on 127.0.0.1.
+
+    Use it as an async context manager::
+
+        async with VoiceServer() as server:
+            state = server.make_state(guild_id=1, user_id=2)
+            gateway = Gateway(config=GatewayConfig(ssl=server.ssl_context))
+            await gateway.open(state)
+
+    Clients that identify for the same guild and channel share one call: audio
+    from one member is decrypted and re-encrypted for every other member with that
+    member's key and mode, as Discord's SFU does.
+
+    Knobs (plain attributes, changeable at any time):
+
+    - ``heartbeat_interval``: ms sent in Hello.
+    - ``modes``: encryption modes offered in Ready (default: the two AEAD modes).
+    - ``require_dave``: close 4017 on an Identify without ``max_dave_protocol_version >= 1``.
+    - ``dave_protocol_version``: sent in Session Description (0: no DAVE).
+    - ``withhold_heartbeat_acks``: ACK no heartbeat (see also per-session).
+    - ``strict_auth``: only accept sessions registered with :meth:`voice_updates` (else 4004).
+    - ``session_timeout``: seconds a dropped session stays resumable.
+    - ``udp_loss``, ``udp_duplicate``, ``udp_reorder`` (probabilities) and ``udp_delay``
+      (seconds): applied to datagrams the server sends to clients.
+    - :meth:`refuse_next_resume`, :meth:`close_next_connection`; per connection or
+      session: ``close``, ``close_after``, ``drop``, ``inject_datagram``, ``send_raw``.
+
+    Recordings: ``connections`` (every frame both ways), ``sessions``,
+    :meth:`packets` (per SSRC, arrival time and decrypted payload) and
+    ``rejected_datagrams``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        tls: bool = False,
+        heartbeat_interval: float = 13750.0,
+        modes: Iterable[str | EncryptionMode] | None = None,
+        require_dave: bool = False,
+        dave_protocol_version: int = 0,
+        strict_auth: bool = False,
+        session_timeout: float = 30.0,
+        seed: int | None = None,
+    ) -> None:
+        self.host = host
+        self.tls = tls
+        self.heartbeat_interval = heartbeat_interval
+        self.modes: list[str] = [str(m) for m in (modes if modes is not None else AVAILABLE_MODES)]
+        self.require_dave = require_dave
+        self.dave_protocol_version = dave_protocol_version
+        self.strict_auth = strict_auth
+        self.session_timeout = session_timeout
+        self.withhold_heartbeat_acks = False
+        self.udp_loss = 0.0
+        self.udp_duplicate = 0.0
+        self.udp_reorder = 0.0
+        self.udp_delay = 0.0
+        #: Every websocket connection, in order of arrival.
+        self.connections: list[ServerConnection] = []
+        #: Every voice session, in order of creation.
+        self.sessions: list[ServerSession] = []
+        #: Datagrams the UDP side could not use.
+        self.rejected_datagrams: list[RejectedDatagram] = []
+        #: RTCP datagrams received, as ``(address, bytes)``.
+        self.rtcp_received: list[tuple[tuple[str, int], bytes]] = []
+        self._random = random.Random(seed)
+        self._registered: dict[str, tuple[int, int, int, str]] = {}
+        self._calls: dict[tuple[int, int], list[ServerSession]] = {}
+        self._by_ssrc: dict[int, ServerSession] = {}
+        self._packets: dict[int, list[ReceivedPacket]] = {}
+        self._refuse_resumes = 0
+        self._close_next: list[tuple[int, int | None, str]] = []
+        self._runner: web.AppRunner | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._cert: Any = None
+        self._ws_port = 0
+        self._udp_port = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._held: tuple[tuple[str, int], bytes] | None = None
+        self._changed: asyncio.Event | None = None
+        self._connection_count = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> VoiceServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Bind the websocket and UDP endpoints on random ports and start serving."""
+        if self._runner is not None:
+            raise RuntimeError("VoiceServer is already started")
+        loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        ssl_context = None
+        if self.tls:
+            from ._tls import SelfSignedCertificate
+
+            self._cert = SelfSignedCertificate()
+            ssl_context = self._cert.server_context()
+        app = web.Application()
+        app.router.add_get("/", self._handle_ws)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, 0))
+        except OSError:
+            sock.close()
+            raise
+        self._ws_port = sock.getsockname()[1]
+        site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
+        await site.start()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UDPProtocol(self), local_addr=(self.host, 0), family=socket.AF_INET
+        )
+        self._udp = transport  # type: ignore[assignment]
+        self._udp_port = transport.get_extra_info("sockname")[1]
+        _log.debug("voice server listening on %s (UDP %d)", self.url, self._udp_port)
+
+    async def close(self) -> None:
+        """Close every connection (code 1001), stop both endpoints and remove temporary files."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for session in self.sessions:
+            if session._expiry is not None:
+                session._expiry.cancel()
+        for conn in self.connections:
+            for timer in conn._timers:
+                timer.cancel()
+            if not conn.closed:
+                await conn.close(1001, "server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._cert is not None:
+            self._cert.cleanup()
+            self._cert = None
+
+    # -- addresses -------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port``, the ``endpoint`` a VOICE_SERVER_UPDATE carries (no scheme)."""
+        return f"{self.host}:{self._ws_port}"
+
+    @property
+    def url(self) -> str:
+        """The websocket URL with scheme (``ws://`` or ``wss://``)."""
+        return f"{'wss' if self.tls else 'ws'}://{self.endpoint}"
+
+    @property
+    def udp_port(self) -> int:
+        """The UDP port announced in Ready."""
+        return self._udp_port
+
+    @property
+    def ca_file(self) -> str | None:
+        """With ``tls=True``: path of the PEM certificate clients must trust."""
+        return self._cert.ca_file if self._cert is not None else None
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """With ``tls=True``: a client ``SSLContext`` that trusts this server; ``None`` otherwise."""
+        return self._cert.client_context() if self._cert is not None else None
+
+    # -- what the main gateway would deliver ---------------------------------------
+
+    def voice_updates(
+        self,
+        guild_id: int,
+        user_id: int,
+        channel_id: int | None = None,
+        *,
+        session_id: str | None = None,
+        token: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Register a session and return the VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE payloads.
+
+        These are the ``d`` objects Discord's main gateway dispatches after an op 4
+        Voice State Update; a Manager fed with them connects to this server.  The
+        channel defaults to the guild id (one call per guild).
+        """
+        channel = guild_id if channel_id is None else channel_id
+        session_id = session_id or secrets.token_hex(16)
+        token = token or secrets.token_hex(8)
+        self._registered[session_id] = (guild_id, user_id, channel, token)
+        state = {
+            "guild_id": str(guild_id),
+            "channel_id": str(channel),
+            "user_id": str(user_id),
+            "session_id": session_id,
+            "deaf": False,
+            "mute": False,
+            "self_deaf": False,
+            "self_mute": False,
+            "self_video": False,
+            "suppress": False,
+            "request_to_speak_timestamp": None,
+        }
+        server = {"token": token, "guild_id": str(guild_id), "endpoint": self.endpoint}
+        return state, server
+
+    def make_state(self, guild_id: int, user_id: int, channel_id: int | None = None) -> Any:
+        """Register a session and return a :class:`fastvoice.State` pointing at this server.
+
+        The endpoint carries the scheme (``ws://`` or ``wss://``) so a
+        :class:`fastvoice.Gateway` connects without further setup (with ``tls=True``
+        pass :attr:`ssl_context` in its config).
+        """
+        from ..gateway import State
+
+        state_update, server_update = self.voice_updates(guild_id, user_id, channel_id)
+        return State(
+            guild_id=guild_id,
+            user_id=user_id,
+            channel_id=int(state_update["channel_id"]),
+            session_id=state_update["session_id"],
+            token=server_update["token"],
+            endpoint=self.url,
+        )
+
+    # -- fault knobs -----------------------------------------------------------------
+
+    def refuse_next_resume(self, count: int = 1) -> None:
+        """Answer the next ``count`` Resume requests with close code 4006."""
+        self._refuse_resumes += count
+
+    def close_next_connection(self, code: int, *, after_messages: int | None = None, reason: str = "") -> None:
+        """Close the next websocket connection with ``code``, at once or after ``after_messages`` client frames."""
+        self._close_next.append((code, after_messages, reason))
+
+    # -- recordings ------------------------------------------------------------------
+
+    def packets(self, ssrc: int) -> list[ReceivedPacket]:
+        """Every audio packet received from ``ssrc``, in arrival order."""
+        return self._packets.get(ssrc, [])
+
+    def session_for_user(self, user_id: int) -> ServerSession | None:
+        """The most recent session of ``user_id``, or ``None``."""
+        for session in reversed(self.sessions):
+            if session.user_id == user_id:
+                return session
+        return None
+
+    def session_for_ssrc(self, ssrc: int) -> ServerSession | None:
+        """The session that owns ``ssrc``, or ``None``."""
+        return self._by_ssrc.get(ssrc)
+
+    def call_members(self, guild_id: int, channel_id: int | None = None) -> list[ServerSession]:
+        """Sessions currently in the call of ``guild_id``/``channel_id``."""
+        return list(self._calls.get((guild_id, guild_id if channel_id is None else channel_id), []))
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Wait until ``predicate()`` is truthy (re-checked on every recorded event); return its value.
+
+        Raises ``TimeoutError`` naming the predicate after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"condition {getattr(predicate, '__name__', predicate)!r} not met in {timeout} s")
+            event = self._changed
+            assert event is not None, "VoiceServer is not started"
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, 0.05))
+            except asyncio.TimeoutError:
+                pass
+
+    # -- internals: bookkeeping -----------------------------------------------------
+
+    def _notify(self) -> None:
+        event = self._changed
+        if event is not None:
+            event.set()
+            self._changed = asyncio.Event()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _new_ssrc(self) -> int:
+        while True:
+            ssrc = self._random.randrange(1, 2**32)
+            if ssrc not in self._by_ssrc:
+                return ssrc
+
+    async def _send_frame(self, conn: ServerConnection, op: int, data: Any, seq: int | None, frame: str | bytes) -> None:
+        if conn._ws.closed:
+            return
+        conn._record("out", op, data, seq, frame)
+        try:
+            if isinstance(frame, str):
+                await conn._ws.send_str(frame)
+            else:
+                await conn._ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def _send_plain(self, conn: ServerConnection, op: int, data: GatewayMessageData) -> None:
+        """Send a connection-level message (Hello, Heartbeat ACK, Resumed): no seq, not buffered."""
+        await self._send_frame(conn, op, data.to_json(), None, encode_message(op, data))
+
+    # -- internals: websocket ------------------------------------------------------
+
+    async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=1024 * 1024, autoping=True)
+        await ws.prepare(request)
+        self._connection_count += 1
+        conn = ServerConnection(self, self._connection_count, ws, request)
+        self.connections.append(conn)
+        if self._close_next:
+            code, after, reason = self._close_next.pop(0)
+            if after is None:
+                await conn.close(code, reason)
+            else:
+                conn._close_after = (after, code, reason)
+        try:
+            if not ws.closed:
+                await self._send_plain(conn, Opcode.HELLO, GatewayMessageDataHello(self.heartbeat_interval))
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self._on_text(conn, msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await self._on_binary(conn, msg.data)
+                if conn._close_after is not None:
+                    limit, code, reason = conn._close_after
+                    if conn._inbound >= limit:
+                        conn._close_after = None
+                        await conn.close(code, reason)
+        except Exception:
+            _log.exception("voice server connection #%d failed", conn.number)
+            if not ws.closed:
+                await conn.close(4000, "internal error")
+        finally:
+            self._connection_ended(conn, ws)
+        return ws
+
+    def _connection_ended(self, conn: ServerConnection, ws: web.WebSocketResponse) -> None:
+        conn.closed = True
+        for timer in conn._timers:
+            timer.cancel()
+        if conn.close_code is None and ws.close_code is not None and ws.close_code != 1006:
+            conn.close_code = ws.close_code
+        session = conn.session
+        self._notify()
+        if session is None or session.ended or (session.connections and session.connections[-1] is not conn):
+            return
+        code = conn.close_code
+        if conn._server_closed:
+            # A server close ends the session unless its code is resumable.
+            ends = gateway_close_event_code_by_code(code).behaviour is not CloseBehaviour.RESUME
+        else:
+            # A client closing with 1000 leaves the call; any other close or a drop may resume.
+            ends = code == 1000
+        if ends:
+            self._end_session(session)
+        else:
+            loop = asyncio.get_running_loop()
+            session._expiry = loop.call_later(self.session_timeout, self._end_session, session)
+
+    def _end_session(self, session: ServerSession) -> None:
+        if session.ended:
+            return
+        session.ended = True
+        if session._expiry is not None:
+            session._expiry.cancel()
+        key = (session.guild_id, session.channel_id)
+        members = self._calls.get(key, [])
+        if session in members:
+            members.remove(session)
+        self._by_ssrc.pop(session.ssrc, None)
+        for other in members:
+            self._spawn(other.send(Opcode.CLIENT_DISCONNECT, GatewayMessageDataClientDisconnect(session.user_id)))
+        self._notify()
+
+    async def _on_text(self, conn: ServerConnection, text: str) -> None:
+        conn._inbound += 1
+        try:
+            message = decode_message(text)
+        except GatewayDecodeError as exc:
+            conn._record("in", -1, None, None, text)
+            _log.info("voice server: undecodable frame from connection #%d: %s", conn.number, exc)
+            await conn.close(4002, "failed to decode payload")
+            return
+        data = message.d
+        conn._record("in", int(message.op), data.raw if isinstance(data, GatewayMessageDataUnknown) else data.to_json(),
+                     message.seq, text)
+        await self._on_message(conn, message)
+
+    async def _on_binary(self, conn: ServerConnection, frame: bytes) -> None:
+        conn._inbound += 1
+        try:
+            message = decode_client_binary(frame)
+        except GatewayDecodeError:
+            conn._record("in", -1, None, None, bytes(frame))
+            await conn.close(4002, "failed to decode payload")
+            return
+        conn._record("in", int(message.op), bytes(frame[1:]), None, bytes(frame))
+        await self._on_message(conn, message)
+
+    async def _on_message(self, conn: ServerConnection, message: GatewayMessage) -> None:
+        op = message.op
+        data = message.d
+        if op not in _CLIENT_OPS:
+            await conn.close(4001, "unknown opcode")
+            return
+        if not conn._identified and op not in _CLIENT_OPS_BEFORE_IDENTIFY:
+            await conn.close(4003, "not authenticated")
+            return
+        if op == Opcode.HEARTBEAT:
+            assert isinstance(data, GatewayMessageDataHeartbeat)
+            session = conn.session
+            if session is not None and data.seq_ack is not None:
+                session.seq_ack = data.seq_ack
+                while session._buffer and session._buffer[0][0] <= data.seq_ack:
+                    session._buffer.popleft()
+            if self.withhold_heartbeat_acks or (session is not None and session.withhold_heartbeat_acks):
+                return
+            await self._send_plain(conn, Opcode.HEARTBEAT_ACK, GatewayMessageDataHeartbeatACK(data.t))
+        elif op == Opcode.IDENTIFY:
+            assert isinstance(data, GatewayMessageDataIdentify)
+            await self._on_identify(conn, data)
+        elif op == Opcode.RESUME:
+            assert isinstance(data, GatewayMessageDataResume)
+            await self._on_resume(conn, data)
+        elif op == Opcode.SELECT_PROTOCOL:
+            assert isinstance(data, GatewayMessageDataSelectProtocol)
+            await self._on_select_protocol(conn, data)
+        elif op == Opcode.SPEAKING:
+            assert isinstance(data, GatewayMessageDataSpeaking)
+            await self._on_speaking(conn, data)
+        # DAVE client messages (23, 26, 28, 31) are recorded only.
+
+    async def _on_identify(self, conn: ServerConnection, data: GatewayMessageDataIdentify) -> None:
+        if conn._identified:
+            await conn.close(4005, "already authenticated")
+            return
+        registered = self._registered.get(data.session_id)
+        if registered is not None:
+            guild_id, user_id, channel_id, token = registered
+            if (guild_id, user_id) != (data.guild_id, data.user_id) or not secrets.compare_digest(
+                token.encode(), data.token.encode()
+            ):
+                await conn.close(4004, "authentication failed")
+                return
+        elif self.strict_auth:
+            await conn.close(4004, "authentication failed")
+            return
+        else:
+            channel_id = data.guild_id
+        if self.require_dave and not data.max_dave_protocol_version:
+            await conn.close(4017, "E2EE/DAVE protocol required")
+            return
+        # A new identify replaces an older session of the same user in the same guild.
+        for old in self.sessions:
+            if not old.ended and old.user_id == data.user_id and old.guild_id == data.guild_id:
+                old_conn = old.connection
+                self._end_session(old)
+                if old_conn is not None:
+                    await old_conn.close(4006, "session replaced")
+        conn._identified = True
+        session = ServerSession(self, data, channel_id, self._new_ssrc())
+        conn.session = session
+        session.connections.append(conn)
+        self.sessions.append(session)
+        self._by_ssrc[session.ssrc] = session
+        await session.send(
+            Opcode.READY, GatewayMessageDataReady(session.ssrc, self.host, self._udp_port, list(self.modes))
+        )
+        members = self._calls.setdefault((session.guild_id, channel_id), [])
+        others = [m for m in members if not m.ended]
+        members.append(session)
+        if others:
+            await session.send(Opcode.CLIENTS_CONNECT, GatewayMessageDataClientsConnect([m.user_id for m in others]))
+            for other in others:
+                if other.speaking is not None:
+                    await session.send(
+                        Opcode.SPEAKING, GatewayMessageDataSpeaking(other.speaking, other.ssrc, user_id=other.user_id)
+                    )
+        for other in others:
+            await other.send(Opcode.CLIENTS_CONNECT, GatewayMessageDataClientsConnect([session.user_id]))
+
+    async def _on_resume(self, conn: ServerConnection, data: GatewayMessageDataResume) -> None:
+        if conn._identified:
+            await conn.close(4005, "already authenticated")
+            return
+        session = None
+        for candidate in self.sessions:
+            if candidate.session_id == data.session_id and candidate.guild_id == data.guild_id:
+                session = candidate
+        if self._refuse_resumes > 0:
+            self._refuse_resumes -= 1
+            session = None
+        if session is None or session.ended or not session._check_token(data.token):
+            await conn.close(4006, "session no longer valid")
+            return
+        if session._expiry is not None:
+            session._expiry.cancel()
+            session._expiry = None
+        old = session.connection
+        conn._identified = True
+        conn.session = session
+        session.connections.append(conn)
+        if old is not None:
+            await old.close(4000, "resumed elsewhere")
+        await self._send_plain(conn, Opcode.RESUMED, GatewayMessageDataResumed())
+        seq_ack = -1 if data.seq_ack is None else data.seq_ack
+        for seq, frame, op, recorded in list(session._buffer):
+            if seq > seq_ack:
+                await self._send_frame(conn, op, recorded, seq, frame)
+
+    async def _on_select_protocol(self, conn: ServerConnection, data: GatewayMessageDataSelectProtocol) -> None:
+        session = conn.session
+        assert session is not None
+        if data.protocol != Protocol.UDP:
+            await conn.close(4012, "unknown protocol")
+            return
+        if data.data.mode not in self.modes:
+            await conn.close(4016, "unknown encryption mode")
+            return
+        session.mode = data.data.mode
+        session.secret_key = os.urandom(32)
+        session.announced_address = (data.data.address, data.data.port)
+        session._depacketizer = None
+        session._packetizers.clear()
+        await session.send(
+            Opcode.SESSION_DESCRIPTION,
+            GatewayMessageDataSessionDescription(session.mode, session.secret_key, self.dave_protocol_version),
+        )
+
+    async def _on_speaking(self, conn: ServerConnection, data: GatewayMessageDataSpeaking) -> None:
+        session = conn.session
+        assert session is not None
+        session.speaking = SpeakingFlags(data.speaking)
+        relay = GatewayMessageDataSpeaking(data.speaking, session.ssrc, user_id=session.user_id)
+        for other in self.call_members(session.guild_id, session.channel_id):
+            if other is not session:
+                await other.send(Opcode.SPEAKING, relay)
+
+    # -- internals: UDP ----------------------------------------------------------------
+
+    def _reject(self, addr: tuple[str, int], reason: str, data: bytes) -> None:
+        self.rejected_datagrams.append(RejectedDatagram(addr, reason, data[:2048], time.monotonic()))
+        self._notify()
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        now = time.monotonic()
+        if len(data) == 74 and data[0:4] == b"\x00\x01\x00\x46":
+            ssrc = struct.unpack_from(">I", data, 4)[0]
+            session = self._by_ssrc.get(ssrc)
+            if session is not None:
+                session.udp_address = addr
+            self._udp_send(addr, build_ip_discovery_reply(ssrc, addr[0], addr[1]), faults=False)
+            self._notify()
+            return
+        if len(data) < 12:
+            self._reject(addr, f"datagram of {len(data)} bytes is shorter than an RTP header", data)
+            return
+        if 200 <= data[1] <= 204:
+            self.rtcp_received.append((addr, bytes(data)))
+            self._notify()
+            return
+        ssrc = struct.unpack_from(">I", data, 8)[0]
+        session = self._by_ssrc.get(ssrc)
+        if session is None:
+            self._reject(addr, f"unknown SSRC {ssrc}", data)
+            return
+        if session.mode is None or session.secret_key is None:
+            self._reject(addr, f"SSRC {ssrc} sent audio before Select Protocol", data)
+            return
+        if session._depacketizer is None:
+            from ..rtp import Depacketizer
+
+            session._depacketizer = Depacketizer(session.mode, session.secret_key)
+        try:
+            packet = session._depacketizer.depacketize(data)
+        except DecryptionFailedError as exc:
+            self._reject(addr, f"SSRC {ssrc}: {exc}", data)
+            return
+        if packet is None:
+            self._reject(addr, "not an RTP audio packet", data)
+            return
+        session.udp_address = addr
+        if session.speaking is None:
+            session.audio_before_speaking += 1
+        received = ReceivedPacket(
+            ssrc, session.user_id, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr
+        )
+        session.packets.append(received)
+        self._packets.setdefault(ssrc, []).append(received)
+        self._forward(session, packet)
+        self._notify()
+
+    def _forward(self, sender: ServerSession, packet: Any) -> None:
+        from ..rtp import Packetizer
+
+        for member in self.call_members(sender.guild_id, sender.channel_id):
+            if member is sender or member.udp_address is None or member.mode is None or member.secret_key is None:
+                continue
+            packetizer = member._packetizers.get(sender.ssrc)
+            if packetizer is None:
+                packetizer = Packetizer(sender.ssrc, member.mode, member.secret_key)
+                member._packetizers[sender.ssrc] = packetizer
+            packetizer.sequence = packet.sequence
+            packetizer.timestamp = packet.timestamp
+            self._udp_send(member.udp_address, packetizer.packetize(packet.opus))
+
+    def _udp_send(self, addr: tuple[str, int], data: bytes, faults: bool = True) -> None:
+        if self._udp is None:
+            return
+        if not faults:
+            self._udp.sendto(data, addr)
+            return
+        rng = self._random
+        if self.udp_loss and rng.random() < self.udp_loss:
+            return
+        copies = 2 if self.udp_duplicate and rng.random() < self.udp_duplicate else 1
+        out: list[tuple[tuple[str, int], bytes]] = [(addr, data)] * copies
+        if self._held is not None:
+            out.append(self._held)
+            self._held = None
+        elif self.udp_reorder and rng.random() < self.udp_reorder:
+            self._held = out.pop(0)
+            if not out:
+                return
+        for target, payload in out:
+            if self.udp_delay > 0:
+                loop = asyncio.get_running_loop()
+                handle = loop.call_later(self.udp_delay, self._udp_send_later, target, payload)
+                self._timers.add(handle)
+            else:
+                self._udp_send_now(target, payload)
+
+    def _udp_send_later(self, addr: tuple[str, int], data: bytes) -> None:
+        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > asyncio.get_running_loop().time()}
+        self._udp_send_now(addr, data)
+
+    def _udp_send_now(self, addr: tuple[str, int], data: bytes) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, addr)
