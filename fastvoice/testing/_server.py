@@ -198,7 +198,7 @@ class ServerConnection:
 
     def close_after(self, code: int, *, messages: int | None = None, seconds: float | None = None,
                     reason: str = "") -> None:
-        """Close with ``code`` after ``messages`` more client frames and/or ``seconds`` from now."""
+        """Close with ``code`` after ``messages`` more client frames (heartbeats not counted) and/or ``seconds``."""
         if messages is None and seconds is None:
             raise ValueError("close_after needs messages=N and/or seconds=T")
         if messages is not None:
@@ -590,7 +590,10 @@ class VoiceServer:
         self._refuse_resumes += count
 
     def close_next_connection(self, code: int, *, after_messages: int | None = None, reason: str = "") -> None:
-        """Close the next websocket connection with ``code``, at once or after ``after_messages`` client frames."""
+        """Close the next websocket connection with ``code``, at once or after ``after_messages`` client frames.
+
+        Heartbeats are not counted, so ``after_messages=1`` closes right after Identify or Resume.
+        """
         self._close_next.append((code, after_messages, reason))
 
     # -- recordings ------------------------------------------------------------------
@@ -744,10 +747,10 @@ class VoiceServer:
         self._notify()
 
     async def _on_text(self, conn: ServerConnection, text: str) -> None:
-        conn._inbound += 1
         try:
             message = decode_message(text)
         except GatewayDecodeError as exc:
+            conn._inbound += 1
             conn._record("in", -1, None, None, text)
             _log.info("voice server: undecodable frame from connection #%d: %s", conn.number, exc)
             await conn.close(4002, "failed to decode payload")
@@ -755,6 +758,8 @@ class VoiceServer:
         data = message.d
         conn._record("in", int(message.op), data.raw if isinstance(data, GatewayMessageDataUnknown) else data.to_json(),
                      message.seq, text)
+        if message.op != Opcode.HEARTBEAT:
+            conn._inbound += 1
         await self._on_message(conn, message)
 
     async def _on_binary(self, conn: ServerConnection, frame: bytes) -> None:
@@ -923,12 +928,12 @@ class VoiceServer:
             self._udp_send(addr, build_ip_discovery_reply(ssrc, addr[0], addr[1]), faults=False)
             self._notify()
             return
-        if len(data) < 12:
-            self._reject(addr, f"datagram of {len(data)} bytes is shorter than an RTP header", data)
-            return
-        if 200 <= data[1] <= 204:
+        if len(data) >= 8 and data[0] >> 6 == 2 and 200 <= data[1] <= 204:
             self.rtcp_received.append((addr, bytes(data)))
             self._notify()
+            return
+        if len(data) < 12:
+            self._reject(addr, f"datagram of {len(data)} bytes is shorter than an RTP header", data)
             return
         ssrc = struct.unpack_from(">I", data, 8)[0]
         session = self._by_ssrc.get(ssrc)
