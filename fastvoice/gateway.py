@@ -76,6 +76,7 @@ StateProvider = Callable[[], Union["State", Awaitable["State"]]]
 # The websocket close code the client uses when it drops a connection it wants to resume:
 # 1000/1001 would end the voice session on Discord's side.
 _RESUMABLE_CLOSE = 4000
+_MIN_HEARTBEAT_INTERVAL = 0.01
 
 
 class Status(enum.IntEnum):
@@ -651,7 +652,8 @@ class Gateway:
         assert self._state is not None
         state = self._state
         await self._stop_heartbeat()
-        interval = hello.heartbeat_interval / 1000.0
+        # A floor keeps a hostile or broken Hello from turning heartbeats into a flood.
+        interval = max(hello.heartbeat_interval / 1000.0, _MIN_HEARTBEAT_INTERVAL)
         if self._status is Status.WAITING_FOR_HELLO:
             if resume:
                 self._status = Status.RESUMING

@@ -403,7 +403,7 @@ class GatewayMessageDataSessionDescription(GatewayMessageData):
             or len(key) != 32
             or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in key)
         ):
-            shown = key if not isinstance(key, list) else f"a list of {len(key)} items"
+            shown = f"a list of {len(key)} items" if isinstance(key, list) else f"a {type(key).__name__}"
             raise GatewayDecodeError(f"{_where(cls, 'secret_key')} must be a list of 32 ints in 0..255, got {shown}")
         dave = d.get("dave_protocol_version", 0)
         return cls(
@@ -914,13 +914,6 @@ def message_data_type(op: int) -> type[GatewayMessageData] | None:
     return _TYPES.get(op)
 
 
-def _opcode(op: int) -> Opcode | int:
-    try:
-        return Opcode(op)
-    except ValueError:
-        return op
-
-
 @dataclass(slots=True)
 class GatewayMessage:
     """One voice gateway frame (the seed's ``GatewayMessage``).
@@ -954,8 +947,12 @@ def decode_message(frame: str | bytes | bytearray) -> GatewayMessage:
     try:
         obj = json.loads(frame)
     except (ValueError, TypeError, RecursionError) as exc:
-        text = frame[:60] if isinstance(frame, (str, bytes, bytearray)) else frame
-        raise GatewayDecodeError(f"frame is not valid JSON ({exc.__class__.__name__}): {text!r}") from None
+        # The frame's text is not shown: it may hold a token or a key.
+        size = len(frame) if isinstance(frame, (str, bytes, bytearray)) else 0
+        where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise GatewayDecodeError(
+            f"frame of {size} characters is not valid JSON ({exc.__class__.__name__}{where})"
+        ) from None
     if not isinstance(obj, dict):
         raise GatewayDecodeError(f"frame must be a JSON object with 'op' and 'd', got {type(obj).__name__}")
     op = obj.get("op")
@@ -975,9 +972,10 @@ def decode_message(frame: str | bytes | bytearray) -> GatewayMessage:
 
 def _decode_binary(op: int, payload: bytes, seq: int | None) -> GatewayMessage:
     cls = _TYPES.get(op)
-    if cls is None or not cls.BINARY:
-        # JSON-only ops in a binary frame are kept raw rather than guessed at.
-        return GatewayMessage(_opcode(op), GatewayMessageDataUnknown(op, payload), seq)
+    if cls is None:
+        return GatewayMessage(op, GatewayMessageDataUnknown(op, payload), seq)
+    if not cls.BINARY:
+        raise GatewayDecodeError(f"op {op} ({Opcode(op).name}) is a JSON message but came in a binary frame")
     return GatewayMessage(Opcode(op), cls.from_bytes(payload), seq)
 
 

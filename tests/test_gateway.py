@@ -613,3 +613,24 @@ async def test_shared_session_is_not_closed(server):
         await gw.open(server.make_state(GUILD, USER))
         await gw.close()
         assert not http.closed
+
+
+def test_backoff_is_exponential_jittered_and_capped():
+    gw = Gateway(config=GatewayConfig(backoff_base=1.0, backoff_max=5.0))
+    for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (10, 5.0), (1000, 5.0)]:
+        values = [gw._backoff(attempt) for _ in range(300)]
+        assert all(full * 0.5 <= v <= full for v in values), (attempt, min(values), max(values))
+        assert max(values) - min(values) > 0.2 * full  # jittered, not a fixed delay
+
+
+async def test_a_tiny_hello_interval_does_not_flood(server):
+    server.heartbeat_interval = 0.001  # 1 microsecond
+    gw = make_gateway(Recorder())
+    await gw.open(server.make_state(GUILD, USER))
+    try:
+        await asyncio.sleep(0.3)
+        beats = len(server.connections[0].messages_in(Opcode.HEARTBEAT))
+        assert 3 <= beats <= 40  # floored at 10 ms
+        assert gw.status is Status.READY
+    finally:
+        await gw.close()

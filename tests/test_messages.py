@@ -221,8 +221,9 @@ def test_unknown_ops_decode_to_unknown_and_never_raise():
     assert decode_message('{"op":15}').d == GatewayMessageDataUnknown(15, None)
     binary = decode_server_binary(b"\x00\x01\x63abc")
     assert binary.d == GatewayMessageDataUnknown(0x63, b"abc") and binary.d.binary
-    # a JSON-only op in a binary frame is kept raw rather than guessed at
-    assert isinstance(decode_server_binary(b"\x00\x01\x05{}").d, GatewayMessageDataUnknown)
+    # a JSON-only op in a binary frame is refused rather than guessed at
+    with pytest.raises(GatewayDecodeError, match="JSON message but came in a binary frame"):
+        decode_server_binary(b"\x00\x01\x05{}")
     # an unknown message round-trips
     assert decode_message(encode_message(18, msg.d)).d == msg.d
 
@@ -266,6 +267,16 @@ def test_bad_frames_raise_a_clear_decode_error(frame, fragment):
 def test_bad_binary_frames_raise_decode_error(frame):
     with pytest.raises(GatewayDecodeError):
         decode_server_binary(frame)
+
+
+def test_decode_errors_do_not_echo_secrets():
+    frame = '{"op":4,"d":{"mode":"m","secret_key":"SECRETKEYBYTES"}'
+    with pytest.raises(GatewayDecodeError) as info:
+        decode_message(frame)  # truncated JSON
+    assert "SECRET" not in str(info.value) and "position" in str(info.value)
+    with pytest.raises(GatewayDecodeError) as info:
+        decode_message(frame + "}")
+    assert "SECRET" not in str(info.value) and "got a str" in str(info.value)
 
 
 def test_encode_rejects_mismatched_ops_and_bad_values():
