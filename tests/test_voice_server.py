@@ -417,3 +417,30 @@ async def test_server_close_leaves_nothing_behind():
     assert asyncio.all_tasks() == tasks
     assert len(os.listdir("/proc/self/fd")) == fds
     assert gw.status is Status.DISCONNECTED
+
+
+async def test_dropped_session_stays_resumable_until_it_expires(server):
+    server.session_timeout = 0.3
+    errors: list[BaseException] = []
+    alice = Gateway(None, lambda g, e: errors.append(e), GatewayConfig(auto_reconnect=False))
+    bob = Client(server, BOB)
+    await alice.open(server.make_state(GUILD, ALICE))
+    await bob.connect()
+    try:
+        session = server.session_for_user(ALICE)
+        session.drop()
+        await server.wait_for(lambda: errors)
+        assert errors[0].code is None  # no close frame: a transport drop
+        assert not session.ended and bob.of(Opcode.CLIENT_DISCONNECT) == []
+        await server.wait_for(lambda: bob.of(Opcode.CLIENT_DISCONNECT), timeout=2)
+        assert session.ended and bob.of(Opcode.CLIENT_DISCONNECT)[0].user_id == ALICE
+        # too late to resume: 4006
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
+            await ws.receive_json()
+            await ws.send_json({"op": 7, "d": {"server_id": str(GUILD), "session_id": session.session_id,
+                                               "token": session._token, "seq_ack": 1}})
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4006
+    finally:
+        await alice.close()
+        await bob.close()

@@ -430,6 +430,7 @@ class VoiceServer:
         self._held: tuple[tuple[str, int], bytes] | None = None
         self._changed: asyncio.Event | None = None
         self._connection_count = 0
+        self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -475,20 +476,24 @@ class VoiceServer:
 
     async def close(self) -> None:
         """Close every connection (code 1001), stop both endpoints and remove temporary files."""
+        self._closing = True
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        for session in self.sessions:
-            if session._expiry is not None:
-                session._expiry.cancel()
         for conn in self.connections:
             for timer in conn._timers:
                 timer.cancel()
-            if not conn.closed:
-                await conn.close(1001, "server shutting down")
+        await asyncio.gather(
+            *(conn.close(1001, "server shutting down") for conn in self.connections if not conn.closed),
+            return_exceptions=True,
+        )
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for session in self.sessions:
+            if session._expiry is not None:
+                session._expiry.cancel()
+                session._expiry = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -676,7 +681,8 @@ class VoiceServer:
     # -- internals: websocket ------------------------------------------------------
 
     async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=1024 * 1024, autoping=True)
+        # A short close handshake: a stuck client must not hold the server's shutdown for long.
+        ws = web.WebSocketResponse(max_msg_size=1024 * 1024, autoping=True, timeout=2.0)
         await ws.prepare(request)
         self._connection_count += 1
         conn = ServerConnection(self, self._connection_count, ws, request)
@@ -725,7 +731,7 @@ class VoiceServer:
         else:
             # A client closing with 1000 leaves the call; any other close or a drop may resume.
             ends = code == 1000
-        if ends:
+        if ends or self._closing:
             self._end_session(session)
         else:
             loop = asyncio.get_running_loop()
