@@ -25,7 +25,16 @@ from .errors import (
     VoiceError,
 )
 from .ipdiscovery import build_ip_discovery_request, parse_ip_discovery_response
+from .opus import (
+    AsyncOpusReader,
+    OpusFrameProvider,
+    OpusFrameReceiver,
+    OpusReader,
+    OpusWriter,
+    UserFilterFunc,
+)
 from .rtp import Depacketizer, Packet, Packetizer, SSRCEntry, SSRCTable, speedups_enabled
+from .udp import UDPConn, UDPConnConfig, UDPConnCreateFunc, UDPNotReadyError
 
 __version__ = "0.1.0"
 
@@ -52,6 +61,16 @@ __all__ = [
     "choose_encryption_mode",
     "parse_ip_discovery_response",
     "speedups_enabled",
+    "AsyncOpusReader",
+    "OpusFrameProvider",
+    "OpusFrameReceiver",
+    "OpusReader",
+    "OpusWriter",
+    "UserFilterFunc",
+    "UDPConn",
+    "UDPConnConfig",
+    "UDPConnCreateFunc",
+    "UDPNotReadyError",
 ]
 
 # --- gateway and local voice server exports are added below this line ---

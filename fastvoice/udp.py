@@ -1,0 +1,318 @@
+"""The voice UDP connection: IP discovery, then encrypted RTP out and in (seed: ``UDPConn``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import UDP_TIMEOUT
+from .encryption import EncryptionMode
+from .errors import DecryptionFailedError, IPDiscoveryError, VoiceError
+from .ipdiscovery import build_ip_discovery_request, is_ip_discovery_response, parse_ip_discovery_response
+from .rtp import Depacketizer, Packet, Packetizer
+
+__all__ = ["UDPConn", "UDPConnConfig", "UDPConnCreateFunc", "UDPNotReadyError"]
+
+_log = logging.getLogger("fastvoice.udp")
+
+#: Largest datagram the receive side accepts; anything longer is dropped unread.
+MAX_DATAGRAM = 4096
+
+
+class UDPNotReadyError(VoiceError):
+    """Audio was written before the connection had its address and secret key."""
+
+
+@dataclass
+class UDPConnConfig:
+    """Configuration of a :class:`UDPConn` (seed: ``UDPConnConfig``; the Dialer becomes ``local_addr``).
+
+    ``discovery_timeout`` bounds IP discovery as a whole (the seed's ``UDP_TIMEOUT``);
+    the request is re-sent every ``discovery_retry`` seconds in case a datagram is lost.
+    ``read_queue`` bounds how many undelivered packets ``read_packet`` keeps (oldest dropped).
+    """
+
+    logger: logging.Logger = field(default_factory=lambda: _log)
+    local_addr: tuple[str, int] | None = None
+    discovery_timeout: float = UDP_TIMEOUT
+    discovery_retry: float = 1.0
+    read_queue: int = 256
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, conn: UDPConn) -> None:
+        self._conn = conn
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._conn._datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable while the server restarts, ...) are transient for voice.
+        self._conn._config.logger.debug("voice UDP error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn._connection_lost()
+
+
+class UDPConn:
+    """A UDP voice connection on an asyncio datagram endpoint (uvloop's when installed).
+
+    ``open(ip, port, ssrc)`` connects the socket and runs IP discovery; after
+    ``set_secret_key(mode, key)`` (from Session Description) ``write(opus)`` packetizes,
+    encrypts and sends a frame, and received packets are decrypted for ``read_packet()`` or,
+    when a handler is set with ``set_packet_handler``, pushed to it as they arrive.
+    """
+
+    def __init__(self, config: UDPConnConfig | None = None, **options: Any) -> None:
+        self._config = config if config is not None else UDPConnConfig(**options)
+        if config is not None and options:
+            raise TypeError("pass either a UDPConnConfig or keyword options, not both")
+        self._transport: asyncio.DatagramTransport | None = None
+        self._remote: tuple[str, int] | None = None
+        self._ssrc = 0
+        self._packetizer: Packetizer | None = None
+        self._depacketizer: Depacketizer | None = None
+        self._discovery: asyncio.Future[bytes] | None = None
+        self._queue: deque[Packet] = deque(maxlen=self._config.read_queue)
+        self._readable = asyncio.Event()
+        self._handler: Callable[[Packet], None] | None = None
+        self._raw_handler: Callable[[bytes], None] | None = None
+        self._read_timeout: float | None = None
+        self._closed = False
+        #: Datagrams that failed decryption (forged, corrupted or for another key).
+        self.decrypt_failures = 0
+        #: Datagrams ignored: not audio, oversized, or from an unexpected address.
+        self.ignored = 0
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def config(self) -> UDPConnConfig:
+        """The configuration in use."""
+        return self._config
+
+    @property
+    def local_addr(self) -> tuple[str, int] | None:
+        """The local (host, port) of the socket, once open."""
+        if self._transport is None:
+            return None
+        return self._transport.get_extra_info("sockname")[:2]
+
+    @property
+    def remote_addr(self) -> tuple[str, int] | None:
+        """The voice server's (host, port), once open."""
+        return self._remote
+
+    @property
+    def ssrc(self) -> int:
+        """The SSRC this connection sends with."""
+        return self._ssrc
+
+    @property
+    def packetizer(self) -> Packetizer | None:
+        """The packetizer in use once a key is set (its counters give stream continuity)."""
+        return self._packetizer
+
+    @property
+    def stream_counters(self) -> tuple[int, int, int] | None:
+        """``(sequence, timestamp, nonce)`` of the next packet, or ``None`` before a key is set."""
+        p = self._packetizer
+        return None if p is None else (p.sequence, p.timestamp, p.nonce)
+
+    @property
+    def is_open(self) -> bool:
+        """True between a successful ``open`` and ``close``."""
+        return self._transport is not None and not self._closed
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self, ip: str, port: int, ssrc: int) -> tuple[str, int]:
+        """Connect to the voice server at ``ip:port`` and discover our external address.
+
+        Returns ``(address, port)`` from the IP discovery reply. Raises ``IPDiscoveryError``
+        on a malformed reply or when no reply comes within ``discovery_timeout`` seconds,
+        and ``OSError`` when the socket cannot be created.
+        """
+        if self._transport is not None:
+            raise VoiceError("UDPConn is already open")
+        if not isinstance(port, int) or not 0 < port <= 0xFFFF:
+            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), remote_addr=(ip, port), local_addr=self._config.local_addr, family=family
+        )
+        self._transport = transport  # type: ignore[assignment]
+        self._remote = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
+        self._ssrc = ssrc
+        self._closed = False
+        try:
+            return await self._discover(loop, ssrc)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _discover(self, loop: asyncio.AbstractEventLoop, ssrc: int) -> tuple[str, int]:
+        request = build_ip_discovery_request(ssrc)
+        deadline = loop.time() + self._config.discovery_timeout
+        while True:
+            self._discovery = loop.create_future()
+            assert self._transport is not None
+            self._transport.sendto(request)
+            wait = min(self._config.discovery_retry, deadline - loop.time())
+            if wait <= 0:
+                raise IPDiscoveryError(
+                    f"no IP discovery reply from {self._remote[0]}:{self._remote[1]} "  # type: ignore[index]
+                    f"within {self._config.discovery_timeout:g} s"
+                )
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(self._discovery), wait)
+            except asyncio.TimeoutError:
+                continue
+            finally:
+                self._discovery = None
+            address = parse_ip_discovery_response(reply, ssrc)
+            self._config.logger.debug("IP discovery: external address %s:%d", *address)
+            return address
+
+    def set_secret_key(
+        self, mode: EncryptionMode | str, secret_key: bytes, *, counters: tuple[int, int, int] | None = None
+    ) -> None:
+        """Start encrypting and decrypting with ``mode`` and ``secret_key`` (op 4).
+
+        ``counters`` (``(sequence, timestamp, nonce)``, see :attr:`stream_counters`) continues
+        another connection's stream; by default a new key on this connection keeps its own
+        counters, so the outgoing stream stays continuous.
+        """
+        previous = self._packetizer
+        packetizer = Packetizer(self._ssrc, mode, secret_key)
+        if counters is None and previous is not None:
+            counters = previous.sequence, previous.timestamp, previous.nonce
+        if counters is not None:
+            packetizer.sequence, packetizer.timestamp, packetizer.nonce = counters
+        self._packetizer = packetizer
+        self._depacketizer = Depacketizer(mode, secret_key)
+
+    def close(self) -> None:
+        """Close the socket; pending ``read_packet`` calls raise ``ConnectionError``."""
+        self._closed = True
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        if self._discovery is not None and not self._discovery.done():
+            self._discovery.cancel()
+        self._readable.set()
+
+    # -- send -----------------------------------------------------------------------
+
+    def write(self, opus: bytes) -> int:
+        """Packetize, encrypt and send one Opus frame; return the number of Opus bytes sent.
+
+        Raises ``UDPNotReadyError`` before ``open`` and ``set_secret_key``.
+        """
+        transport = self._transport
+        packetizer = self._packetizer
+        if transport is None or packetizer is None:
+            raise UDPNotReadyError(
+                "cannot send audio: the UDP connection is "
+                + ("not open" if transport is None else "waiting for its secret key (Session Description)")
+            )
+        transport.sendto(packetizer.packetize(opus))
+        return len(opus)
+
+    def send_datagram(self, datagram: bytes) -> None:
+        """Send an already built datagram (used by the shared send clock)."""
+        if self._transport is not None:
+            self._transport.sendto(datagram)
+
+    # -- receive --------------------------------------------------------------------
+
+    def set_packet_handler(self, handler: Callable[[Packet], None] | None) -> None:
+        """Push every decrypted audio packet to ``handler`` instead of queueing it for ``read_packet``."""
+        self._handler = handler
+
+    def set_raw_handler(self, handler: Callable[[bytes], None] | None) -> None:
+        """Push every raw datagram from the server to ``handler`` (before any decryption)."""
+        self._raw_handler = handler
+
+    def _datagram_received(self, data: bytes, addr: Any) -> None:
+        remote = self._remote
+        if remote is not None and (addr[0], addr[1]) != remote:
+            self.ignored += 1
+            return
+        if len(data) > MAX_DATAGRAM:
+            self.ignored += 1
+            return
+        discovery = self._discovery
+        if discovery is not None and not discovery.done() and is_ip_discovery_response(data):
+            discovery.set_result(data)
+            return
+        if self._raw_handler is not None:
+            self._raw_handler(data)
+            return
+        depacketizer = self._depacketizer
+        if depacketizer is None:
+            self.ignored += 1
+            return
+        try:
+            packet = depacketizer.depacketize(data)
+        except DecryptionFailedError as exc:
+            self.decrypt_failures += 1
+            self._config.logger.debug("dropped a voice packet: %s", exc)
+            return
+        if packet is None:
+            self.ignored += 1
+            return
+        if self._handler is not None:
+            self._handler(packet)
+        else:
+            self._queue.append(packet)
+            self._readable.set()
+
+    def _connection_lost(self) -> None:
+        self._closed = True
+        self._readable.set()
+
+    def set_deadline(self, timeout: float | None) -> None:
+        """Set the read and write timeouts, in seconds (``None`` for none)."""
+        self.set_read_deadline(timeout)
+        self.set_write_deadline(timeout)
+
+    def set_read_deadline(self, timeout: float | None) -> None:
+        """``read_packet`` raises ``TimeoutError`` after waiting ``timeout`` seconds (``None``: wait forever)."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        self._read_timeout = timeout
+
+    def set_write_deadline(self, timeout: float | None) -> None:
+        """Accepted for the seed's interface: UDP writes never wait, so there is nothing to bound."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+
+    async def read_packet(self) -> Packet:
+        """Wait for the next decrypted audio packet.
+
+        Raises ``TimeoutError`` after the read deadline and ``ConnectionError`` once closed.
+        """
+        while True:
+            if self._queue:
+                return self._queue.popleft()
+            if self._closed:
+                raise ConnectionError("the voice UDP connection is closed")
+            self._readable.clear()
+            if self._read_timeout is None:
+                await self._readable.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._readable.wait(), self._read_timeout)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"no voice packet within {self._read_timeout:g} s") from None
+
+
+#: Creates a UDPConn (seed: ``UDPConnCreateFunc``).
+UDPConnCreateFunc = Callable[..., UDPConn]
