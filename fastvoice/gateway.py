@@ -62,6 +62,10 @@ __all__ = [
     "EventHandler",
     "CloseHandler",
     "StateProvider",
+    "EventHandlerFunc",
+    "CloseHandlerFunc",
+    "StateProviderFunc",
+    "GatewayCreateFunc",
 ]
 
 _log = logging.getLogger("fastvoice.gateway")
@@ -72,6 +76,14 @@ EventHandler = Callable[[Union[Opcode, int], GatewayMessageData], Union[None, Aw
 CloseHandler = Callable[["Gateway", BaseException], Union[None, Awaitable[None]]]
 #: Returns the state to identify with when a new session is needed (seed: ``StateProviderFunc``).
 StateProvider = Callable[[], Union["State", Awaitable["State"]]]
+#: The seed's names for the handler types.
+EventHandlerFunc = EventHandler
+CloseHandlerFunc = CloseHandler
+StateProviderFunc = StateProvider
+#: Builds a gateway from its handlers and config (seed: ``GatewayCreateFunc``); ``Gateway`` itself is one.
+GatewayCreateFunc = Callable[
+    [Union[EventHandler, None], Union[CloseHandler, None], Union["GatewayConfig", None]], "Gateway"
+]
 
 # The websocket close code the client uses when it drops a connection it wants to resume:
 # 1000/1001 would end the voice session on Discord's side.
@@ -177,7 +189,8 @@ class Gateway:
     :class:`~fastvoice.gateway_messages.GatewayMessageDataUnknown` for unknown
     ops).  ``close_handler(gateway, error)`` is called when the gateway stops for
     good on its own.  Both may be coroutine functions; exceptions they raise are
-    logged and never stop the gateway.
+    logged and never stop the gateway.  The event handler runs in the gateway's
+    reader: the next frame is read once it returns, so it should not block.
     """
 
     def __init__(
@@ -326,14 +339,11 @@ class Gateway:
         runner = self._runner
         if runner is None or runner is asyncio.current_task():
             return
-        try:
-            await runner
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        except Exception:  # already reported by the runner
-            pass
+        # asyncio.wait does not raise for the runner's own cancellation or failure
+        # (already logged), but still lets a cancellation of the caller through.
+        await asyncio.wait({runner})
+        if not runner.cancelled():
+            runner.exception()
 
     async def _close_session(self) -> None:
         session = self._session

@@ -297,6 +297,7 @@ async def test_stop_codes_reach_the_close_handler(server, code):
         await gw.send(Opcode.SPEAKING, GatewayMessageDataSpeaking(SpeakingFlags.NONE, 1))
     await gw.close()
     assert len(rec.closes) == 1
+    assert {t for t in asyncio.all_tasks() if t.get_name().startswith("fastvoice")} == set()
 
 
 async def test_4006_on_resume_gives_a_new_session(server):
@@ -400,6 +401,7 @@ async def test_fatal_code_ends_open_at_once(server):
     assert info.value.code == 4017 and "DAVE" in str(info.value)
     assert rec.closes and rec.closes[0][1] is info.value
     assert gw.status is Status.DISCONNECTED
+    assert {t for t in asyncio.all_tasks() if t.get_name().startswith("fastvoice")} == set()
     await gw.close()
 
 
