@@ -231,7 +231,8 @@ NEW_SESSION_CODES = sorted(
 STOP_CODES = sorted(c for c, e in GATEWAY_CLOSE_EVENT_CODES.items() if e.behaviour is CloseBehaviour.STOP)
 
 
-@pytest.mark.parametrize("code", RESUME_CODES)
+# codes outside the table are transport drops: resumed too
+@pytest.mark.parametrize("code", RESUME_CODES + [1001, 1011, 3000, 4010, 4999])
 async def test_resume_codes_resume_the_same_session(server, code):
     rec = Recorder()
     gw = make_gateway(rec)
