@@ -153,7 +153,8 @@ async def test_heartbeat_seq_ack_and_latency(server):
         nonces = [b.data["t"] for b in beats]
         assert nonces == sorted(set(nonces))
         gaps = [b.time - a.time for a, b in zip(beats[1:], beats[2:])]
-        assert all(0.02 < g < 0.5 for g in gaps), gaps
+        assert all(g < 1.0 for g in gaps), gaps
+        assert (beats[-1].time - beats[1].time) / (len(beats) - 2) >= 0.035  # paced at the Hello interval
         assert beats[-1].data["seq_ack"] == session.seq == 1  # Ready was seq 1
         # every ACK echoed its nonce, so latency is measured
         await rec.wait(lambda: len(rec.of(Opcode.HEARTBEAT_ACK)) >= 2)
@@ -185,7 +186,7 @@ async def test_binary_send_goes_out_as_op_byte_plus_payload(server):
 
 async def test_resume_after_dropped_socket_redelivers_missed_messages_once(server):
     rec_a, rec_b = Recorder(), Recorder()
-    gw_a = make_gateway(rec_a, backoff_base=0.3, backoff_max=0.3)
+    gw_a = make_gateway(rec_a, backoff_base=0.5, backoff_max=0.5)  # away for 0.25-0.5 s
     gw_b = make_gateway(rec_b)
     await gw_a.open(server.make_state(GUILD, USER))
     await gw_b.open(server.make_state(GUILD, OTHER))
@@ -370,10 +371,9 @@ async def test_zombie_connection_is_detected_and_resumed(server):
     await gw.open(server.make_state(GUILD, USER))
     try:
         session = server.session_for_user(USER)
-        session.withhold_heartbeat_acks = True
-        await server.wait_for(lambda: len(session.connections) == 2, timeout=3.0)
-        session.withhold_heartbeat_acks = False
-        await rec.wait(lambda: rec.of(Opcode.RESUMED))
+        session.connection.withhold_heartbeat_acks = True  # this connection goes silent on ACKs
+        await rec.wait(lambda: rec.of(Opcode.RESUMED), timeout=3.0)
+        assert len(session.connections) == 2
         assert session.connections[0].close_code == 4000  # closed by the client, resumable
         assert gw.status is Status.READY and rec.closes == []
     finally:

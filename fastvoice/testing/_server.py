@@ -150,6 +150,8 @@ class ServerConnection:
         self.messages: list[RecordedMessage] = []
         #: The voice session this connection identified or resumed, if any.
         self.session: ServerSession | None = None
+        #: When True, heartbeats on this connection get no ACK (a zombie connection).
+        self.withhold_heartbeat_acks = False
         #: The close code this connection ended with (``None`` while open or after a drop).
         self.close_code: int | None = None
         #: True once the connection has ended.
@@ -366,7 +368,7 @@ class VoiceServer:
     - ``modes``: encryption modes offered in Ready (default: the two AEAD modes).
     - ``require_dave``: close 4017 on an Identify without ``max_dave_protocol_version >= 1``.
     - ``dave_protocol_version``: sent in Session Description (0: no DAVE).
-    - ``withhold_heartbeat_acks``: ACK no heartbeat (see also per-session).
+    - ``withhold_heartbeat_acks``: ACK no heartbeat (also per session and per connection).
     - ``strict_auth``: only accept sessions registered with :meth:`voice_updates` (else 4004).
     - ``session_timeout``: seconds a dropped session stays resumable.
     - ``udp_loss``, ``udp_duplicate``, ``udp_reorder`` (probabilities) and ``udp_delay``
@@ -795,7 +797,11 @@ class VoiceServer:
                 session.seq_ack = data.seq_ack
                 while session._buffer and session._buffer[0][0] <= data.seq_ack:
                     session._buffer.popleft()
-            if self.withhold_heartbeat_acks or (session is not None and session.withhold_heartbeat_acks):
+            if (
+                self.withhold_heartbeat_acks
+                or conn.withhold_heartbeat_acks
+                or (session is not None and session.withhold_heartbeat_acks)
+            ):
                 return
             await self._send_plain(conn, Opcode.HEARTBEAT_ACK, GatewayMessageDataHeartbeatACK(data.t))
         elif op == Opcode.IDENTIFY:
