@@ -637,3 +637,27 @@ async def test_a_tiny_hello_interval_does_not_flood(server):
         assert gw.status is Status.READY
     finally:
         await gw.close()
+
+
+def test_public_names_are_documented():
+    import inspect
+
+    import fastvoice.close_codes as close_codes
+    import fastvoice.gateway as gateway
+    import fastvoice.testing as testing
+
+    missing = []
+    for module in (gateway, close_codes, testing):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{module.__name__}.{name}")
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                        continue
+                    if not inspect.getdoc(member):
+                        missing.append(f"{module.__name__}.{name}.{attr}")
+    assert missing == []

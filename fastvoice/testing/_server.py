@@ -449,6 +449,7 @@ class VoiceServer:
             raise RuntimeError("VoiceServer is already started")
         loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
+        self._closing = False
         ssl_context = None
         if self.tls:
             from ._tls import SelfSignedCertificate
@@ -549,7 +550,13 @@ class VoiceServer:
 
         These are the ``d`` objects Discord's main gateway dispatches after an op 4
         Voice State Update; a Manager fed with them connects to this server.  The
-        channel defaults to the guild id (one call per guild).
+        channel defaults to the guild id (one call per guild).  Passing the same
+        ``session_id`` and ``token`` again re-registers them (as Discord keeps the
+        main gateway's session id).
+
+        The ``endpoint`` is ``host:port`` without a scheme, as Discord sends it, when
+        the server speaks ``wss://``; with ``tls=False`` it is ``ws://host:port``, since
+        a bare endpoint means ``wss://`` to every client.
         """
         channel = guild_id if channel_id is None else channel_id
         session_id = session_id or secrets.token_hex(16)
@@ -568,7 +575,7 @@ class VoiceServer:
             "suppress": False,
             "request_to_speak_timestamp": None,
         }
-        server = {"token": token, "guild_id": str(guild_id), "endpoint": self.endpoint}
+        server = {"token": token, "guild_id": str(guild_id), "endpoint": self.endpoint if self.tls else self.url}
         return state, server
 
     def make_state(self, guild_id: int, user_id: int, channel_id: int | None = None) -> Any:
