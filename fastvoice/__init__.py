@@ -7,6 +7,14 @@ AEAD ``_rtpsize`` transport encryption, DAVE end-to-end encryption).
 
 from __future__ import annotations
 
+from .audio import (
+    AudioReceiver,
+    AudioReceiverCreateFunc,
+    AudioSender,
+    AudioSenderCreateFunc,
+    FrameStats,
+    SendClock,
+)
 from .constants import (
     GATEWAY_VERSION,
     OPUS_FRAME_SIZE,
@@ -71,6 +79,12 @@ __all__ = [
     "UDPConnConfig",
     "UDPConnCreateFunc",
     "UDPNotReadyError",
+    "AudioReceiver",
+    "AudioReceiverCreateFunc",
+    "AudioSender",
+    "AudioSenderCreateFunc",
+    "FrameStats",
+    "SendClock",
 ]
 
 # --- gateway and local voice server exports are added below this line ---
