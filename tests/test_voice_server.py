@@ -445,3 +445,58 @@ async def test_dropped_session_stays_resumable_until_it_expires(server):
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_random_client_frames_never_break_the_server(server, caplog):
+    import logging
+    import random
+
+    rng = random.Random(1234)
+
+    def random_value(depth: int = 0):
+        kind = rng.randrange(7 if depth < 2 else 5)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return rng.choice([True, False, -1, 0, 2**64, 1.5, rng.randrange(-10, 10**6)])
+        if kind == 2:
+            return rng.choice(["", "udp", "aead_aes256_gcm_rtpsize", "1", "x" * 50])
+        if kind == 3:
+            return str(rng.randrange(10**20))
+        if kind == 4:
+            return rng.randrange(2**32)
+        if kind == 5:
+            return [random_value(depth + 1) for _ in range(rng.randrange(4))]
+        keys = ["server_id", "user_id", "session_id", "token", "protocol", "data", "address", "port", "mode",
+                "speaking", "ssrc", "t", "seq_ack", "transition_id", "max_dave_protocol_version"]
+        return {rng.choice(keys): random_value(depth + 1) for _ in range(rng.randrange(6))}
+
+    closes = []
+    with caplog.at_level(logging.ERROR, logger="fastvoice.testing"):
+        async with aiohttp.ClientSession() as http:
+            for _ in range(25):
+                async with http.ws_connect(server.url) as ws:
+                    await ws.receive_json()
+                    if rng.random() < 0.5:  # half the runs start from a real session
+                        await ws.send_json({"op": 0, "d": {"server_id": str(GUILD), "user_id": str(rng.randrange(1, 99)),
+                                                           "session_id": "s", "token": "t"}})
+                    for _ in range(8):
+                        if rng.random() < 0.2:
+                            await ws.send_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(12))))
+                        else:
+                            await ws.send_str(json.dumps({"op": rng.randrange(0, 40), "d": random_value()}))
+                    try:
+                        while True:
+                            msg = await asyncio.wait_for(ws.receive(), 0.2)
+                            if msg.type is not aiohttp.WSMsgType.TEXT:
+                                break
+                    except asyncio.TimeoutError:
+                        msg = None
+                    closes.append(msg.data if msg is not None and msg.type is aiohttp.WSMsgType.CLOSE else None)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    # every run that ended did so with one of Discord's codes
+    assert all(code is None or 4001 <= code <= 4022 for code in closes), closes
+    assert any(code is not None for code in closes)
+    # and the server still serves a normal client
+    alice = await Client(server, ALICE).connect()
+    await alice.close()
