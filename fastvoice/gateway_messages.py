@@ -909,6 +909,10 @@ _TYPES: dict[int, type[GatewayMessageData]] = {
 }
 
 
+# Ops known only from community sources: a payload of another shape is kept as unknown.
+_COMMUNITY_OPS = frozenset({Opcode.CLIENT_CONNECT})
+
+
 def message_data_type(op: int) -> type[GatewayMessageData] | None:
     """Return the payload class for opcode ``op``, or ``None`` when it is unknown."""
     return _TYPES.get(op)
@@ -967,6 +971,11 @@ def decode_message(frame: str | bytes | bytearray) -> GatewayMessage:
         return GatewayMessage(op, GatewayMessageDataUnknown(op, d), seq)
     if cls.BINARY:
         raise GatewayDecodeError(f"op {op} ({Opcode(op).name}) is binary-only but came in a JSON frame")
+    if op in _COMMUNITY_OPS:
+        try:
+            return GatewayMessage(Opcode(op), cls.from_json(d), seq)
+        except GatewayDecodeError:
+            return GatewayMessage(op, GatewayMessageDataUnknown(op, d), seq)
     return GatewayMessage(Opcode(op), cls.from_json(d), seq)
 
 

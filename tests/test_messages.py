@@ -185,6 +185,14 @@ def test_json_roundtrip(data):
     assert msg.d == data and msg.seq == 4 and msg.op == data.OPCODE
 
 
+def test_community_op_12_of_another_shape_is_kept_as_unknown():
+    msg = decode_message('{"op":12,"d":{"audio_ssrc":5,"video_ssrc":0},"seq":2}')
+    assert msg.op == 12 and msg.seq == 2
+    assert msg.d == GatewayMessageDataUnknown(12, {"audio_ssrc": 5, "video_ssrc": 0})
+    full = decode_message('{"op":12,"d":{"user_id":"7","audio_ssrc":5}}')
+    assert full.d == GatewayMessageDataClientConnect(7, "", "")
+
+
 def test_resumed_is_null_and_clients_connect_strings():
     assert _wire(9, GatewayMessageDataResumed())["d"] is None
     assert _wire(11, GatewayMessageDataClientsConnect([5]))["d"] == {"user_ids": ["5"]}
