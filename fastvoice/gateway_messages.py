@@ -7,8 +7,9 @@ Everything here is sans-I/O: text or bytes in, typed objects out, and back.
 * Server binary frames are ``[seq: u16 BE][op: u8][payload]``; client binary frames
   are ``[op: u8][payload]``.
 * Snowflakes (guild and user ids) are strings on the wire and ``int`` in Python.
-* An opcode fastvoice does not know decodes to :class:`GatewayMessageDataUnknown`;
-  a known opcode whose payload is malformed raises :class:`GatewayDecodeError`
+* An opcode fastvoice does not know decodes to :class:`GatewayMessageDataUnknown`
+  (so does op 12, known only from community sources, when its payload has another
+  shape); a known opcode whose payload is malformed raises :class:`GatewayDecodeError`
   (the only exception decoding raises on bad input).
 """
 
