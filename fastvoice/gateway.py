@@ -171,6 +171,26 @@ class GatewayConfig:
     state_provider: StateProvider | None = None
     max_message_size: int = 4 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "open_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"GatewayConfig.{name} must be a positive number of seconds, got {value!r}")
+        for name in ("backoff_base", "backoff_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"GatewayConfig.{name} must be a number of seconds >= 0, got {value!r}")
+        for name, lowest in (
+            ("max_reconnect_attempts", 0),
+            ("max_client_bug_retries", 0),
+            ("max_missed_heartbeat_acks", 1),
+            ("max_message_size", 1),
+            ("max_dave_protocol_version", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise ValueError(f"GatewayConfig.{name} must be an int >= {lowest}, got {value!r}")
+
 
 class _ConnectionEnded(Exception):
     """Internal: one websocket connection ended with ``code`` (None = no close frame)."""

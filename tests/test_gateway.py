@@ -661,3 +661,13 @@ def test_public_names_are_documented():
                     if not inspect.getdoc(member):
                         missing.append(f"{module.__name__}.{name}.{attr}")
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("open_timeout", 0), ("connect_timeout", -1), ("backoff_base", -0.1), ("max_reconnect_attempts", -1),
+     ("max_missed_heartbeat_acks", 0), ("max_dave_protocol_version", "1"), ("open_timeout", True)],
+)
+def test_config_rejects_bad_values_by_name(field, value):
+    with pytest.raises(ValueError, match=f"GatewayConfig.{field} must be .* got {value!r}"):
+        GatewayConfig(**{field: value})

@@ -500,3 +500,18 @@ async def test_random_client_frames_never_break_the_server(server, caplog):
     # and the server still serves a normal client
     alice = await Client(server, ALICE).connect()
     await alice.close()
+
+
+def test_server_knobs_reject_bad_values_by_name():
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        VoiceServer(heartbeat_interval=0)
+    with pytest.raises(ValueError, match="at least one"):
+        VoiceServer(modes=[])
+    server = VoiceServer()
+    for knob in ("udp_loss", "udp_duplicate", "udp_reorder"):
+        with pytest.raises(ValueError, match=f"{knob} must be a probability in 0..1, got 1.5"):
+            setattr(server, knob, 1.5)
+    with pytest.raises(ValueError, match="udp_delay"):
+        server.udp_delay = -1
+    server.udp_loss = 0.25
+    assert server.udp_loss == 0.25

@@ -402,11 +402,17 @@ class VoiceServer:
         self.dave_protocol_version = dave_protocol_version
         self.strict_auth = strict_auth
         self.session_timeout = session_timeout
+        if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, (int, float)) or not (
+            heartbeat_interval > 0
+        ):
+            raise ValueError(f"heartbeat_interval must be a positive number of milliseconds, got {heartbeat_interval!r}")
+        if not self.modes:
+            raise ValueError("modes must offer at least one encryption mode")
         self.withhold_heartbeat_acks = False
-        self.udp_loss = 0.0
-        self.udp_duplicate = 0.0
-        self.udp_reorder = 0.0
-        self.udp_delay = 0.0
+        self._udp_loss = 0.0
+        self._udp_duplicate = 0.0
+        self._udp_reorder = 0.0
+        self._udp_delay = 0.0
         #: Every websocket connection, in order of arrival.
         self.connections: list[ServerConnection] = []
         #: Every voice session, in order of creation.
@@ -433,6 +439,52 @@ class VoiceServer:
         self._changed: asyncio.Event | None = None
         self._connection_count = 0
         self._closing = False
+
+    # -- UDP fault rates ---------------------------------------------------------------
+
+    @staticmethod
+    def _rate(name: str, value: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a probability in 0..1, got {value!r}")
+        return float(value)
+
+    @property
+    def udp_loss(self) -> float:
+        """Probability that a datagram sent to a client is dropped."""
+        return self._udp_loss
+
+    @udp_loss.setter
+    def udp_loss(self, value: float) -> None:
+        self._udp_loss = self._rate("udp_loss", value)
+
+    @property
+    def udp_duplicate(self) -> float:
+        """Probability that a datagram sent to a client is sent twice."""
+        return self._udp_duplicate
+
+    @udp_duplicate.setter
+    def udp_duplicate(self, value: float) -> None:
+        self._udp_duplicate = self._rate("udp_duplicate", value)
+
+    @property
+    def udp_reorder(self) -> float:
+        """Probability that a datagram is held back and sent after the next one."""
+        return self._udp_reorder
+
+    @udp_reorder.setter
+    def udp_reorder(self, value: float) -> None:
+        self._udp_reorder = self._rate("udp_reorder", value)
+
+    @property
+    def udp_delay(self) -> float:
+        """Seconds every datagram sent to a client is delayed by."""
+        return self._udp_delay
+
+    @udp_delay.setter
+    def udp_delay(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"udp_delay must be a number of seconds >= 0, got {value!r}")
+        self._udp_delay = float(value)
 
     # -- lifecycle -----------------------------------------------------------------
 
