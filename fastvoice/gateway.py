@@ -210,7 +210,9 @@ class Gateway:
     ops).  ``close_handler(gateway, error)`` is called when the gateway stops for
     good on its own.  Both may be coroutine functions; exceptions they raise are
     logged and never stop the gateway.  The event handler runs in the gateway's
-    reader: the next frame is read once it returns, so it should not block.
+    reader: the next frame is read once it returns, so it should not block.  The
+    close handler runs while the gateway is still winding down: to open it again
+    from there, start :meth:`open` in a new task.
     """
 
     def __init__(
@@ -287,8 +289,15 @@ class Gateway:
         closes with a code that forbids retrying (4004, 4017...) or retries run out,
         and :class:`~fastvoice.errors.GatewayTimeoutError` after ``open_timeout``.
         """
-        if self._runner is not None and not self._runner.done():
-            raise GatewayAlreadyConnectedError()
+        runner = self._runner
+        if runner is not None and not runner.done():
+            if not self._closing:
+                raise GatewayAlreadyConnectedError()
+            if asyncio.current_task() in (runner, self._reader, self._heartbeater):
+                raise GatewayAlreadyConnectedError(
+                    "voice gateway is still winding down; call open() from a new task, not from its handlers"
+                )
+            await self._wait_runner()  # a closing gateway finishes first, then opens again
         if not isinstance(state, State):
             raise TypeError(f"state must be a fastvoice.State, got {type(state).__name__}")
         state.url()  # validates the endpoint before anything starts

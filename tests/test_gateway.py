@@ -202,23 +202,26 @@ async def test_resume_after_dropped_socket_redelivers_missed_messages_once(serve
         await gw_b.send(Opcode.SPEAKING, GatewayMessageDataSpeaking(SpeakingFlags.MICROPHONE, gw_b.ssrc, delay=0))
         await server.wait_for(lambda: session_a.seq == 3)
         assert session_a.connection is None
-        await rec_a.wait(lambda: rec_a.of(Opcode.RESUMED) and rec_a.of(Opcode.SPEAKING))
+        await session_a.send(Opcode.DAVE_MLS_EXTERNAL_SENDER, GatewayMessageDataDaveMLSExternalSender(b"es"))
+        await rec_a.wait(lambda: rec_a.of(Opcode.RESUMED) and rec_a.of(Opcode.DAVE_MLS_EXTERNAL_SENDER))
         second = session_a.connections[1]
         resume = second.messages_in(Opcode.RESUME)[0].data
         assert resume == {"server_id": str(GUILD), "session_id": session_a.session_id, "token": resume["token"],
                           "seq_ack": seq_before}
         assert second.messages_in(Opcode.IDENTIFY) == []
         # only what A missed came again, after Resumed
-        assert [m.op for m in second.messages_out() if m.op != Opcode.HEARTBEAT_ACK][:3] == [
-            Opcode.HELLO, Opcode.RESUMED, Opcode.SPEAKING
+        assert [m.op for m in second.messages_out() if m.op != Opcode.HEARTBEAT_ACK][:4] == [
+            Opcode.HELLO, Opcode.RESUMED, Opcode.SPEAKING, Opcode.DAVE_MLS_EXTERNAL_SENDER
         ]
-        assert [m.seq for m in second.messages_out() if m.seq is not None] == [3]
+        assert [m.seq for m in second.messages_out() if m.seq is not None] == [3, 4]
+        assert second.messages_out(Opcode.DAVE_MLS_EXTERNAL_SENDER)[0].raw == b"\x00\x04\x19es"
         speaking = rec_a.of(Opcode.SPEAKING)
         assert len(speaking) == 1 and speaking[0].user_id == OTHER and speaking[0].ssrc == gw_b.ssrc
         assert len(rec_a.of(Opcode.READY)) == 1 and len(rec_a.of(Opcode.CLIENTS_CONNECT)) == 1
-        assert gw_a.status is Status.READY and gw_a.seq_ack == 3 and gw_a.ssrc == session_a.ssrc
+        assert gw_a.status is Status.READY and gw_a.seq_ack == 4 and gw_a.ssrc == session_a.ssrc
         await asyncio.sleep(0.1)
         assert len(rec_a.of(Opcode.SPEAKING)) == 1
+        assert [d.external_sender for d in rec_a.of(Opcode.DAVE_MLS_EXTERNAL_SENDER)] == [b"es"]
         assert rec_a.closes == []
     finally:
         await gw_a.close()
@@ -671,3 +674,22 @@ def test_public_names_are_documented():
 def test_config_rejects_bad_values_by_name(field, value):
     with pytest.raises(ValueError, match=f"GatewayConfig.{field} must be .* got {value!r}"):
         GatewayConfig(**{field: value})
+
+
+async def test_reopen_from_the_close_handler_in_a_new_task(server):
+    reopened: list[asyncio.Task] = []
+    rec = Recorder()
+
+    def on_close(gateway, error):
+        rec.on_close(gateway, error)
+        # e.g. 4014 after a channel move: connect again with the new state
+        reopened.append(asyncio.get_running_loop().create_task(gateway.open(server.make_state(GUILD, USER))))
+
+    gw = Gateway(rec.on_event, on_close, fast_config())
+    await gw.open(server.make_state(GUILD, USER))
+    await server.session_for_user(USER).close(4014)
+    await rec.wait(lambda: reopened)
+    await reopened[0]
+    assert gw.status is Status.READY and len(rec.of(Opcode.READY)) == 2
+    assert gw.ssrc == server.sessions[-1].ssrc
+    await gw.close()
