@@ -515,3 +515,71 @@ def test_server_knobs_reject_bad_values_by_name():
         server.udp_delay = -1
     server.udp_loss = 0.25
     assert server.udp_loss == 0.25
+
+
+class _UpdateSink:
+    """Something that handles the two voice dispatches, as a Manager will."""
+
+    def __init__(self) -> None:
+        self.states: list[dict] = []
+        self.servers: list[dict] = []
+        self.order: list[str] = []
+
+    def handle_voice_state_update(self, update: dict) -> None:
+        self.states.append(update)
+        self.order.append("state")
+
+    async def handle_voice_server_update(self, update: dict) -> None:
+        self.servers.append(update)
+        self.order.append("server")
+
+
+async def test_main_gateway_stand_in_join_move_leave(server):
+    from fastvoice.gateway import State
+
+    main = server.main_gateway(ALICE)
+    sink = _UpdateSink()
+    main.attach(sink)
+    await main.update_voice_state(GUILD, 5, self_mute=True)
+    assert sink.states == []  # delivered later, like a real gateway
+    await server.wait_for(lambda: sink.states and sink.servers)
+    assert sink.order == ["state", "server"]
+    state, voice_server = sink.states[0], sink.servers[0]
+    assert state["channel_id"] == "5" and state["user_id"] == str(ALICE) and state["self_mute"] is True
+    assert voice_server["guild_id"] == str(GUILD) and voice_server["endpoint"] == server.url
+    errors: list[BaseException] = []
+    gw = Gateway(None, lambda g, e: errors.append(e), GatewayConfig())
+    await gw.open(State(GUILD, ALICE, 5, state["session_id"], voice_server["token"], voice_server["endpoint"]))
+    try:
+        assert server.session_for_user(ALICE).channel_id == 5
+        # a move: new token, same session id, and the old voice connection is closed with 4014
+        await main.update_voice_state(GUILD, 6)
+        await server.wait_for(lambda: len(sink.servers) == 2 and errors)
+        assert sink.states[1]["channel_id"] == "6" and sink.states[1]["session_id"] == state["session_id"]
+        assert sink.servers[1]["token"] != voice_server["token"]
+        assert errors[0].code == 4014 and errors[0].close_event.stop_unless_moved
+        await gw.open(State(GUILD, ALICE, 6, state["session_id"], sink.servers[1]["token"], server.url))
+        assert server.session_for_user(ALICE).channel_id == 6
+        # the old token no longer identifies (strict auth on): only the new one is registered for this guild
+        server.strict_auth = True
+        with pytest.raises(Exception) as info:
+            await Gateway(None, None, GatewayConfig()).open(
+                State(GUILD, ALICE, 5, state["session_id"], voice_server["token"], server.url)
+            )
+        assert getattr(info.value, "code", None) == 4004
+        # leaving: a null channel, and the voice connection is closed
+        await main.update_voice_state(GUILD, None)
+        await server.wait_for(lambda: len(sink.states) == 3 and len(errors) == 2)
+        assert sink.states[-1]["channel_id"] is None
+        assert errors[1].code == 4014
+        assert main.requests == [(GUILD, 5, True, False), (GUILD, 6, False, False), (GUILD, None, False, False)]
+    finally:
+        await gw.close()
+
+
+async def test_main_gateway_stand_in_needs_a_target(server):
+    main = server.main_gateway(ALICE)
+    with pytest.raises(RuntimeError, match="attach"):
+        await main.update_voice_state(GUILD, 1)
+    with pytest.raises(TypeError, match="handle_voice_state_update"):
+        main.attach(on_voice_state_update=lambda d: None)

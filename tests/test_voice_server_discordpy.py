@@ -4,8 +4,8 @@ discord.py's real ``VoiceClient`` / ``VoiceConnectionState`` / ``DiscordVoiceWeb
 over ``wss://`` (the self-signed certificate trusted through the aiohttp session discord.py's HTTP
 client would hold), with permessage-deflate as discord.py asks for it, its heartbeat thread, its UDP
 socket reader thread and its IP discovery.  Only the bot's main gateway and Discord's REST login are
-stood in for: ``Guild.change_voice_state`` answers with the VOICE_STATE_UPDATE and
-VOICE_SERVER_UPDATE payloads the server hands out.
+stood in for: ``Guild.change_voice_state`` goes to the server's ``MainGatewayStandIn``, which answers
+with the VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE dispatches.
 """
 
 from __future__ import annotations
@@ -48,44 +48,11 @@ class _Inbox(asyncio.DatagramProtocol):
         self.queue.put_nowait(data)
 
 
-class FakeMainGateway:
-    """Stands in for the bot's shard: answers op 4 with the two voice dispatches from the server.
-
-    Like Discord's main gateway, the session id (and here the voice token) stay the same for every
-    request of the bot's session.  VOICE_SERVER_UPDATE is delivered before VOICE_STATE_UPDATE (Discord
-    does not fix their order): discord.py's resume path after 4015 sends op 4 again and only goes on
-    when it sees both updates, and with the other order it waits until its timeout.
-    """
-
-    def __init__(self, server: VoiceServer) -> None:
-        self.server = server
-        self.voice_client: discord.VoiceClient | None = None
-        self.requests: list[int | None] = []
-        self.session_id = "discordpy-main-session"
-        self.token = "discordpy-voice-token"
-
-    async def change_voice_state(self, *, channel, self_mute: bool = False, self_deaf: bool = False, **_) -> None:
-        channel_id = None if channel is None else channel.id
-        self.requests.append(channel_id)
-        vc = self.voice_client
-        assert vc is not None
-        state_update, server_update = self.server.voice_updates(
-            GUILD, BOT, CHANNEL if channel_id is None else channel_id, session_id=self.session_id, token=self.token
-        )
-
-        async def deliver() -> None:
-            if channel_id is None:
-                state_update["channel_id"] = None
-            else:
-                await vc.on_voice_server_update(server_update)
-            await vc.on_voice_state_update(state_update)
-
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(deliver()))
-
-
 async def make_discordpy_voice_client(server: VoiceServer, http_session: aiohttp.ClientSession):
     loop = asyncio.get_running_loop()
-    main = FakeMainGateway(server)
+    # discord.py's 4015 resume path sends op 4 again and goes on only once it has seen both updates;
+    # with VOICE_STATE_UPDATE first it waits until its timeout, so the server update comes first here.
+    main = server.main_gateway(BOT, server_update_first=True)
     http = discord.http.HTTPClient(loop)
     # what HTTPClient.static_login would have set up, minus the REST login
     http._HTTPClient__session = http_session
@@ -97,14 +64,16 @@ async def make_discordpy_voice_client(server: VoiceServer, http_session: aiohttp
         _remove_voice_client=removed.append,
     )
     client = types.SimpleNamespace(_connection=connection_state)
-    guild = types.SimpleNamespace(
-        id=GUILD, me=types.SimpleNamespace(voice=None), change_voice_state=main.change_voice_state
-    )
+
+    async def change_voice_state(*, channel, self_mute: bool = False, self_deaf: bool = False, **_) -> None:
+        await main.update_voice_state(GUILD, None if channel is None else channel.id, self_mute, self_deaf)
+
+    guild = types.SimpleNamespace(id=GUILD, me=types.SimpleNamespace(voice=None), change_voice_state=change_voice_state)
     channel = types.SimpleNamespace(id=CHANNEL, guild=guild)
     guild.get_channel = lambda channel_id: channel if channel_id == CHANNEL else None
     channel._get_voice_client_key = lambda: (GUILD, "guild_id")
     vc = discord.VoiceClient(client, channel)
-    main.voice_client = vc
+    main.attach(on_voice_state_update=vc.on_voice_state_update, on_voice_server_update=vc.on_voice_server_update)
     return vc, main
 
 
@@ -127,7 +96,7 @@ async def test_discordpy_handshake_heartbeat_and_audio(server, http_session):
     try:
         await vc.connect(reconnect=True, timeout=10.0)
         assert vc.is_connected()
-        assert main.requests == [CHANNEL]
+        assert main.requests == [(GUILD, CHANNEL, False, False)]
         session = server.session_for_user(BOT)
         conn = session.connection
         # discord.py's Identify, as the server decoded it: v8 with DAVE offered, snowflakes as strings
@@ -191,7 +160,7 @@ async def test_discordpy_handshake_heartbeat_and_audio(server, http_session):
         await peer.close()
         await vc.disconnect(force=True)
     await server.wait_for(lambda: server.session_for_user(BOT).ended)
-    assert main.requests[-1] is None
+    assert main.requests[-1][1] is None
 
 
 async def test_discordpy_resume_after_4015_on_the_wire(server, http_session):

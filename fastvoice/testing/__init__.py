@@ -14,6 +14,7 @@ other members of a call), records what it saw, and has knobs for faults.
 
 from __future__ import annotations
 
+from ._main_gateway import MainGatewayStandIn
 from ._server import (
     ReceivedPacket,
     RecordedMessage,
@@ -27,6 +28,7 @@ from ._server import (
 
 __all__ = [
     "VoiceServer",
+    "MainGatewayStandIn",
     "ServerSession",
     "ServerConnection",
     "RecordedMessage",

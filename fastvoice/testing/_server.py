@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -45,6 +45,9 @@ from ..gateway_messages import (
     encode_message,
     encode_server_binary,
 )
+
+if TYPE_CHECKING:
+    from ._main_gateway import MainGatewayStandIn
 
 __all__ = [
     "VoiceServer",
@@ -422,7 +425,8 @@ class VoiceServer:
         #: RTCP datagrams received, as ``(address, bytes)``.
         self.rtcp_received: list[tuple[tuple[str, int], bytes]] = []
         self._random = random.Random(seed)
-        self._registered: dict[str, tuple[int, int, int, str]] = {}
+        # (session id, guild id) -> (user id, channel id, token)
+        self._registered: dict[tuple[str, int], tuple[int, int, str]] = {}
         self._calls: dict[tuple[int, int], list[ServerSession]] = {}
         self._by_ssrc: dict[int, ServerSession] = {}
         self._packets: dict[int, list[ReceivedPacket]] = {}
@@ -613,7 +617,7 @@ class VoiceServer:
         channel = guild_id if channel_id is None else channel_id
         session_id = session_id or secrets.token_hex(16)
         token = token or secrets.token_hex(8)
-        self._registered[session_id] = (guild_id, user_id, channel, token)
+        self._registered[(session_id, guild_id)] = (user_id, channel, token)
         state = {
             "guild_id": str(guild_id),
             "channel_id": str(channel),
@@ -629,6 +633,16 @@ class VoiceServer:
         }
         server = {"token": token, "guild_id": str(guild_id), "endpoint": self.endpoint if self.tls else self.url}
         return state, server
+
+    def main_gateway(self, user_id: int, *, server_update_first: bool = False) -> MainGatewayStandIn:
+        """Return a :class:`MainGatewayStandIn` for ``user_id``: the main gateway's part for a Manager.
+
+        ``stand_in.update_voice_state`` is what the Manager calls to send op 4;
+        ``stand_in.attach(manager)`` routes the two voice dispatches back to it.
+        """
+        from ._main_gateway import MainGatewayStandIn
+
+        return MainGatewayStandIn(self, user_id, server_update_first=server_update_first)
 
     def make_state(self, guild_id: int, user_id: int, channel_id: int | None = None) -> Any:
         """Register a session and return a :class:`fastvoice.State` pointing at this server.
@@ -881,10 +895,10 @@ class VoiceServer:
         if conn._identified:
             await conn.close(4005, "already authenticated")
             return
-        registered = self._registered.get(data.session_id)
+        registered = self._registered.get((data.session_id, data.guild_id))
         if registered is not None:
-            guild_id, user_id, channel_id, token = registered
-            if (guild_id, user_id) != (data.guild_id, data.user_id) or not secrets.compare_digest(
+            user_id, channel_id, token = registered
+            if user_id != data.user_id or not secrets.compare_digest(
                 token.encode(), data.token.encode()
             ):
                 await conn.close(4004, "authentication failed")
@@ -897,13 +911,14 @@ class VoiceServer:
         if self.require_dave and not data.max_dave_protocol_version:
             await conn.close(4017, "E2EE/DAVE protocol required")
             return
-        # A new identify replaces an older session of the same user in the same guild.
+        # A new identify replaces an older session of the same user in the same guild
+        # (a move, or the same bot connecting again): the old one is disconnected.
         for old in self.sessions:
             if not old.ended and old.user_id == data.user_id and old.guild_id == data.guild_id:
                 old_conn = old.connection
                 self._end_session(old)
                 if old_conn is not None:
-                    await old_conn.close(4006, "session replaced")
+                    await old_conn.close(4014, "disconnected: session replaced")
         conn._identified = True
         session = ServerSession(self, data, channel_id, self._new_ssrc())
         conn.session = session
