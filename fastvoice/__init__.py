@@ -15,6 +15,15 @@ from .audio import (
     FrameStats,
     SendClock,
 )
+from .conn import (
+    Conn,
+    ConnConfig,
+    ConnCreateFunc,
+    ConnOpenError,
+    StateUpdateFunc,
+    VoiceServerUpdate,
+    VoiceStateUpdate,
+)
 from .constants import (
     GATEWAY_VERSION,
     OPUS_FRAME_SIZE,
@@ -33,6 +42,7 @@ from .errors import (
     VoiceError,
 )
 from .ipdiscovery import build_ip_discovery_request, parse_ip_discovery_response
+from .manager import Manager, ManagerConfig
 from .opus import (
     AsyncOpusReader,
     OpusFrameProvider,
@@ -85,6 +95,15 @@ __all__ = [
     "AudioSenderCreateFunc",
     "FrameStats",
     "SendClock",
+    "Conn",
+    "ConnConfig",
+    "ConnCreateFunc",
+    "ConnOpenError",
+    "StateUpdateFunc",
+    "VoiceServerUpdate",
+    "VoiceStateUpdate",
+    "Manager",
+    "ManagerConfig",
 ]
 
 # --- gateway and local voice server exports are added below this line ---

@@ -47,7 +47,7 @@ class SenderConn(Protocol):
     """What an AudioSender needs from its connection (a :class:`fastvoice.Conn` provides it)."""
 
     @property
-    def udp(self) -> UDPConn: ...
+    def udp(self) -> UDPConn | None: ...
 
     async def set_speaking(self, flags: int) -> None: ...
 
@@ -258,8 +258,21 @@ class AudioSender:
 
     # -- per tick ---------------------------------------------------------------------
 
+    def reset_session(self) -> None:
+        """The voice session changed (reconnect): announce Speaking again before the next frame."""
+        self._prepared = None
+        self._speaking = False
+        self._tail_sent = False
+        self._silence_left = 0
+        if self._speaking_task is not None and not self._speaking_task.done():
+            self._speaking_task.cancel()
+        self._speaking_task = None
+
     def _send(self, datagram: bytes) -> None:
-        self._conn.udp.send_datagram(datagram)
+        udp = self._conn.udp
+        if udp is None:
+            return  # reconnecting: the datagram belonged to the old session
+        udp.send_datagram(datagram)
         self.stats.sent += 1
 
     def _prepare(self) -> None:
@@ -323,7 +336,8 @@ class AudioSender:
             if frame is None:
                 self.stats.nulled += 1
                 return
-        packetizer = self._conn.udp.packetizer
+        udp = self._conn.udp
+        packetizer = None if udp is None else udp.packetizer
         if packetizer is None:
             # No Session Description yet: nothing may be encrypted or sent.
             self.stats.nulled += 1
@@ -397,6 +411,13 @@ class AudioReceiver:
     def open(self) -> None:
         """Start receiving (seed: ``Open``)."""
         self._udp.set_packet_handler(self.handle_packet)
+
+    def attach(self, udp: UDPConn) -> None:
+        """Receive from ``udp`` from now on (a reconnect's new socket); the old one is released."""
+        if udp is not self._udp:
+            self._udp.set_packet_handler(None)
+            self._udp = udp
+        self.open()
 
     def handle_packet(self, packet: Packet) -> None:
         """Route one decrypted packet to its user (called by the UDP connection)."""

@@ -1,0 +1,540 @@
+"""A complete voice connection for one guild: gateway + UDP + audio (seed: ``Conn``)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from .audio import AudioReceiver, AudioSender
+from .encryption import choose_encryption_mode
+from .errors import GatewayClosedError, VoiceError
+from .gateway import Gateway, GatewayConfig, State
+from .gateway_messages import (
+    GatewayMessageData,
+    GatewayMessageDataClientDisconnect,
+    GatewayMessageDataClientsConnect,
+    GatewayMessageDataReady,
+    GatewayMessageDataSelectProtocol,
+    GatewayMessageDataSelectProtocolData,
+    GatewayMessageDataSessionDescription,
+    GatewayMessageDataSpeaking,
+    Opcode,
+    Protocol,
+    SpeakingFlags,
+)
+from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
+from .rtp import SSRCTable
+from .udp import UDPConn, UDPConnConfig
+
+__all__ = [
+    "Conn",
+    "ConnConfig",
+    "ConnCreateFunc",
+    "ConnOpenError",
+    "StateUpdateFunc",
+    "VoiceServerUpdate",
+    "VoiceStateUpdate",
+]
+
+_log = logging.getLogger("fastvoice.conn")
+
+#: Sends op 4 Voice State Update on the bot's main gateway:
+#: ``(guild_id, channel_id or None, self_mute, self_deaf)``; may be async (seed: ``StateUpdateFunc``).
+StateUpdateFunc = Callable[[int, "int | None", bool, bool], "Awaitable[None] | None"]
+#: ``(opcode, data)`` for every voice gateway event (seed: ``EventHandlerFunc``).
+ConnEventHandler = Callable[[Opcode, GatewayMessageData], Any]
+
+
+class ConnOpenError(VoiceError):
+    """``Conn.open`` failed: timed out waiting for Discord, or the voice server refused us."""
+
+
+def _snowflake(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a snowflake (int or numeric string), got {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceStateUpdate:
+    """The parts of a VOICE_STATE_UPDATE dispatch a voice connection needs.
+
+    Fill it from your framework's dispatch (``VoiceStateUpdate.from_dict(payload)`` takes the
+    raw ``d`` object). ``channel_id`` is ``None`` when the user left voice.
+    """
+
+    guild_id: int
+    user_id: int
+    channel_id: int | None
+    session_id: str = field(repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VoiceStateUpdate:
+        """Build from the dispatch's ``d`` object (snowflakes as strings)."""
+        channel = data.get("channel_id")
+        return cls(
+            guild_id=_snowflake(data.get("guild_id"), "guild_id"),
+            user_id=_snowflake(data.get("user_id"), "user_id"),
+            channel_id=None if channel is None else _snowflake(channel, "channel_id"),
+            session_id=str(data.get("session_id") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceServerUpdate:
+    """A VOICE_SERVER_UPDATE dispatch. ``endpoint`` is ``None`` while Discord has no server for the call."""
+
+    guild_id: int
+    token: str = field(repr=False)
+    endpoint: str | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VoiceServerUpdate:
+        """Build from the dispatch's ``d`` object."""
+        return cls(
+            guild_id=_snowflake(data.get("guild_id"), "guild_id"),
+            token=str(data.get("token") or ""),
+            endpoint=data.get("endpoint") or None,
+        )
+
+
+@dataclass
+class ConnConfig:
+    """Configuration of a :class:`Conn` (seed: ``ConnConfig``; functional options become fields).
+
+    ``gateway_config`` is copied for each gateway the connection opens; ``udp_config`` for
+    each UDP connection. ``open_timeout`` bounds :meth:`Conn.open` as a whole.
+    ``user_filter`` selects whose audio reaches the frame receiver.
+    """
+
+    logger: logging.Logger = field(default_factory=lambda: _log)
+    gateway_create_func: Callable[..., Gateway] = Gateway
+    gateway_config: GatewayConfig = field(default_factory=GatewayConfig)
+    udp_conn_create_func: Callable[..., UDPConn] = UDPConn
+    udp_config: UDPConnConfig = field(default_factory=UDPConnConfig)
+    audio_sender_create_func: Callable[..., AudioSender] = AudioSender
+    audio_receiver_create_func: Callable[..., AudioReceiver] = AudioReceiver
+    event_handler_func: ConnEventHandler | None = None
+    user_filter: UserFilterFunc | None = None
+    open_timeout: float = 30.0
+    allow_discontinued_modes: bool = False
+
+
+class Conn:
+    """One guild's voice connection (seed: ``Conn``).
+
+    ``open(channel_id)`` asks the main gateway to join (through ``voice_state_update_func``),
+    waits for the bot's VOICE_STATE_UPDATE and the VOICE_SERVER_UPDATE (fed in with
+    :meth:`handle_voice_state_update` / :meth:`handle_voice_server_update`), connects the voice
+    gateway, then UDP (IP discovery, Select Protocol), and returns once Session Description
+    arrived and audio can flow. A new token or endpoint later reconnects to it, keeping the
+    provider, the receiver and the outgoing stream's counters.
+    """
+
+    def __init__(
+        self,
+        guild_id: int,
+        user_id: int,
+        voice_state_update_func: StateUpdateFunc,
+        remove_conn_func: Callable[[], None] | None = None,
+        config: ConnConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if config is not None and options:
+            raise TypeError("pass either a ConnConfig or keyword options, not both")
+        self._config = config if config is not None else ConnConfig(**options)
+        self._log = self._config.logger
+        self._guild_id = _snowflake(guild_id, "guild_id")
+        self._user_id = _snowflake(user_id, "user_id")
+        self._state_update = voice_state_update_func
+        self._remove = remove_conn_func
+        self._event_handler = self._config.event_handler_func
+        self._channel_id: int | None = None
+        self._session_id: str | None = None
+        self._token: str | None = None
+        self._endpoint: str | None = None
+        self._updates = asyncio.Event()
+        self._gateway: Gateway | None = None
+        self._udp: UDPConn | None = None
+        self._ssrcs = SSRCTable()
+        self._connected_users: set[int] = set()
+        self._provider: OpusFrameProvider | None = None
+        self._receiver: OpusFrameReceiver | None = None
+        self._sender: AudioSender | None = None
+        self._audio_receiver: AudioReceiver | None = None
+        self._audio_ready: asyncio.Future[None] | None = None
+        self._ready_tasks: set[asyncio.Task[Any]] = set()
+        self._reconnect_lock = asyncio.Lock()
+        self._opened = False
+        self._closed = False
+        self._counters: tuple[int, int, int] | None = None
+        # (token, endpoint) of the voice session the gateway was opened with.
+        self._connected_with: tuple[str, str] | None = None
+        self._mode: str | None = None
+        self._dave_protocol_version = 0
+
+    # -- the seed's accessors ------------------------------------------------------
+
+    @property
+    def gateway(self) -> Gateway | None:
+        """The voice gateway in use (``None`` before :meth:`open`)."""
+        return self._gateway
+
+    @property
+    def udp(self) -> UDPConn | None:
+        """The UDP connection in use (``None`` until Ready)."""
+        return self._udp
+
+    @property
+    def channel_id(self) -> int | None:
+        """The voice channel joined, or ``None``."""
+        return self._channel_id
+
+    @property
+    def guild_id(self) -> int:
+        """The guild of this connection."""
+        return self._guild_id
+
+    @property
+    def user_id(self) -> int:
+        """The bot's user id."""
+        return self._user_id
+
+    @property
+    def ssrcs(self) -> SSRCTable:
+        """SSRC -> user map from op 5 (the receive path's dispatch table)."""
+        return self._ssrcs
+
+    @property
+    def connected_users(self) -> frozenset[int]:
+        """Users in the call, from ops 11 and 13."""
+        return frozenset(self._connected_users)
+
+    @property
+    def mode(self) -> str | None:
+        """The transport encryption mode of the current session."""
+        return self._mode
+
+    @property
+    def sender(self) -> AudioSender | None:
+        """The audio sender (its ``stats`` are the connection's frame statistics)."""
+        return self._sender
+
+    @property
+    def receiver(self) -> AudioReceiver | None:
+        """The audio receiver, once a frame receiver is set and the connection is up."""
+        return self._audio_receiver
+
+    def user_id_by_ssrc(self, ssrc: int) -> int | None:
+        """The user sending with ``ssrc`` (from op 5), or ``None``."""
+        return self._ssrcs.user_id(ssrc)
+
+    # -- configuration -------------------------------------------------------------
+
+    def set_opus_frame_provider(self, provider: OpusFrameProvider | None) -> None:
+        """Play from ``provider`` (replaces the current one; ``None`` stops sending)."""
+        self._provider = provider
+        if self._sender is not None:
+            self._sender.set_provider(provider)
+        elif provider is not None and self._udp is not None and self._udp.packetizer is not None:
+            self._start_sender()
+
+    def set_opus_frame_receiver(self, receiver: OpusFrameReceiver | None) -> None:
+        """Deliver received audio to ``receiver``."""
+        if self._audio_receiver is not None:
+            self._audio_receiver.close()
+            self._audio_receiver = None
+        self._receiver = receiver
+        if receiver is not None and self._udp is not None and self._udp.packetizer is not None:
+            self._start_receiver()
+
+    def set_event_handler_func(self, handler: ConnEventHandler | None) -> None:
+        """Call ``handler(opcode, data)`` for every voice gateway event."""
+        self._event_handler = handler
+
+    async def set_speaking(self, flags: int) -> None:
+        """Send op 5 Speaking with ``flags`` (:class:`SpeakingFlags`)."""
+        gateway = self._gateway
+        if gateway is None or self._udp is None:
+            raise VoiceError("cannot send Speaking: the voice connection is not open")
+        await gateway.send(
+            Opcode.SPEAKING, GatewayMessageDataSpeaking(speaking=SpeakingFlags(flags), delay=0, ssrc=self._udp.ssrc)
+        )
+
+    # -- main gateway updates --------------------------------------------------------
+
+    def handle_voice_state_update(self, update: VoiceStateUpdate) -> None:
+        """Feed the bot's VOICE_STATE_UPDATE for this guild (others are ignored)."""
+        if update.guild_id != self._guild_id or update.user_id != self._user_id:
+            return
+        moved = self._opened and update.channel_id is not None and update.channel_id != self._channel_id
+        if update.session_id:
+            self._session_id = update.session_id
+        self._channel_id = update.channel_id
+        self._updates.set()
+        if moved:
+            self._log.info("guild %d: moved to channel %d", self._guild_id, update.channel_id)
+
+    def handle_voice_server_update(self, update: VoiceServerUpdate) -> None:
+        """Feed a VOICE_SERVER_UPDATE for this guild: a new token or endpoint reconnects to it."""
+        if update.guild_id != self._guild_id:
+            return
+        self._token = update.token
+        self._endpoint = update.endpoint
+        self._updates.set()
+        if update.endpoint is None:
+            self._log.info("guild %d: voice server unavailable, waiting for a new one", self._guild_id)
+            return
+        connected_with = self._connected_with
+        if connected_with is not None and connected_with != (update.token, update.endpoint) and not self._closed:
+            task = asyncio.get_running_loop().create_task(self._reconnect())
+            self._ready_tasks.add(task)
+            task.add_done_callback(self._ready_tasks.discard)
+
+    def _current_state(self) -> State | None:
+        if not (self._session_id and self._token and self._endpoint):
+            return None
+        return State(
+            guild_id=self._guild_id,
+            user_id=self._user_id,
+            channel_id=self._channel_id,
+            session_id=self._session_id,
+            token=self._token,
+            endpoint=self._endpoint,
+        )
+
+    async def _wait_for_state(self, timeout: float) -> State:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            state = self._current_state()
+            if state is not None:
+                return state
+            self._updates.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                missing = [n for n, v in (("session id (VOICE_STATE_UPDATE)", self._session_id),
+                                          ("token/endpoint (VOICE_SERVER_UPDATE)", self._token and self._endpoint))
+                           if not v]
+                raise ConnOpenError(f"guild {self._guild_id}: no {' and '.join(missing)} within {timeout:g} s")
+            try:
+                await asyncio.wait_for(self._updates.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- open / close --------------------------------------------------------------
+
+    async def open(self, channel_id: int, self_mute: bool = False, self_deaf: bool = False) -> None:
+        """Join ``channel_id`` and return once audio can flow.
+
+        Raises :class:`ConnOpenError` on timeout and :class:`~fastvoice.errors.GatewayClosedError`
+        at once when the voice server closes with a code that forbids retrying (4004, 4017...).
+        """
+        if self._opened:
+            raise VoiceError(f"guild {self._guild_id}: connection is already open")
+        channel_id = _snowflake(channel_id, "channel_id")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.open_timeout
+        self._closed = False
+        self._opened = True
+        self._channel_id = channel_id
+        self._session_id = self._token = self._endpoint = None
+        try:
+            await self._call_state_update(channel_id, self_mute, self_deaf)
+            state = await self._wait_for_state(deadline - loop.time())
+            await self._connect(state, deadline - loop.time())
+        except BaseException:
+            await self._teardown()
+            self._opened = False
+            raise
+
+    async def _call_state_update(self, channel_id: int | None, self_mute: bool, self_deaf: bool) -> None:
+        result = self._state_update(self._guild_id, channel_id, self_mute, self_deaf)
+        if inspect.isawaitable(result):
+            await result
+
+    async def _connect(self, state: State, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._audio_ready = loop.create_future()
+        self._connected_with = (state.token, state.endpoint)
+        gateway_config = replace(self._config.gateway_config, state_provider=self._new_session_state)
+        gateway = self._config.gateway_create_func(self._on_event, self._on_gateway_closed, gateway_config)
+        self._gateway = gateway
+        try:
+            await asyncio.wait_for(gateway.open(state), max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(asyncio.shield(self._audio_ready), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise ConnOpenError(
+                f"guild {self._guild_id}: voice connection not ready within {timeout:g} s"
+            ) from None
+
+    async def _new_session_state(self) -> State:
+        """The gateway needs a new session (4006, 4009...): ask the main gateway again."""
+        self._session_id = self._token = None
+        await self._call_state_update(self._channel_id, False, False)
+        return await self._wait_for_state(self._config.open_timeout)
+
+    async def _reconnect(self) -> None:
+        """A new token or endpoint: the old voice session is dead, connect to the new one."""
+        async with self._reconnect_lock:
+            state = self._current_state()
+            if state is None or self._closed:
+                return
+            self._log.info("guild %d: reconnecting to voice server %s", self._guild_id, state.endpoint)
+            await self._teardown(keep_audio=True)
+            try:
+                await self._connect(state, self._config.open_timeout)
+            except Exception as exc:
+                self._log.error("guild %d: reconnect failed: %s", self._guild_id, exc)
+
+    async def close(self) -> None:
+        """Leave the channel and release every task and socket (seed: ``Close``)."""
+        if self._closed:
+            return
+        self._closed = True
+        was_open = self._opened
+        self._opened = False
+        for task in list(self._ready_tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        await self._teardown()
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+        if self._audio_receiver is not None:
+            self._audio_receiver.close()
+            self._audio_receiver = None
+        if was_open:
+            try:
+                await self._call_state_update(None, False, False)
+            except Exception as exc:
+                self._log.warning("guild %d: could not leave the channel: %s", self._guild_id, exc)
+        if self._remove is not None:
+            self._remove()
+
+    async def _teardown(self, keep_audio: bool = False) -> None:
+        self._connected_with = None
+        gateway, self._gateway = self._gateway, None
+        udp, self._udp = self._udp, None
+        if udp is not None:
+            self._counters = udp.stream_counters or self._counters
+            udp.close()
+        if self._sender is not None:
+            self._sender.reset_session()
+        if gateway is not None:
+            await gateway.close()
+        if self._audio_ready is not None and not self._audio_ready.done():
+            self._audio_ready.cancel()
+        if not keep_audio:
+            self._ssrcs.clear()
+            self._connected_users.clear()
+
+    # -- voice gateway events -------------------------------------------------------
+
+    async def _on_event(self, opcode: Any, data: GatewayMessageData) -> None:
+        try:
+            if isinstance(data, GatewayMessageDataReady):
+                task = asyncio.get_running_loop().create_task(self._on_ready(data))
+                self._ready_tasks.add(task)
+                task.add_done_callback(self._ready_tasks.discard)
+            elif isinstance(data, GatewayMessageDataSessionDescription):
+                self._on_session_description(data)
+            elif isinstance(data, GatewayMessageDataSpeaking):
+                if data.user_id:
+                    self._ssrcs.set(data.ssrc, data.user_id)
+                    if self._audio_receiver is not None:
+                        self._audio_receiver.ssrc_mapped(data.ssrc)
+            elif isinstance(data, GatewayMessageDataClientsConnect):
+                self._connected_users.update(data.user_ids)
+            elif isinstance(data, GatewayMessageDataClientDisconnect):
+                self._connected_users.discard(data.user_id)
+                if self._audio_receiver is not None:
+                    self._audio_receiver.cleanup_user(data.user_id)
+                else:
+                    self._ssrcs.remove_user(data.user_id)
+        except Exception:
+            self._log.exception("guild %d: handling voice event op %s failed", self._guild_id, opcode)
+        handler = self._event_handler
+        if handler is not None:
+            try:
+                result = handler(opcode, data)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._log.exception("guild %d: voice event handler raised", self._guild_id)
+
+    async def _on_ready(self, ready: GatewayMessageDataReady) -> None:
+        """Ready (new session): UDP, IP discovery, Select Protocol."""
+        gateway = self._gateway
+        try:
+            mode = choose_encryption_mode(ready.modes, allow_discontinued=self._config.allow_discontinued_modes)
+            if self._udp is not None:
+                self._counters = self._udp.stream_counters or self._counters
+                self._udp.close()
+            udp = self._config.udp_conn_create_func(replace(self._config.udp_config))
+            self._udp = udp
+            address, port = await udp.open(ready.ip, ready.port, ready.ssrc)
+            if gateway is not self._gateway or gateway is None:
+                return  # superseded while discovering
+            self._mode = mode.value
+            await gateway.send(
+                Opcode.SELECT_PROTOCOL,
+                GatewayMessageDataSelectProtocol(
+                    protocol=Protocol.UDP,
+                    data=GatewayMessageDataSelectProtocolData(address=address, port=port, mode=mode),
+                ),
+            )
+        except Exception as exc:
+            self._log.error("guild %d: voice UDP setup failed: %s", self._guild_id, exc)
+            if self._audio_ready is not None and not self._audio_ready.done():
+                self._audio_ready.set_exception(ConnOpenError(f"guild {self._guild_id}: voice UDP setup failed: {exc}"))
+
+    def _on_session_description(self, data: GatewayMessageDataSessionDescription) -> None:
+        udp = self._udp
+        if udp is None:
+            self._log.warning("guild %d: Session Description before Ready; ignored", self._guild_id)
+            return
+        udp.set_secret_key(data.mode, data.secret_key, counters=self._counters)
+        self._dave_protocol_version = data.dave_protocol_version or 0
+        if self._provider is not None:
+            self._start_sender()
+        if self._receiver is not None:
+            self._start_receiver()
+        if self._audio_ready is not None and not self._audio_ready.done():
+            self._audio_ready.set_result(None)
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._sender = self._config.audio_sender_create_func(self._provider, self, logger=self._log)
+            self._sender.open()
+        else:
+            self._sender.set_provider(self._provider)
+
+    def _start_receiver(self) -> None:
+        assert self._udp is not None and self._receiver is not None
+        if self._audio_receiver is None:
+            self._audio_receiver = self._config.audio_receiver_create_func(
+                self._receiver, self._udp, self._ssrcs, user_filter=self._config.user_filter, logger=self._log
+            )
+        self._audio_receiver.attach(self._udp)
+
+    async def _on_gateway_closed(self, gateway: Gateway, error: BaseException) -> None:
+        if gateway is not self._gateway:
+            return
+        self._log.warning("guild %d: voice gateway stopped: %s", self._guild_id, error)
+        if self._audio_ready is not None and not self._audio_ready.done():
+            self._audio_ready.set_exception(error)
+            self._audio_ready.exception()  # open() may already have given up
+
+    def __repr__(self) -> str:
+        return f"Conn(guild_id={self._guild_id}, channel_id={self._channel_id}, open={self._opened})"
+
+
+#: Creates a Conn (seed: ``ConnCreateFunc``).
+ConnCreateFunc = Callable[..., Conn]

@@ -1,0 +1,207 @@
+"""Manager -> Conn against the local VoiceServer: open, stream, receive, move, close."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import struct
+import sys
+import time
+
+import pytest
+
+from fastvoice import GatewayClosedError
+from fastvoice.conn import ConnConfig, ConnOpenError
+from fastvoice.gateway import GatewayConfig
+from fastvoice.manager import Manager
+from fastvoice.opus import OpusReader
+from fastvoice.testing import VoiceServer
+
+SILENCE = b"\xf8\xff\xfe"
+
+
+class MainGateway:
+    """Plays the bot's main gateway: op 4 in, the two voice dispatches out (as Discord does)."""
+
+    def __init__(self, server: VoiceServer, user_id: int) -> None:
+        self.server = server
+        self.user_id = user_id
+        self.manager: Manager | None = None
+        self.calls: list[tuple[int, int | None]] = []
+
+    async def voice_state_update(self, guild_id, channel_id, self_mute, self_deaf):
+        self.calls.append((guild_id, channel_id))
+        if channel_id is None:
+            return
+        state, server_update = self.server.voice_updates(guild_id, self.user_id, channel_id)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.manager.handle_voice_state_update, state)
+        loop.call_soon(self.manager.handle_voice_server_update, server_update)
+
+
+def make_manager(server, user_id, **conn_options):
+    main = MainGateway(server, user_id)
+    conn_options.setdefault("gateway_config", GatewayConfig(backoff_base=0.05))
+    config = ConnConfig(open_timeout=5, **conn_options)
+    main.manager = Manager(main.voice_state_update, user_id, conn_config=config)
+    return main, main.manager
+
+
+class Collect:
+    def __init__(self):
+        self.frames = []
+        self.cleaned = []
+
+    def receive_opus_frame(self, user_id, packet):
+        self.frames.append((user_id, packet.opus))
+
+    def cleanup_user(self, user_id):
+        self.cleaned.append(user_id)
+
+    def close(self):
+        pass
+
+
+def opus_stream(frames):
+    return OpusReader(io.BytesIO(b"".join(struct.pack("<I", len(f)) + f for f in frames)))
+
+
+async def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_two_bots_in_one_channel_exchange_audio():
+    async with VoiceServer() as server:
+        main_a, bots_a = make_manager(server, 1001)
+        main_b, bots_b = make_manager(server, 1002)
+        sender = bots_a.create_conn(77)
+        listener = bots_b.create_conn(77)
+        sink = Collect()
+        listener.set_opus_frame_receiver(sink)
+        await asyncio.gather(sender.open(500), listener.open(500))
+        assert sender.channel_id == 500 and sender.udp.packetizer is not None
+        frames = [os.urandom(40) + bytes([i]) for i in range(30)]
+        sender.set_opus_frame_provider(opus_stream(frames))
+        await wait_until(lambda: len(sink.frames) >= 35)
+        assert sink.frames == [(1001, f) for f in frames] + [(1001, SILENCE)] * 5
+        assert listener.user_id_by_ssrc(sender.udp.ssrc) == 1001
+        stats = sender.sender.stats
+        assert (stats.sent, stats.silence, stats.deficit) == (35, 5, 0)
+        await bots_a.close()
+        await bots_b.close()
+        assert len(bots_a) == 0
+        assert main_a.calls == [(77, 500), (77, None)]
+
+
+async def test_open_fails_at_once_when_dave_is_required():
+    async with VoiceServer(require_dave=True) as server:
+        _, bots = make_manager(server, 5, gateway_config=GatewayConfig(max_dave_protocol_version=0))
+        conn = bots.create_conn(9)
+        started = time.monotonic()
+        with pytest.raises(GatewayClosedError, match="4017"):
+            await conn.open(10)
+        assert time.monotonic() - started < 2
+        await bots.close()
+
+
+async def test_open_times_out_without_updates():
+    async with VoiceServer():
+        bots = Manager(lambda *a: None, 5, conn_config=ConnConfig(open_timeout=0.2))
+        with pytest.raises(ConnOpenError, match="no session id .* and token/endpoint"):
+            await bots.create_conn(1).open(2)
+        await bots.close()
+
+
+async def test_voice_server_change_mid_stream_keeps_sequence():
+    async with VoiceServer() as first, VoiceServer() as second:
+        main, bots = make_manager(first, 42)
+        conn = bots.create_conn(3)
+        await conn.open(4)
+        frames = [os.urandom(30) for _ in range(400)]
+        conn.set_opus_frame_provider(opus_stream(frames))
+        old_udp = conn.udp
+        await wait_until(lambda: len(first.packets(old_udp.ssrc)) >= 10)
+        # Discord moves the call: a new token and endpoint on the main gateway.
+        main.server = second
+        state, server_update = second.voice_updates(3, 42, 4)
+        bots.handle_voice_state_update(state)
+        bots.handle_voice_server_update(server_update)
+        await wait_until(lambda: conn.udp is not None and conn.udp is not old_udp and second.packets(conn.udp.ssrc))
+        await wait_until(lambda: len(second.packets(conn.udp.ssrc)) >= 10)
+        assert not old_udp.is_open
+        old_seqs = [p.sequence for p in first.packets(old_udp.ssrc)]
+        new_seqs = [p.sequence for p in second.packets(conn.udp.ssrc)]
+        assert new_seqs[0] > old_seqs[-1]  # the stream continues, it does not restart at 0
+        assert new_seqs == list(range(new_seqs[0], new_seqs[0] + len(new_seqs)))
+        await bots.close()
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+
+
+async def test_close_leaves_no_tasks_or_sockets():
+    async with VoiceServer() as server:
+        baseline_fds = _open_fds()
+        baseline_tasks = asyncio.all_tasks()
+        _, bots = make_manager(server, 8)
+        conns = [bots.create_conn(g) for g in range(1, 6)]
+        await asyncio.gather(*(c.open(100 + i) for i, c in enumerate(conns)))
+        for c in conns:
+            c.set_opus_frame_provider(opus_stream([b"abc"] * 20))
+            c.set_opus_frame_receiver(Collect())
+        await asyncio.sleep(0.1)
+        await bots.close()
+        await wait_until(lambda: asyncio.all_tasks() - baseline_tasks == set(), timeout=2)
+        if baseline_fds is not None:
+            await wait_until(lambda: _open_fds() <= baseline_fds, timeout=2)
+
+
+class RemoteServer:
+    """Just enough of VoiceServer's main-gateway role for a server in another process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.count = 0
+
+    def voice_updates(self, guild_id, user_id, channel_id):
+        self.count += 1
+        state = {"guild_id": str(guild_id), "channel_id": str(channel_id), "user_id": str(user_id),
+                 "session_id": f"session-{self.count}"}
+        return state, {"guild_id": str(guild_id), "token": f"token-{self.count}", "endpoint": self.url}
+
+
+async def test_300_connections_stream_with_zero_deficit():
+    """300 guilds on one loop (the server in another process): all reach Ready and stream 10 s with no missed tick."""
+    n = 300
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.join(os.path.dirname(__file__), "serve_voice.py"), "5000",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        _, bots = make_manager(RemoteServer(url), 9)
+        conns = [bots.create_conn(g) for g in range(1, n + 1)]
+        for batch in range(0, n, 50):
+            await asyncio.gather(*(c.open(10_000 + i) for i, c in enumerate(conns[batch:batch + 50], batch)))
+        assert all(c.udp is not None and c.udp.packetizer is not None for c in conns)
+        frames = [os.urandom(100)] * 500  # 10 s of audio each
+        for c in conns:
+            c.set_opus_frame_provider(opus_stream(frames))
+        await wait_until(lambda: all(not c.sender.live for c in conns), timeout=30)
+        stats = [c.sender.stats for c in conns]
+        assert all(s.sent == 505 for s in stats), {s.sent for s in stats}
+        assert sum(s.deficit for s in stats) == 0
+        await bots.close()
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
