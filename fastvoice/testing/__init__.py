@@ -9,6 +9,10 @@ other members of a call), records what it saw, and has knobs for faults.
         state = server.make_state(guild_id=1, user_id=2)
         ...
 
+:class:`MainGatewayStandIn` (from :meth:`VoiceServer.main_gateway`) plays the bot's
+main gateway: it takes op 4 Voice State Updates and answers with the
+VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE dispatches that lead to the server.
+
 ``tls=True`` needs the ``cryptography`` package.
 """
 

@@ -382,6 +382,10 @@ class VoiceServer:
     Recordings: ``connections`` (every frame both ways), ``sessions``,
     :meth:`packets` (per SSRC, arrival time and decrypted payload) and
     ``rejected_datagrams``.
+
+    The main gateway's part: :meth:`voice_updates` returns the VOICE_STATE_UPDATE
+    and VOICE_SERVER_UPDATE payloads for a guild/user/channel, and
+    :meth:`main_gateway` a :class:`MainGatewayStandIn` that answers op 4 with them.
     """
 
     def __init__(
