@@ -16,36 +16,18 @@ from fastvoice.conn import ConnConfig, ConnOpenError
 from fastvoice.gateway import GatewayConfig
 from fastvoice.manager import Manager
 from fastvoice.opus import OpusReader
-from fastvoice.testing import VoiceServer
+from fastvoice.testing import MainGatewayStandIn, VoiceServer
 
 SILENCE = b"\xf8\xff\xfe"
 
 
-class MainGateway:
-    """Plays the bot's main gateway: op 4 in, the two voice dispatches out (as Discord does)."""
-
-    def __init__(self, server: VoiceServer, user_id: int) -> None:
-        self.server = server
-        self.user_id = user_id
-        self.manager: Manager | None = None
-        self.calls: list[tuple[int, int | None]] = []
-
-    async def voice_state_update(self, guild_id, channel_id, self_mute, self_deaf):
-        self.calls.append((guild_id, channel_id))
-        if channel_id is None:
-            return
-        state, server_update = self.server.voice_updates(guild_id, self.user_id, channel_id)
-        loop = asyncio.get_running_loop()
-        loop.call_soon(self.manager.handle_voice_state_update, state)
-        loop.call_soon(self.manager.handle_voice_server_update, server_update)
-
-
 def make_manager(server, user_id, **conn_options):
-    main = MainGateway(server, user_id)
+    main = MainGatewayStandIn(server, user_id)
     conn_options.setdefault("gateway_config", GatewayConfig(backoff_base=0.05))
     config = ConnConfig(open_timeout=5, **conn_options)
-    main.manager = Manager(main.voice_state_update, user_id, conn_config=config)
-    return main, main.manager
+    manager = Manager(main.update_voice_state, user_id, conn_config=config)
+    main.attach(manager)
+    return main, manager
 
 
 class Collect:
@@ -95,7 +77,7 @@ async def test_two_bots_in_one_channel_exchange_audio():
         await bots_a.close()
         await bots_b.close()
         assert len(bots_a) == 0
-        assert main_a.calls == [(77, 500), (77, None)]
+        assert [r[:2] for r in main_a.requests] == [(77, 500), (77, None)]
 
 
 async def test_open_fails_at_once_when_dave_is_required():
@@ -127,8 +109,7 @@ async def test_voice_server_change_mid_stream_keeps_sequence():
         old_udp = conn.udp
         await wait_until(lambda: len(first.packets(old_udp.ssrc)) >= 10)
         # Discord moves the call: a new token and endpoint on the main gateway.
-        main.server = second
-        state, server_update = second.voice_updates(3, 42, 4)
+        state, server_update = second.voice_updates(3, 42, 4, session_id=main.session_id)
         bots.handle_voice_state_update(state)
         bots.handle_voice_server_update(server_update)
         await wait_until(lambda: conn.udp is not None and conn.udp is not old_udp and second.packets(conn.udp.ssrc))
@@ -143,6 +124,25 @@ async def test_voice_server_change_mid_stream_keeps_sequence():
 
 def _open_fds():
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+
+
+async def test_channel_move_mid_stream():
+    async with VoiceServer() as server:
+        main, bots = make_manager(server, 43)
+        conn = bots.create_conn(6)
+        await conn.open(60)
+        conn.set_opus_frame_provider(opus_stream([os.urandom(30) for _ in range(300)]))
+        old_udp = conn.udp
+        await wait_until(lambda: len(server.packets(old_udp.ssrc)) >= 5)
+        await main.update_voice_state(6, 61)  # moved to another channel of the guild
+        await wait_until(lambda: conn.channel_id == 61 and conn.udp is not None and conn.udp is not old_udp
+                         and len(server.packets(conn.udp.ssrc)) >= 5)
+        assert not old_udp.is_open
+        member = server.session_for_ssrc(conn.udp.ssrc)
+        assert member is not None and member.channel_id == 61
+        old_last = server.packets(old_udp.ssrc)[-1].sequence
+        assert server.packets(conn.udp.ssrc)[0].sequence > old_last
+        await bots.close()
 
 
 async def test_close_leaves_no_tasks_or_sockets():
@@ -162,18 +162,22 @@ async def test_close_leaves_no_tasks_or_sockets():
             await wait_until(lambda: _open_fds() <= baseline_fds, timeout=2)
 
 
-class RemoteServer:
-    """Just enough of VoiceServer's main-gateway role for a server in another process."""
+class RemoteMainGateway:
+    """The main gateway's part for a VoiceServer in another process (it accepts any session)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.count = 0
+        self.manager: Manager | None = None
 
-    def voice_updates(self, guild_id, user_id, channel_id):
-        self.count += 1
-        state = {"guild_id": str(guild_id), "channel_id": str(channel_id), "user_id": str(user_id),
-                 "session_id": f"session-{self.count}"}
-        return state, {"guild_id": str(guild_id), "token": f"token-{self.count}", "endpoint": self.url}
+    async def update_voice_state(self, guild_id, channel_id, self_mute=False, self_deaf=False):
+        if channel_id is None:
+            return
+        state = {"guild_id": str(guild_id), "channel_id": str(channel_id), "user_id": str(self.manager.user_id),
+                 "session_id": f"session-{guild_id}"}
+        server = {"guild_id": str(guild_id), "token": f"token-{guild_id}", "endpoint": self.url}
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.manager.handle_voice_state_update, state)
+        loop.call_soon(self.manager.handle_voice_server_update, server)
 
 
 async def test_300_connections_stream_with_zero_deficit():
@@ -185,7 +189,8 @@ async def test_300_connections_stream_with_zero_deficit():
     )
     try:
         url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-        _, bots = make_manager(RemoteServer(url), 9)
+        main = RemoteMainGateway(url)
+        bots = main.manager = Manager(main.update_voice_state, 9, conn_config=ConnConfig(open_timeout=10))
         conns = [bots.create_conn(g) for g in range(1, n + 1)]
         for batch in range(0, n, 50):
             await asyncio.gather(*(c.open(10_000 + i) for i, c in enumerate(conns[batch:batch + 50], batch)))
