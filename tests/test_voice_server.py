@@ -439,7 +439,7 @@ async def test_dropped_session_stays_resumable_until_it_expires(server):
         async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
             await ws.receive_json()
             await ws.send_json({"op": 7, "d": {"server_id": str(GUILD), "session_id": session.session_id,
-                                               "token": session._token, "seq_ack": 1}})
+                                               "token": session.token, "seq_ack": 1}})
             msg = await ws.receive()
             assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4006
     finally:

@@ -269,6 +269,11 @@ class ServerSession:
         )
 
     @property
+    def token(self) -> str:
+        """The voice token this session identified with (kept out of ``repr``)."""
+        return self._token
+
+    @property
     def connection(self) -> ServerConnection | None:
         """The live websocket connection, or ``None`` while the client is away."""
         if self.connections and not self.connections[-1].closed:
@@ -476,7 +481,7 @@ class VoiceServer:
 
     @property
     def udp_reorder(self) -> float:
-        """Probability that a datagram is held back and sent after the next one."""
+        """Probability that a datagram is held back and sent after the next one (lost if none follows)."""
         return self._udp_reorder
 
     @udp_reorder.setter
