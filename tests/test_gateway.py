@@ -693,3 +693,25 @@ async def test_reopen_from_the_close_handler_in_a_new_task(server):
     assert gw.status is Status.READY and len(rec.of(Opcode.READY)) == 2
     assert gw.ssrc == server.sessions[-1].ssrc
     await gw.close()
+
+
+async def test_status_follows_the_seed_states(server):
+    seen: list[tuple[int, Status]] = []
+    gw: Gateway
+
+    def handler(op, data):
+        seen.append((op, gw.status))
+
+    gw = Gateway(handler, None, fast_config())
+    await gw.open(server.make_state(GUILD, USER))
+    try:
+        assert seen[:2] == [(Opcode.HELLO, Status.WAITING_FOR_READY), (Opcode.READY, Status.READY)]
+        seen.clear()
+        server.session_for_user(USER).drop()
+        await server.wait_for(lambda: any(op == Opcode.RESUMED for op, _ in seen))
+        assert [s for s in seen if s[0] in (Opcode.HELLO, Opcode.RESUMED)] == [
+            (Opcode.HELLO, Status.RESUMING), (Opcode.RESUMED, Status.READY)
+        ]
+    finally:
+        await gw.close()
+    assert gw.status is Status.DISCONNECTED
