@@ -18,4 +18,4 @@ echo "::: tests, FASTVOICE_NO_EXTENSIONS=1"
 FASTVOICE_NO_EXTENSIONS=1 FASTVOICE_REQUIRE_EXTENSIONS=0 python -m pytest -q
 
 echo "::: benchmarks, smoke run"
-python -m pytest bench --benchmark-disable -q
+FASTVOICE_BENCH_CONNECTIONS=10 FASTVOICE_BENCH_SECONDS=1 python -m pytest bench --benchmark-disable -q

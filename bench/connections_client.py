@@ -1,0 +1,125 @@
+"""Client side of bench/test_bench_connections.py: run N connections, print one JSON line of results."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import resource
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Frames:
+    """An endless provider of a fixed 120-byte frame for ``count`` frames."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.frame = os.urandom(120)
+
+    def provide_opus_frame(self):
+        if self.left <= 0:
+            raise EOFError
+        self.left -= 1
+        return self.frame
+
+    def close(self):
+        pass
+
+
+async def main(n: int, seconds: float) -> dict:
+    from fastvoice import ConnConfig, Manager, speedups_enabled
+    from fastvoice.gateway import GatewayConfig
+
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.join(HERE, "voice_server_process.py"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**28,
+    )
+    url = (await asyncio.wait_for(server.stdout.readline(), 60)).decode().strip()
+
+    manager: Manager
+
+    async def update_voice_state(guild_id, channel_id, self_mute=False, self_deaf=False):
+        if channel_id is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_soon(manager.handle_voice_state_update, {
+            "guild_id": str(guild_id), "channel_id": str(channel_id), "user_id": "1", "session_id": f"s{guild_id}"})
+        loop.call_soon(manager.handle_voice_server_update, {
+            "guild_id": str(guild_id), "token": f"t{guild_id}", "endpoint": url})
+
+    manager = Manager(update_voice_state, 1, conn_config=ConnConfig(
+        open_timeout=120, gateway_config=GatewayConfig(open_timeout=120, connect_timeout=60)))
+    rss_before = rss_kib()
+    conns = [manager.create_conn(g) for g in range(1, n + 1)]
+    opened_at = time.monotonic()
+    for start in range(0, n, 100):
+        await asyncio.gather(*(c.open(10**6 + i) for i, c in enumerate(conns[start:start + 100], start)))
+    open_seconds = time.monotonic() - opened_at
+    opened = sum(1 for c in conns if c.udp is not None and c.udp.packetizer is not None)
+    frames = int(seconds * 50)
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    wall_before = time.monotonic()
+    for c in conns:
+        c.set_opus_frame_provider(Frames(frames))
+    while any(c.sender is not None and c.sender.live for c in conns):
+        await asyncio.sleep(0.05)
+    wall = time.monotonic() - wall_before
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    rss_after = rss_kib()
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    stats = [c.sender.stats for c in conns]
+    await asyncio.sleep(0.2)
+    server.stdin.write(b"report\n")
+    await server.stdin.drain()
+    report = json.loads(await asyncio.wait_for(server.stdout.readline(), 120))
+    await manager.close()
+    server.stdin.close()
+    await server.wait()
+    jitter = sorted(abs(g - 20.0) for r in report.values() for g in r["gaps_ms"])
+    received = sum(r["packets"] for r in report.values())
+
+    def pct(p: float) -> float:
+        return jitter[min(len(jitter) - 1, int(p * len(jitter)))] if jitter else float("nan")
+
+    return {
+        "speedups": speedups_enabled(),
+        "opened": opened,
+        "open_seconds": round(open_seconds, 2),
+        "stream_seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 3),
+        "cpu_share_of_one_core": round(cpu / wall, 3),
+        "cpu_us_per_connection_second": round(cpu / wall / n * 1e6, 1),
+        "rss_kib_per_connection": round((rss_after - rss_before) / n, 1),
+        "sent": sum(s.sent for s in stats),
+        "received": received,
+        "deficit": sum(s.deficit for s in stats),
+        "jitter_p50_ms": round(pct(0.50), 3),
+        "jitter_p99_ms": round(pct(0.99), 3),
+        "jitter_mean_ms": round(statistics.fmean(jitter), 3) if jitter else None,
+    }
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+    print(json.dumps(result))

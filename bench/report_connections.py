@@ -1,0 +1,36 @@
+"""Print the table of bench/test_bench_connections.py results from its pytest-benchmark JSON.
+
+    python bench/report_connections.py bench/connections.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+COLUMNS = [
+    ("connections", "N"),
+    ("twin", "twin"),
+    ("cpu_share_of_one_core", "CPU (cores)"),
+    ("cpu_us_per_connection_second", "CPU us per conn-second"),
+    ("rss_kib_per_connection", "RSS KiB/conn"),
+    ("sent", "sent"),
+    ("received", "received by server"),
+    ("deficit", "deficit (ticks)"),
+    ("jitter_p50_ms", "jitter p50 ms"),
+    ("jitter_p99_ms", "jitter p99 ms"),
+]
+
+
+def main(path: str) -> None:
+    with open(path) as fh:
+        rows = [b["extra_info"] for b in json.load(fh)["benchmarks"]]
+    rows.sort(key=lambda r: (r["connections"], r["twin"]))
+    print("| " + " | ".join(title for _, title in COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(key, "")) for key, _ in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench/connections.json")

@@ -1,0 +1,56 @@
+"""N live voice connections in one process, against a VoiceServer in another process.
+
+For each N: open N guild connections through a Manager, stream the same Opus frames on
+all of them for STREAM_SECONDS, and record the client process's CPU time per connection,
+its RSS growth per connection, the send clock's deficit, and the inter-arrival jitter
+(|gap - 20 ms|) the server measured. Compiled and pure twins run in separate processes
+(the twin is chosen at import).
+
+    python -m pytest bench/test_bench_connections.py --benchmark-json=bench/connections.json
+    python bench/report_connections.py bench/connections.json
+
+``FASTVOICE_BENCH_CONNECTIONS`` (default ``100,500,1000,2000``) and
+``FASTVOICE_BENCH_SECONDS`` (default 10) pick the sizes; CI runs a tiny smoke size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZES = [int(n) for n in os.environ.get("FASTVOICE_BENCH_CONNECTIONS", "100,500,1000,2000").split(",")]
+SECONDS = float(os.environ.get("FASTVOICE_BENCH_SECONDS", "10"))
+
+
+def run_client(n: int, seconds: float, pure: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("FASTVOICE_REQUIRE_EXTENSIONS", None)
+    env["FASTVOICE_NO_EXTENSIONS"] = "1" if pure else "0"
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "connections_client.py"), str(n), str(seconds)],
+        env=env, capture_output=True, text=True, timeout=600 + 2 * seconds,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark client failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("twin", ["compiled", "pure"])
+@pytest.mark.parametrize("n", SIZES)
+def test_live_connections(benchmark, n, twin):
+    if twin == "compiled":
+        import fastvoice
+
+        if not fastvoice.speedups_enabled() and os.environ.get("FASTVOICE_NO_EXTENSIONS") != "1":
+            pytest.skip("compiled twin not built")
+    if twin == "pure" and n > 1000:
+        pytest.skip("the pure twin is measured up to 1,000 connections")
+    benchmark.group = f"{n} connections"
+    result = benchmark.pedantic(run_client, args=(n, SECONDS, twin == "pure"), rounds=1, iterations=1)
+    benchmark.extra_info.update(result, twin=twin, connections=n)
+    assert result["opened"] == n
