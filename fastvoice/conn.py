@@ -483,6 +483,8 @@ class Conn:
             if gateway is not self._gateway or gateway is None:
                 return  # superseded while discovering
             self._mode = mode.value
+            if self._sender is not None:
+                self._sender.reset_session()  # a new session's SSRC needs its own op 5
             await gateway.send(
                 Opcode.SELECT_PROTOCOL,
                 GatewayMessageDataSelectProtocol(
@@ -502,6 +504,13 @@ class Conn:
             return
         udp.set_secret_key(data.mode, data.secret_key, counters=self._counters)
         self._dave_protocol_version = data.dave_protocol_version or 0
+        if self._dave_protocol_version:
+            # End-to-end encryption is required but this build has no DAVE session yet:
+            # hold every frame rather than send plaintext into an E2EE call.
+            self._log.error(
+                "guild %d: the call requires DAVE protocol %d, which this connection cannot speak yet; "
+                "audio is held", self._guild_id, self._dave_protocol_version,
+            )
         if self._provider is not None:
             self._start_sender()
         if self._receiver is not None:
@@ -515,6 +524,7 @@ class Conn:
             self._sender.open()
         else:
             self._sender.set_provider(self._provider)
+        self._sender.frame_hook = _hold_all_frames if self._dave_protocol_version else None
 
     def _start_receiver(self) -> None:
         assert self._udp is not None and self._receiver is not None
@@ -534,6 +544,11 @@ class Conn:
 
     def __repr__(self) -> str:
         return f"Conn(guild_id={self._guild_id}, channel_id={self._channel_id}, open={self._opened})"
+
+
+def _hold_all_frames(frame: bytes) -> None:
+    """Frame hook while DAVE is required but not available: nothing leaves in plaintext."""
+    return None
 
 
 #: Creates a Conn (seed: ``ConnCreateFunc``).

@@ -210,3 +210,15 @@ async def test_300_connections_stream_with_zero_deficit():
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def test_no_plaintext_when_the_call_requires_dave():
+    async with VoiceServer(dave_protocol_version=1) as server:
+        _, bots = make_manager(server, 44)
+        conn = bots.create_conn(7)
+        await conn.open(70)
+        conn.set_opus_frame_provider(opus_stream([b"secret opus"] * 20))
+        await asyncio.sleep(0.3)
+        assert server.packets(conn.udp.ssrc) == []
+        assert conn.sender.stats.nulled >= 10 and conn.sender.stats.sent == 0
+        await bots.close()
