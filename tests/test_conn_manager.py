@@ -222,3 +222,44 @@ async def test_no_plaintext_when_the_call_requires_dave():
         assert server.packets(conn.udp.ssrc) == []
         assert conn.sender.stats.nulled >= 10 and conn.sender.stats.sent == 0
         await bots.close()
+
+
+async def test_null_endpoint_waits_for_a_server():
+    async with VoiceServer() as server:
+        bots: Manager
+
+        async def update_voice_state(guild_id, channel_id, self_mute=False, self_deaf=False):
+            if channel_id is None:
+                return
+            state, server_update = server.voice_updates(guild_id, 45, channel_id)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(bots.handle_voice_state_update, state)
+            # Discord first says "no server yet", then sends the real one a little later.
+            loop.call_soon(bots.handle_voice_server_update, dict(server_update, endpoint=None))
+            loop.call_later(0.2, bots.handle_voice_server_update, server_update)
+
+        bots = Manager(update_voice_state, 45, conn_config=ConnConfig(open_timeout=5))
+        conn = bots.create_conn(8)
+        started = time.monotonic()
+        await conn.open(80)
+        assert time.monotonic() - started >= 0.2
+        assert conn.udp.packetizer is not None
+        await bots.close()
+
+
+async def test_refused_resume_gets_a_new_session_and_audio_continues():
+    async with VoiceServer() as server:
+        main, bots = make_manager(server, 46)
+        conn = bots.create_conn(9)
+        await conn.open(90)
+        conn.set_opus_frame_provider(opus_stream([os.urandom(30) for _ in range(400)]))
+        first_ssrc = conn.udp.ssrc
+        await wait_until(lambda: len(server.packets(first_ssrc)) >= 5)
+        server.refuse_next_resume()
+        server.session_for_ssrc(first_ssrc).drop()  # socket dies; the resume is refused with 4006
+        await wait_until(lambda: conn.udp is not None and conn.udp.ssrc != first_ssrc
+                         and len(server.packets(conn.udp.ssrc)) >= 5, timeout=10)
+        assert len(main.requests) >= 2  # op 4 again on the main gateway for the new session
+        old_last = server.packets(first_ssrc)[-1].sequence
+        assert server.packets(conn.udp.ssrc)[0].sequence > old_last
+        await bots.close()
