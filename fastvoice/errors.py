@@ -61,9 +61,12 @@ class GatewayClosedError(VoiceError):
         self.attempts = attempts
         description = getattr(close_event, "description", "Unknown")
         explanation = getattr(close_event, "explanation", "")
-        text = f"voice gateway closed with code {code} ({description}): {explanation}"
+        if code is None:
+            text = "voice gateway connection failed or dropped without a close code."
+        else:
+            text = f"voice gateway closed with code {code} ({description}): {explanation}"
         if reason:
-            text += f" Server reason: {reason!r}."
+            text += f" Reason: {reason!r}."
         if detail:
             text += f" {detail}"
         super().__init__(text)

@@ -715,3 +715,14 @@ async def test_status_follows_the_seed_states(server):
     finally:
         await gw.close()
     assert gw.status is Status.DISCONNECTED
+
+
+def test_closed_error_text_for_a_code_and_for_a_drop():
+    from fastvoice.close_codes import gateway_close_event_code_by_code
+
+    error = GatewayClosedError(4017, gateway_close_event_code_by_code(4017), "e2ee required", 0, "Not retrying.")
+    assert str(error).startswith("voice gateway closed with code 4017 (E2EE/DAVE protocol required)")
+    assert "Reason: 'e2ee required'." in str(error) and str(error).endswith("Not retrying.")
+    dropped = GatewayClosedError(None, gateway_close_event_code_by_code(None), "connect failed: refused")
+    assert str(dropped).startswith("voice gateway connection failed or dropped without a close code.")
+    assert dropped.code is None and dropped.close_event.behaviour is CloseBehaviour.RESUME
