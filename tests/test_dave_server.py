@@ -1,0 +1,162 @@
+"""The local server's MLS pieces on their own: encodings, signatures, parsing, and bad input."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import davey
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fastvoice.testing._dave import (
+    DaveCallGroup,
+    DaveExternalSender,
+    MLSDecodeError,
+    is_dave_frame,
+    key_package_user_id,
+    parse_commit_welcome,
+    proposal_ref,
+)
+
+CHANNEL = 987_654_321
+GROUP_ID = CHANNEL.to_bytes(8, "big")
+
+
+def test_external_sender_payload_is_the_mls_struct() -> None:
+    sender = DaveExternalSender()
+    payload = sender.payload
+    # <V> with a 2-byte length (65 >= 64) holding an uncompressed P-256 point
+    assert payload[:3] == b"\x40\x41\x04"
+    assert payload[2:67] == sender.public_key
+    assert payload[67:69] == b"\x00\x01"  # basic credential
+    assert payload[69] == len(sender.identity) and payload[70:] == sender.identity
+
+
+def test_add_proposal_is_signed_over_framed_content_tbs() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    sender = DaveExternalSender(key)
+    member = davey.DaveSession(1, 42, CHANNEL)
+    key_package = member.get_serialized_key_package()
+    message = sender.propose_add(GROUP_ID, 5, key_package)
+    # version, wire format (public message), group id, epoch, sender external #0, no aad, proposal, Add
+    head = b"\x00\x01\x00\x01" + b"\x08" + GROUP_ID + (5).to_bytes(8, "big") + b"\x02" + b"\x00" * 4 + b"\x00\x02\x00\x01"
+    assert message.startswith(head + key_package)
+    tbs = message[: len(head) + len(key_package)]
+    signature = message[len(tbs) + 2:]
+    assert message[len(tbs):len(tbs) + 2] == (0x4000 | len(signature)).to_bytes(2, "big")
+    label = b"MLS 1.0 FramedContentTBS"
+    key.public_key().verify(signature, _vec(label) + _vec(tbs), ec.ECDSA(hashes.SHA256()))
+    assert len(proposal_ref(message)) == 32
+
+
+def _vec(data: bytes) -> bytes:
+    n = len(data)
+    return (bytes([n]) if n < 64 else (0x4000 | n).to_bytes(2, "big")) + data
+
+
+def test_davey_accepts_the_external_senders_proposals() -> None:
+    sender = DaveExternalSender()
+    alice, bob = davey.DaveSession(1, 1, CHANNEL), davey.DaveSession(1, 2, CHANNEL)
+    alice.get_serialized_key_package()
+    bob_package = bob.get_serialized_key_package()
+    alice.set_external_sender(sender.payload)
+    bob.set_external_sender(sender.payload)
+    proposal = sender.propose_add(GROUP_ID, 0, bob_package)
+    result = alice.process_proposals(davey.ProposalsOperationType.append, _vec(proposal), [1, 2])
+    assert result is not None and result.welcome
+    parsed = parse_commit_welcome(result.commit + result.welcome)
+    assert parsed.commit == result.commit and parsed.welcome == result.welcome
+    assert parsed.epoch == 0 and parsed.group_id == GROUP_ID and parsed.sender_leaf == 0
+    assert parsed.proposal_refs == (proposal_ref(proposal),)
+    # A proposal signed by another key is refused by the member.
+    impostor = DaveExternalSender().propose_add(GROUP_ID, 0, bob_package)
+    carol = davey.DaveSession(1, 3, CHANNEL)
+    carol.get_serialized_key_package()
+    carol.set_external_sender(sender.payload)
+    with pytest.raises(ValueError):
+        carol.process_proposals(davey.ProposalsOperationType.append, _vec(impostor), [2, 3])
+
+
+def test_key_package_user_id() -> None:
+    package = davey.DaveSession(1, 1_000_000_000_000_000_001, CHANNEL).get_serialized_key_package()
+    assert key_package_user_id(package) == 1_000_000_000_000_000_001
+    with pytest.raises(MLSDecodeError, match="truncated"):
+        key_package_user_id(package[:-3])
+    with pytest.raises(MLSDecodeError, match="trailing"):
+        key_package_user_id(package + b"\x00")
+    with pytest.raises(MLSDecodeError, match="protocol version"):
+        key_package_user_id(b"\x00\x02" + package[2:])
+
+
+def test_parsers_raise_only_decode_errors_on_garbage() -> None:
+    rng = random.Random(5)
+    package = davey.DaveSession(1, 9, CHANNEL).get_serialized_key_package()
+    for _ in range(500):
+        blob = bytearray(package if rng.random() < 0.5 else os.urandom(rng.randrange(0, 300)))
+        for _ in range(rng.randrange(1, 4)):
+            if blob:
+                blob[rng.randrange(len(blob))] = rng.randrange(256)
+        for parse in (key_package_user_id, parse_commit_welcome):
+            try:
+                parse(bytes(blob))
+            except MLSDecodeError:
+                pass
+
+
+def test_group_ignores_bad_client_input() -> None:
+    group = DaveCallGroup(CHANNEL)
+    group.join(1)
+    assert group.key_package(1, b"\x00\x01junk") == []
+    other = davey.DaveSession(1, 2, CHANNEL).get_serialized_key_package()
+    assert group.key_package(1, other) == []  # a key package naming another user
+    assert group.commit_welcome(1, os.urandom(64)) == [] and group.rejected_commits == 1
+    assert group.transition_ready(1, 77) == []
+    assert group.invalid_commit_welcome(1, 3) == []
+    assert group.members == set() and group.epoch is None
+    with pytest.raises(ValueError, match="channel_id"):
+        DaveCallGroup(-1)
+    with pytest.raises(ValueError, match="protocol_version"):
+        DaveCallGroup(CHANNEL, 3)
+    with pytest.raises(ValueError, match="SECP256R1"):
+        DaveExternalSender(signing_key="not a key")
+
+
+def test_group_rejects_a_commit_for_the_wrong_epoch() -> None:
+    group = DaveCallGroup(CHANNEL)
+    sessions = {u: davey.DaveSession(1, u, CHANNEL) for u in (1, 2)}
+    out = []
+    for uid, session in sessions.items():
+        out += group.join(uid)
+        session.set_external_sender(group.sender.payload)
+    for uid, session in sessions.items():
+        out += group.key_package(uid, session.get_serialized_key_package())
+    proposals = [m for uid, m in out if uid == 1 and m.OPCODE == 27]
+    assert len(proposals) == 1
+    result = sessions[1].process_proposals(davey.ProposalsOperationType.append, proposals[0].proposals, [1, 2])
+    assert result is not None
+    # Same commit with its epoch bytes changed: refused (and the real one is still accepted after).
+    forged = bytearray(result.commit)
+    forged[4 + 1 + 8 + 7] = 9
+    assert group.commit_welcome(1, bytes(forged) + (result.welcome or b"")) == []
+    accepted = group.commit_welcome(1, result.commit + (result.welcome or b""))
+    assert {(uid, m.OPCODE) for uid, m in accepted} == {(1, 29), (2, 30)}
+    assert group.epoch == 1 and group.leaves == [1, 2]
+    assert group.commit_welcome(1, result.commit + (result.welcome or b"")) == []  # only the first counts
+
+
+def test_is_dave_frame() -> None:
+    a, b = davey.DaveSession(1, 1, CHANNEL), davey.DaveSession(1, 2, CHANNEL)
+    sender = DaveExternalSender()
+    a.get_serialized_key_package()
+    a.set_external_sender(sender.payload)
+    result = a.process_proposals(
+        davey.ProposalsOperationType.append, _vec(sender.propose_add(GROUP_ID, 0, b.get_serialized_key_package())), [1, 2]
+    )
+    a.process_commit(result.commit)
+    frame = a.encrypt_opus(b"\xfc" + bytes(60))
+    assert is_dave_frame(frame)
+    assert not is_dave_frame(b"\xfc" + bytes(60))
+    assert not is_dave_frame(b"\xf8\xff\xfe")
+    assert not is_dave_frame(bytes(20) + b"\x40\xfa\xfa")  # supplemental size larger than the frame
