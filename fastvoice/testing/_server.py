@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from ..close_codes import CloseBehaviour, gateway_close_event_code_by_code
+from ..constants import SILENCE_AUDIO_FRAME
 from ..encryption import AVAILABLE_MODES, EncryptionMode
 from ..errors import DecryptionFailedError, GatewayDecodeError
 from ..gateway_messages import (
@@ -26,6 +27,10 @@ from ..gateway_messages import (
     GatewayMessageData,
     GatewayMessageDataClientDisconnect,
     GatewayMessageDataClientsConnect,
+    GatewayMessageDataDaveMLSCommitWelcome,
+    GatewayMessageDataDaveMLSInvalidCommitWelcome,
+    GatewayMessageDataDaveMLSKeyPackage,
+    GatewayMessageDataDaveTransitionReady,
     GatewayMessageDataHeartbeat,
     GatewayMessageDataHeartbeatACK,
     GatewayMessageDataHello,
@@ -46,7 +51,10 @@ from ..gateway_messages import (
     encode_server_binary,
 )
 
+from ._dave import is_dave_frame
+
 if TYPE_CHECKING:
+    from ._dave import DaveCallGroup
     from ._main_gateway import MainGatewayStandIn
 
 __all__ = [
@@ -64,6 +72,14 @@ _log = logging.getLogger("fastvoice.testing")
 
 _IP_DISCOVERY = struct.Struct(">HHI64sH")
 _CLIENT_OPS_BEFORE_IDENTIFY = frozenset({Opcode.IDENTIFY, Opcode.RESUME, Opcode.HEARTBEAT})
+_DAVE_CLIENT_OPS = frozenset(
+    {
+        Opcode.DAVE_TRANSITION_READY,
+        Opcode.DAVE_MLS_KEY_PACKAGE,
+        Opcode.DAVE_MLS_COMMIT_WELCOME,
+        Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME,
+    }
+)
 _CLIENT_OPS = frozenset(
     {
         Opcode.IDENTIFY,
@@ -256,6 +272,10 @@ class ServerSession:
         #: True once the session has ended (closed for good or timed out).
         self.ended = False
         self.audio_before_speaking = 0
+        #: The DAVE protocol version told to this session in Session Description.
+        self.dave_protocol_version = 0
+        #: Audio packets that arrived in plaintext while this session's call was end-to-end encrypted.
+        self.dave_plaintext_packets = 0
         self._seq = 0
         self._buffer: collections.deque[tuple[int, str | bytes, int, Any]] = collections.deque(maxlen=4096)
         self._expiry: asyncio.TimerHandle | None = None
@@ -375,7 +395,10 @@ class VoiceServer:
     - ``heartbeat_interval``: ms sent in Hello.
     - ``modes``: encryption modes offered in Ready (default: the two AEAD modes).
     - ``require_dave``: close 4017 on an Identify without ``max_dave_protocol_version >= 1``.
-    - ``dave_protocol_version``: sent in Session Description (0: no DAVE).
+    - ``dave_protocol_version``: sent in Session Description (0: no DAVE). With 1 the server
+      runs each call's MLS group as its external sender (:meth:`dave_group`), checks that
+      audio really is DAVE ciphertext (``ServerSession.dave_plaintext_packets``) and can take
+      a call down to protocol 0 and back (:meth:`dave_downgrade`, :meth:`dave_upgrade`).
     - ``withhold_heartbeat_acks``: ACK no heartbeat (also per session and per connection).
     - ``strict_auth``: only accept sessions registered with :meth:`voice_updates` (else 4004).
     - ``session_timeout``: seconds a dropped session stays resumable.
@@ -450,6 +473,8 @@ class VoiceServer:
         self._timers: set[asyncio.TimerHandle] = set()
         self._held: tuple[tuple[str, int], bytes] | None = None
         self._changed: asyncio.Event | None = None
+        self._dave_groups: dict[tuple[int, int], DaveCallGroup] = {}
+        self._dave_lock: asyncio.Lock | None = None
         self._connection_count = 0
         self._closing = False
 
@@ -706,6 +731,18 @@ class VoiceServer:
         """Sessions currently in the call of ``guild_id``/``channel_id``."""
         return list(self._calls.get((guild_id, guild_id if channel_id is None else channel_id), []))
 
+    def dave_group(self, guild_id: int, channel_id: int | None = None) -> DaveCallGroup | None:
+        """The DAVE state of a call (``None`` if the call never used DAVE)."""
+        return self._dave_groups.get((guild_id, guild_id if channel_id is None else channel_id))
+
+    async def dave_downgrade(self, guild_id: int, channel_id: int | None = None) -> None:
+        """Take a call to DAVE protocol 0 (ops 21/23/22); its members then send plaintext."""
+        await self._dave_call_event(guild_id, guild_id if channel_id is None else channel_id, "downgrade")
+
+    async def dave_upgrade(self, guild_id: int, channel_id: int | None = None) -> None:
+        """Bring a downgraded call back to DAVE: op 24 (epoch 1), a new group, then the transition."""
+        await self._dave_call_event(guild_id, guild_id if channel_id is None else channel_id, "upgrade")
+
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Wait until ``predicate()`` is truthy (re-checked on every recorded event); return its value.
 
@@ -834,6 +871,8 @@ class VoiceServer:
         self._by_ssrc.pop(session.ssrc, None)
         for other in members:
             self._spawn(other.send(Opcode.CLIENT_DISCONNECT, GatewayMessageDataClientDisconnect(session.user_id)))
+        if key in self._dave_groups:
+            self._spawn(self._dave_call_event(key[0], key[1], "leave", session.user_id))
         self._notify()
 
     async def _on_text(self, conn: ServerConnection, text: str) -> None:
@@ -898,7 +937,8 @@ class VoiceServer:
         elif op == Opcode.SPEAKING:
             assert isinstance(data, GatewayMessageDataSpeaking)
             await self._on_speaking(conn, data)
-        # DAVE client messages (23, 26, 28, 31) are recorded only.
+        elif op in _DAVE_CLIENT_OPS:
+            await self._on_dave(conn, data)
 
     async def _on_identify(self, conn: ServerConnection, data: GatewayMessageDataIdentify) -> None:
         if conn._identified:
@@ -993,10 +1033,15 @@ class VoiceServer:
         session.announced_address = (data.data.address, data.data.port)
         session._depacketizer = None
         session._packetizers.clear()
+        group = self._dave_group_for(session)
+        dave_version = 0 if group is None else group.protocol_version
+        session.dave_protocol_version = dave_version
         await session.send(
             Opcode.SESSION_DESCRIPTION,
-            GatewayMessageDataSessionDescription(session.mode, session.secret_key, self.dave_protocol_version),
+            GatewayMessageDataSessionDescription(session.mode, session.secret_key, dave_version),
         )
+        if group is not None:
+            await self._dave_call_event(session.guild_id, session.channel_id, "join", session.user_id)
 
     async def _on_speaking(self, conn: ServerConnection, data: GatewayMessageDataSpeaking) -> None:
         session = conn.session
@@ -1006,6 +1051,58 @@ class VoiceServer:
         for other in self.call_members(session.guild_id, session.channel_id):
             if other is not session:
                 await other.send(Opcode.SPEAKING, relay)
+
+    # -- internals: DAVE ---------------------------------------------------------------
+
+    def _dave_group_for(self, session: ServerSession) -> DaveCallGroup | None:
+        """The call's DAVE group if this session takes part in DAVE (created on first use)."""
+        if not self.dave_protocol_version or not session.max_dave_protocol_version:
+            return None
+        key = (session.guild_id, session.channel_id)
+        group = self._dave_groups.get(key)
+        if group is None:
+            from ._dave import DaveCallGroup
+
+            group = DaveCallGroup(session.channel_id, min(self.dave_protocol_version, 1))
+            self._dave_groups[key] = group
+        return group
+
+    async def _on_dave(self, conn: ServerConnection, data: Any) -> None:
+        session = conn.session
+        if session is None or session.ended:
+            return
+        if isinstance(data, GatewayMessageDataDaveMLSKeyPackage):
+            await self._dave_call_event(session.guild_id, session.channel_id, "key_package", session.user_id,
+                                        data.key_package)
+        elif isinstance(data, GatewayMessageDataDaveMLSCommitWelcome):
+            await self._dave_call_event(session.guild_id, session.channel_id, "commit_welcome", session.user_id,
+                                        data.commit_welcome)
+        elif isinstance(data, GatewayMessageDataDaveTransitionReady):
+            await self._dave_call_event(session.guild_id, session.channel_id, "transition_ready", session.user_id,
+                                        data.transition_id)
+        elif isinstance(data, GatewayMessageDataDaveMLSInvalidCommitWelcome):
+            await self._dave_call_event(session.guild_id, session.channel_id, "invalid_commit_welcome",
+                                        session.user_id, data.transition_id)
+
+    async def _dave_call_event(self, guild_id: int, channel_id: int, event: str, *args: Any) -> None:
+        """Run one event through the call's DAVE group and send what it answers, in order.
+
+        One lock for all calls keeps each member's DAVE messages in the order the group
+        produced them (an op 27 of a new epoch must not overtake the op 29 that started it).
+        """
+        group = self._dave_groups.get((guild_id, channel_id))
+        if group is None:
+            return
+        if self._dave_lock is None:
+            self._dave_lock = asyncio.Lock()
+        async with self._dave_lock:
+            out = getattr(group, event)(*args)
+            for user_id, message in out:
+                for member in self.call_members(guild_id, channel_id):
+                    if member.user_id == user_id and not member.ended:
+                        await member.send(message.OPCODE, message)
+                        break
+        self._notify()
 
     # -- internals: UDP ----------------------------------------------------------------
 
@@ -1058,6 +1155,15 @@ class VoiceServer:
         )
         session.packets.append(received)
         self._packets.setdefault(ssrc, []).append(received)
+        group = self._dave_groups.get((session.guild_id, session.channel_id))
+        if (
+            group is not None
+            and group.protocol_version > 0
+            and session.user_id in group.members
+            and packet.opus != SILENCE_AUDIO_FRAME
+            and not is_dave_frame(packet.opus)
+        ):
+            session.dave_plaintext_packets += 1
         self._forward(session, packet)
         self._notify()
 
