@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .audio import AudioReceiver, AudioSender
+from .dave import DAVE_PROTOCOL_VERSION, DaveManager
 from .encryption import choose_encryption_mode
 from .errors import GatewayClosedError, VoiceError
 from .gateway import Gateway, GatewayConfig, State
@@ -177,8 +178,18 @@ class Conn:
         self._connected_with: tuple[str, str] | None = None
         self._mode: str | None = None
         self._dave_protocol_version = 0
+        self._dave: DaveManager | None = None
 
     # -- the seed's accessors ------------------------------------------------------
+
+    @property
+    def dave(self) -> DaveManager | None:
+        """The DAVE (end-to-end encryption) state of the call: ``e2ee``, ``protocol_version``,
+        ``epoch``, ``voice_privacy_code``, ``verification_code(user_id)`` and ``stats``.
+
+        ``None`` before the first voice session, or when DAVE is off in the gateway config.
+        """
+        return self._dave
 
     @property
     def gateway(self) -> Gateway | None:
@@ -439,11 +450,18 @@ class Conn:
 
     async def _on_event(self, opcode: Any, data: GatewayMessageData) -> None:
         try:
+            if int(opcode) in _DAVE_EVENT_OPS:
+                dave = self._dave_manager()
+                if dave is not None:
+                    await dave.on_event(opcode, data)
             if isinstance(data, GatewayMessageDataReady):
                 task = asyncio.get_running_loop().create_task(self._on_ready(data))
                 self._ready_tasks.add(task)
                 task.add_done_callback(self._ready_tasks.discard)
             elif isinstance(data, GatewayMessageDataSessionDescription):
+                dave = self._dave_manager()
+                if dave is not None:
+                    await dave.on_session_description(data.dave_protocol_version or 0)
                 self._on_session_description(data)
             elif isinstance(data, GatewayMessageDataSpeaking):
                 if data.user_id:
@@ -504,11 +522,11 @@ class Conn:
             return
         udp.set_secret_key(data.mode, data.secret_key, counters=self._counters)
         self._dave_protocol_version = data.dave_protocol_version or 0
-        if self._dave_protocol_version:
-            # End-to-end encryption is required but this build has no DAVE session yet:
-            # hold every frame rather than send plaintext into an E2EE call.
+        if self._dave_protocol_version and self._dave is None:
+            # The server chose DAVE although we did not offer it: hold every frame rather
+            # than send plaintext into an E2EE call.
             self._log.error(
-                "guild %d: the call requires DAVE protocol %d, which this connection cannot speak yet; "
+                "guild %d: the call requires DAVE protocol %d, which this connection did not offer; "
                 "audio is held", self._guild_id, self._dave_protocol_version,
             )
         if self._provider is not None:
@@ -518,13 +536,38 @@ class Conn:
         if self._audio_ready is not None and not self._audio_ready.done():
             self._audio_ready.set_result(None)
 
+    def _dave_manager(self) -> DaveManager | None:
+        """The DAVE state machine for the current channel (a new one after a move); ``None`` if DAVE is off."""
+        max_version = min(self._config.gateway_config.max_dave_protocol_version, DAVE_PROTOCOL_VERSION)
+        if not max_version or self._channel_id is None:
+            return None
+        dave = self._dave
+        if dave is None or dave.channel_id != self._channel_id:
+            dave = DaveManager(self._user_id, self._channel_id, max_version, send=self._dave_send, logger=self._log)
+            self._dave = dave
+            # Hooks already installed belong to the previous channel's state.
+            if self._sender is not None:
+                self._sender.frame_hook = dave.encrypt_frame
+            if self._audio_receiver is not None:
+                self._audio_receiver.frame_hook = dave.decrypt_frame
+        return dave
+
+    async def _dave_send(self, opcode: Opcode, data: GatewayMessageData) -> None:
+        gateway = self._gateway
+        if gateway is None:
+            raise ConnectionError("no voice gateway")
+        await gateway.send(opcode, data)
+
     def _start_sender(self) -> None:
         if self._sender is None:
             self._sender = self._config.audio_sender_create_func(self._provider, self, logger=self._log)
             self._sender.open()
         else:
             self._sender.set_provider(self._provider)
-        self._sender.frame_hook = _hold_all_frames if self._dave_protocol_version else None
+        if self._dave is not None:
+            self._sender.frame_hook = self._dave.encrypt_frame
+        else:
+            self._sender.frame_hook = _hold_all_frames if self._dave_protocol_version else None
 
     def _start_receiver(self) -> None:
         assert self._udp is not None and self._receiver is not None
@@ -532,6 +575,7 @@ class Conn:
             self._audio_receiver = self._config.audio_receiver_create_func(
                 self._receiver, self._udp, self._ssrcs, user_filter=self._config.user_filter, logger=self._log
             )
+        self._audio_receiver.frame_hook = self._dave.decrypt_frame if self._dave is not None else None
         self._audio_receiver.attach(self._udp)
 
     async def _on_gateway_closed(self, gateway: Gateway, error: BaseException) -> None:
@@ -544,6 +588,10 @@ class Conn:
 
     def __repr__(self) -> str:
         return f"Conn(guild_id={self._guild_id}, channel_id={self._channel_id}, open={self._opened})"
+
+
+#: Voice gateway events the DAVE state machine needs (clients connect/disconnect and DAVE's own).
+_DAVE_EVENT_OPS = frozenset({11, 13, 21, 22, 24, 25, 27, 29, 30})
 
 
 def _hold_all_frames(frame: bytes) -> None:
