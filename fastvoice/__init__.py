@@ -134,3 +134,8 @@ __all__ += [
     "Status",
     "gateway_close_event_code_by_code",
 ]
+
+# --- DAVE (end-to-end encryption) exports ---
+from .dave import DAVE_PROTOCOL_VERSION, DaveManager, DaveStats, DaveUnavailableError
+
+__all__ += ["DAVE_PROTOCOL_VERSION", "DaveManager", "DaveStats", "DaveUnavailableError"]

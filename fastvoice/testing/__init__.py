@@ -41,3 +41,8 @@ __all__ = [
     "build_ip_discovery_reply",
     "build_rtcp_receiver_report",
 ]
+
+# The server's DAVE side: the external sender, a call's MLS group state, and the ciphertext check.
+from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, is_dave_frame  # noqa: E402
+
+__all__ += ["DaveCallGroup", "DaveExternalSender", "MLSDecodeError", "is_dave_frame"]
