@@ -93,10 +93,16 @@ class Call:
             self.from_client.append((uid, message))
             self._server_out(self._server_handle(uid, message))
 
-    async def pump(self) -> None:
+    async def pump(self, hold: type | None = None) -> list[tuple[int, GatewayMessageData]]:
+        """Deliver everything queued; client messages of type ``hold`` are kept back and returned."""
+        held = []
         for _ in range(10_000):
             if not self.queue:
-                return
+                return held
+            if hold is not None and self.queue[0][0] == "c" and isinstance(self.queue[0][2], hold):
+                _, uid, message = self.queue.popleft()
+                held.append((uid, message))
+                continue
             await self.pump_one()
         raise AssertionError("messages kept flowing")
 
@@ -379,3 +385,34 @@ def test_bad_arguments_name_the_value() -> None:
         DaveManager(0, CHANNEL)
     with pytest.raises(ValueError, match="max_protocol_version.*7"):
         DaveManager(ALICE, CHANNEL, 7)
+
+
+async def test_joiner_leaving_before_the_commit_is_revoked() -> None:
+    call = Call()
+    alice = await call.join(ALICE)
+    bob = await call.join(BOB)
+    # Carol joins, but the members' commits adding her are held back ...
+    carol = DaveManager(CAROL, CHANNEL, 1, send=None)
+    call.clients[CAROL] = carol
+    for uid in (ALICE, BOB):
+        call.queue.append(("s", uid, GatewayMessageDataClientsConnect([CAROL])))
+    call._server_out(call.group.join(CAROL))
+    call._server_out(call.group.key_package(CAROL, davey.DaveSession(1, CAROL, CHANNEL).get_serialized_key_package()))
+    held = await call.pump(hold=GatewayMessageDataDaveMLSCommitWelcome)
+    assert sorted(uid for uid, _ in held) == [ALICE, BOB]
+    # ... and she leaves first: the server revokes her Add, and the late commits are refused.
+    await call.leave(CAROL)
+    revokes = [m for m in call.received(GatewayMessageDataDaveMLSProposals) if m.operation_type == 1]
+    assert len(revokes) == 2
+    rejected = call.group.rejected_commits
+    for uid, message in held:
+        call.queue.append(("c", uid, message))
+    await call.pump()
+    assert call.group.rejected_commits == rejected + 2
+    assert call.group.epoch == 1 and call.group.members == {ALICE, BOB}
+    assert alice.epoch == bob.epoch == 1
+    exchange(alice, [bob])
+    # The group still takes new members.
+    dave = await call.join(4004)
+    assert call.group.members == {ALICE, BOB, 4004} and dave.e2ee
+    exchange(dave, [alice, bob])

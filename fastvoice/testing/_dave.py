@@ -454,7 +454,8 @@ class DaveCallGroup:
         revoked = [ref for ref, p in self._open.items() if p.kind == _PROPOSAL_ADD and p.user_id == user_id]
         for ref in revoked:
             del self._open[ref]
-        if revoked and self._open:
+        if revoked:
+            # Members drop the Add from their pending proposals (and a commit of it is refused).
             payload = proposals_revoke_payload(revoked)
             for uid in sorted(self._open_recipients):
                 out.append((uid, GatewayMessageDataDaveMLSProposals(GatewayMessageDataDaveMLSProposals.REVOKE, payload)))
