@@ -155,3 +155,25 @@ async def test_without_dave_against_a_server_that_requires_it_fails_with_4017():
             raise AssertionError("open() succeeded without DAVE")
         assert time.monotonic() - started < 3
         await bots.close()
+
+
+async def test_new_session_after_a_refused_resume_rejoins_the_group():
+    async with VoiceServer(dave_protocol_version=1) as server:
+        bots_a, bots_b, sender, listener, sink = await open_pair(server)
+        provider = Endless()
+        sender.set_opus_frame_provider(provider)
+        await wait_until(lambda: len(sink.frames) >= 5)
+        first_ssrc = sender.udp.ssrc
+        server.refuse_next_resume()
+        server.session_for_ssrc(first_ssrc).drop()  # the resume is refused (4006): a new session
+        await wait_until(lambda: sender.udp is not None and sender.udp.ssrc != first_ssrc, timeout=10)
+        await wait_until(lambda: sender.dave.e2ee and listener.dave.e2ee
+                         and sender.dave.epoch == listener.dave.epoch, timeout=10)
+        before = len(sink.frames)
+        await wait_until(lambda: len(sink.frames) >= before + 10)
+        numbers = [int.from_bytes(f[-4:], "big") for u, f in sink.frames if f != SILENCE]
+        assert numbers == sorted(numbers)
+        assert server.session_for_ssrc(sender.udp.ssrc).dave_plaintext_packets == 0
+        assert server.dave_group(GUILD, CHANNEL).members == {1001, 1002}
+        await bots_a.close()
+        await bots_b.close()
