@@ -27,12 +27,16 @@ SIZES = [int(n) for n in os.environ.get("FASTVOICE_BENCH_CONNECTIONS", "100,500,
 SECONDS = float(os.environ.get("FASTVOICE_BENCH_SECONDS", "10"))
 
 
-def run_client(n: int, seconds: float, pure: bool) -> dict:
+DISCORDPY_MAX = int(os.environ.get("FASTVOICE_BENCH_DISCORDPY_MAX", "500"))
+
+
+def run_client(n: int, seconds: float, twin: str) -> dict:
     env = dict(os.environ)
     env.pop("FASTVOICE_REQUIRE_EXTENSIONS", None)
-    env["FASTVOICE_NO_EXTENSIONS"] = "1" if pure else "0"
+    env["FASTVOICE_NO_EXTENSIONS"] = "1" if twin == "pure" else "0"
+    script = "discordpy_client.py" if twin == "discord.py" else "connections_client.py"
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "connections_client.py"), str(n), str(seconds)],
+        [sys.executable, os.path.join(HERE, script), str(n), str(seconds)],
         env=env, capture_output=True, text=True, timeout=600 + 2 * seconds,
     )
     if out.returncode != 0:
@@ -40,7 +44,7 @@ def run_client(n: int, seconds: float, pure: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("twin", ["compiled", "pure"])
+@pytest.mark.parametrize("twin", ["compiled", "pure", "discord.py"])
 @pytest.mark.parametrize("n", SIZES)
 def test_live_connections(benchmark, n, twin):
     if twin == "compiled":
@@ -50,7 +54,11 @@ def test_live_connections(benchmark, n, twin):
             pytest.skip("compiled twin not built")
     if twin == "pure" and n > 1000:
         pytest.skip("the pure twin is measured up to 1,000 connections")
+    if twin == "discord.py":
+        pytest.importorskip("discord")
+        if n > DISCORDPY_MAX:
+            pytest.skip(f"discord.py (three threads per call) is measured up to {DISCORDPY_MAX} connections")
     benchmark.group = f"{n} connections"
-    result = benchmark.pedantic(run_client, args=(n, SECONDS, twin == "pure"), rounds=1, iterations=1)
+    result = benchmark.pedantic(run_client, args=(n, SECONDS, twin), rounds=1, iterations=1)
     benchmark.extra_info.update(result, twin=twin, connections=n)
     assert result["opened"] == n

@@ -1,7 +1,8 @@
 """A VoiceServer in its own process for the connection benchmarks.
 
-Prints its URL, serves until stdin closes, then prints one JSON line: per SSRC, the
-packet count and the gaps between consecutive arrivals (ms), as the server saw them.
+Prints its URL (and, with ``--tls``, its endpoint and CA file on the same line), serves
+until a line arrives on stdin, then prints one JSON line: per SSRC, the packet count and
+the gaps between consecutive arrivals (ms), as the server saw them.
 """
 
 import asyncio
@@ -12,8 +13,9 @@ from fastvoice.testing import VoiceServer
 
 
 async def main() -> None:
-    async with VoiceServer(heartbeat_interval=30000) as server:
-        print(server.url, flush=True)
+    tls = "--tls" in sys.argv
+    async with VoiceServer(heartbeat_interval=30000, tls=tls) as server:
+        print(server.url if not tls else f"{server.url} {server.endpoint} {server.ca_file}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         result = {}
         for session in server.sessions:

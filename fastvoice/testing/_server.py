@@ -22,6 +22,7 @@ from ..close_codes import CloseBehaviour, gateway_close_event_code_by_code
 from ..constants import SILENCE_AUDIO_FRAME
 from ..encryption import AVAILABLE_MODES, EncryptionMode
 from ..errors import DecryptionFailedError, GatewayDecodeError
+from ..ipdiscovery import build_ip_discovery_response as build_ip_discovery_reply
 from ..gateway_messages import (
     GatewayMessage,
     GatewayMessageData,
@@ -70,7 +71,6 @@ __all__ = [
 
 _log = logging.getLogger("fastvoice.testing")
 
-_IP_DISCOVERY = struct.Struct(">HHI64sH")
 _CLIENT_OPS_BEFORE_IDENTIFY = frozenset({Opcode.IDENTIFY, Opcode.RESUME, Opcode.HEARTBEAT})
 _DAVE_CLIENT_OPS = frozenset(
     {
@@ -93,14 +93,6 @@ _CLIENT_OPS = frozenset(
         Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME,
     }
 )
-
-
-def build_ip_discovery_reply(ssrc: int, address: str, port: int) -> bytes:
-    """Return the 74-byte IP discovery reply (type 2, length 70) for ``ssrc`` seen at ``address:port``."""
-    raw = address.encode("ascii")
-    if len(raw) > 63:
-        raise ValueError(f"address {address!r} is longer than 63 bytes")
-    return _IP_DISCOVERY.pack(0x0002, 70, ssrc & 0xFFFFFFFF, raw, port & 0xFFFF)
 
 
 def build_rtcp_receiver_report(ssrc: int) -> bytes:
@@ -988,7 +980,9 @@ class VoiceServer:
                         Opcode.SPEAKING, GatewayMessageDataSpeaking(other.speaking, other.ssrc, user_id=other.user_id)
                     )
         for other in others:
-            await other.send(Opcode.CLIENTS_CONNECT, GatewayMessageDataClientsConnect([session.user_id]))
+            # Spawned like _end_session's op 13, so a replaced session's "left" reaches the
+            # other members before its successor's "connected" (tasks run in creation order).
+            self._spawn(other.send(Opcode.CLIENTS_CONNECT, GatewayMessageDataClientsConnect([session.user_id])))
 
     async def _on_resume(self, conn: ServerConnection, data: GatewayMessageDataResume) -> None:
         if conn._identified:
