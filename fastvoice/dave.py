@@ -269,10 +269,17 @@ class DaveManager:
         elif isinstance(data, GatewayMessageDataClientDisconnect):
             self._connected.discard(data.user_id)
         elif isinstance(data, GatewayMessageDataDaveMLSExternalSender):
+            # Kept for every later re-initialisation (a new group starts from it).
             self._external_sender = data.external_sender
             if self._session is not None:
-                self._session.set_external_sender(data.external_sender)
-                self._log.debug("DAVE: external sender set")
+                try:
+                    self._session.set_external_sender(data.external_sender)
+                except ValueError as exc:
+                    # e.g. already in a group: the group's own extension stays authoritative.
+                    self.stats.ignored_messages += 1
+                    self._log.debug("DAVE: external sender not applied now: %s", exc)
+                else:
+                    self._log.debug("DAVE: external sender set")
         elif isinstance(data, GatewayMessageDataDavePrepareTransition):
             await self._prepare_transition(data.transition_id, data.protocol_version)
         elif isinstance(data, GatewayMessageDataDaveExecuteTransition):

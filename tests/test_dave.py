@@ -23,6 +23,7 @@ from fastvoice.gateway_messages import (
     GatewayMessageDataDaveExecuteTransition,
     GatewayMessageDataDaveMLSAnnounceCommitTransition,
     GatewayMessageDataDaveMLSCommitWelcome,
+    GatewayMessageDataDaveMLSExternalSender,
     GatewayMessageDataDaveMLSInvalidCommitWelcome,
     GatewayMessageDataDaveMLSKeyPackage,
     GatewayMessageDataDaveMLSProposals,
@@ -416,3 +417,14 @@ async def test_joiner_leaving_before_the_commit_is_revoked() -> None:
     dave = await call.join(4004)
     assert call.group.members == {ALICE, BOB, 4004} and dave.e2ee
     exchange(dave, [alice, bob])
+
+
+async def test_external_sender_again_while_in_a_group_is_ignored_quietly(caplog) -> None:
+    call = Call()
+    alice = await call.join(ALICE)
+    await call.join(BOB)
+    with caplog.at_level(logging.DEBUG, logger="test.dave"):
+        await alice.on_event(Opcode.DAVE_MLS_EXTERNAL_SENDER,
+                             GatewayMessageDataDaveMLSExternalSender(call.group.sender.payload))
+    assert alice.stats.ignored_messages == 1 and alice.e2ee
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

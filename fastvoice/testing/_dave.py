@@ -577,7 +577,7 @@ class DaveCallGroup:
         self._reset_group()
         out: Outgoing = []
         for uid in sorted(self.users):
-            out.append((uid, GatewayMessageDataDaveMLSExternalSender(self.sender.payload)))
+            # Members keep the external sender across re-initialisation: op 24 is enough.
             out.append((uid, GatewayMessageDataDavePrepareEpoch(protocol_version, 1)))
         return out
 
