@@ -174,7 +174,9 @@ class OpusWriter:
     """An :class:`OpusFrameReceiver` writing length-prefixed frames to a binary stream.
 
     ``user_filter`` (a :data:`UserFilterFunc`) selects whose frames are written; all users'
-    frames are written when it is ``None``. Writes are synchronous.
+    frames are written when it is ``None``. ``stream`` is anything with ``write(bytes)``: a
+    file, or an ``asyncio.StreamWriter`` (whose ``write`` buffers without blocking; await its
+    ``drain()`` from your own task to bound the buffer).
     """
 
     def __init__(self, stream: BinaryIO, user_filter: UserFilterFunc | None = None) -> None:
@@ -192,5 +194,7 @@ class OpusWriter:
         """Nothing to clean: the writer keeps no per-user state."""
 
     def close(self) -> None:
-        """Flush the underlying stream (the caller owns and closes it)."""
-        self._stream.flush()
+        """Flush the underlying stream if it can be flushed (the caller owns and closes it)."""
+        flush = getattr(self._stream, "flush", None)
+        if flush is not None:
+            flush()

@@ -213,3 +213,17 @@ async def test_receiver_maps_holds_and_filters(link):
     receiver.cleanup_user(11)
     assert sink.cleaned == [11] and table.lookup(1) is None
     receiver.close()
+
+
+async def test_pacing_of_one_connection(link):
+    """p99 |inter-arrival - 20 ms| <= 3 ms for one connection, measured at the receiving socket."""
+    sender = link.sender = AudioSender(Script([os.urandom(100) for _ in range(250)]), link)
+    sender.open()
+    await wait_until(lambda: not sender.live, timeout=10)
+    arrivals = [t for t, p in link.server.packets]
+    assert len(arrivals) == 255
+    deviations = sorted(abs((b - a) - 0.020) for a, b in zip(arrivals, arrivals[1:]))
+    p99 = deviations[int(0.99 * len(deviations))]
+    assert p99 <= 0.003, f"p99 jitter {p99 * 1000:.2f} ms"
+    assert sender.stats.deficit == 0
+    sender.close()

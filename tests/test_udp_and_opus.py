@@ -207,3 +207,37 @@ async def test_async_opus_reader_reports_cut_stream():
     with pytest.raises(EOFError, match="end of Opus stream"):
         reader.provide_opus_frame()
     reader.close()
+
+
+async def test_opus_writer_on_an_asyncio_stream_writer():
+    received = asyncio.Queue()
+
+    async def handle(reader, writer):
+        frames = AsyncOpusReader(reader)
+        frames.start()
+        got = []
+        while True:
+            try:
+                frame = frames.provide_opus_frame()
+            except EOFError:
+                break
+            if frame is None:
+                await asyncio.sleep(0.001)
+            else:
+                got.append(frame)
+        received.put_nowait(got)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    sink = OpusWriter(writer)
+    frames = [os.urandom(n) for n in (5, 80, 160)]
+    for f in frames:
+        sink.receive_opus_frame(7, Packet(0, 0, 0, f))
+    sink.close()
+    await writer.drain()
+    writer.close()
+    assert await asyncio.wait_for(received.get(), 5) == frames
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
