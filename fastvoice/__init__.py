@@ -106,6 +106,10 @@ __all__ = [
     "ManagerConfig",
 ]
 
+from .gateway import CloseHandlerFunc, EventHandlerFunc, GatewayCreateFunc, StateProviderFunc
+
+__all__ += ["CloseHandlerFunc", "EventHandlerFunc", "GatewayCreateFunc", "StateProviderFunc"]
+
 # --- gateway and local voice server exports are added below this line ---
 from .close_codes import (
     GATEWAY_CLOSE_EVENT_CODES,

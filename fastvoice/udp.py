@@ -294,6 +294,10 @@ class UDPConn:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
 
+    async def read(self) -> bytes:
+        """Wait for the next audio packet and return its decrypted payload (seed: ``Read``)."""
+        return (await self.read_packet()).opus
+
     async def read_packet(self) -> Packet:
         """Wait for the next decrypted audio packet.
 
