@@ -155,11 +155,14 @@ async def test_two_members_form_a_group_and_exchange_audio() -> None:
     assert call.group.accepted_commits == 1
     # Exactly one welcome went out (to the member whose commit lost or who was added).
     assert len(call.received(GatewayMessageDataDaveMLSWelcome)) == 1
-    # Both transition-ready messages arrived and the execute went to both.
-    executes = call.received(GatewayMessageDataDaveExecuteTransition)
-    assert sorted(call.to_client[i][0] for i in range(len(call.to_client))
-                  if isinstance(call.to_client[i][1], GatewayMessageDataDaveExecuteTransition)) == [ALICE, BOB]
-    assert len({m.transition_id for m in executes}) == 1 and executes[0].transition_id != 0
+    # Both members said they were ready for the transition; only then did the execute go to both.
+    ready = call.sent(GatewayMessageDataDaveTransitionReady)
+    executes = [(uid, m.transition_id) for uid, m in call.to_client
+                if isinstance(m, GatewayMessageDataDaveExecuteTransition)]
+    tid = ready[0].transition_id
+    assert tid != 0 and [m.transition_id for m in ready] == [tid, tid]
+    assert sorted(executes) == [(ALICE, tid), (BOB, tid)]
+    assert alice.pending_transitions == {} == bob.pending_transitions
 
     exchange(alice, [bob])
     exchange(bob, [alice])
@@ -231,6 +234,8 @@ async def test_sole_member_resets_and_regroups() -> None:
     await call.leave(BOB)
     assert call.received(GatewayMessageDataDavePrepareEpoch, ALICE)[-1].epoch == 1
     assert call.received(GatewayMessageDataDavePrepareTransition, ALICE)[-1].transition_id == 0
+    assert alice.pending_transitions == {}  # transition 0 executes at once, with no op 23
+    assert all(m.transition_id != 0 for m in call.sent(GatewayMessageDataDaveTransitionReady))
     assert alice.stats.key_packages_sent == packages_before + 1
     assert not alice.ready and alice.epoch == 0
     assert alice.encrypt_frame(opus(1)) is None  # alone and required: held
