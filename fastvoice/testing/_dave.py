@@ -523,6 +523,8 @@ class DaveCallGroup:
 
         before = self.members
         if self.epoch is None:
+            if parsed.sender_leaf != 0:
+                return self._reject(user_id, f"a new group's creator is at leaf 0, commit says {parsed.sender_leaf}")
             self.leaves = [user_id]
             self._key_packages.pop(user_id, None)  # its key package created the group
         elif self.leaves[parsed.sender_leaf:parsed.sender_leaf + 1] != [user_id]:
