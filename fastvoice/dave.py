@@ -269,17 +269,23 @@ class DaveManager:
         elif isinstance(data, GatewayMessageDataClientDisconnect):
             self._connected.discard(data.user_id)
         elif isinstance(data, GatewayMessageDataDaveMLSExternalSender):
-            # Kept for every later re-initialisation (a new group starts from it).
-            self._external_sender = data.external_sender
-            if self._session is not None:
-                try:
-                    self._session.set_external_sender(data.external_sender)
-                except ValueError as exc:
-                    # e.g. already in a group: the group's own extension stays authoritative.
-                    self.stats.ignored_messages += 1
-                    self._log.debug("DAVE: external sender not applied now: %s", exc)
+            if self._session is None:
+                self._external_sender = data.external_sender  # checked when the session starts
+                return
+            try:
+                self._session.set_external_sender(data.external_sender)
+            except ValueError as exc:
+                self.stats.ignored_messages += 1
+                if "AlreadyInGroup" in str(exc):
+                    # The group's own extension stays authoritative; the next group starts from this one.
+                    self._external_sender = data.external_sender
+                    self._log.debug("DAVE: external sender kept for the next group: %s", exc)
                 else:
-                    self._log.debug("DAVE: external sender set")
+                    self._log.warning("DAVE: external sender refused: %s", exc)
+            else:
+                # Kept for every later re-initialisation (a new group starts from it).
+                self._external_sender = data.external_sender
+                self._log.debug("DAVE: external sender set")
         elif isinstance(data, GatewayMessageDataDavePrepareTransition):
             await self._prepare_transition(data.transition_id, data.protocol_version)
         elif isinstance(data, GatewayMessageDataDaveExecuteTransition):
@@ -319,7 +325,12 @@ class DaveManager:
         else:
             self._session.reinit(version, self.user_id, self.channel_id)
         if self._external_sender is not None:
-            self._session.set_external_sender(self._external_sender)
+            try:
+                self._session.set_external_sender(self._external_sender)
+            except ValueError as exc:
+                self._external_sender = None
+                self.stats.ignored_messages += 1
+                self._log.warning("DAVE: external sender refused: %s", exc)
         key_package = self._session.get_serialized_key_package()
         self.stats.key_packages_sent += 1
         await self._emit(Opcode.DAVE_MLS_KEY_PACKAGE, GatewayMessageDataDaveMLSKeyPackage(key_package))

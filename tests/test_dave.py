@@ -433,3 +433,37 @@ async def test_external_sender_again_while_in_a_group_is_ignored_quietly(caplog)
                              GatewayMessageDataDaveMLSExternalSender(call.group.sender.payload))
     assert alice.stats.ignored_messages == 1 and alice.e2ee
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_random_server_messages_never_raise_or_leak_plaintext(caplog) -> None:
+    import random
+
+    rng = random.Random(11)
+    call = Call()
+    alice = await call.join(ALICE)
+    await call.join(BOB)
+    good_commit = call.received(GatewayMessageDataDaveMLSAnnounceCommitTransition, ALICE)[0].commit
+    makers = [
+        lambda b: GatewayMessageDataDaveMLSExternalSender(b),
+        lambda b: GatewayMessageDataDaveMLSProposals(rng.randrange(2), b),
+        lambda b: GatewayMessageDataDaveMLSAnnounceCommitTransition(rng.randrange(3), b),
+        lambda b: GatewayMessageDataDaveMLSWelcome(rng.randrange(3), b),
+        lambda b: GatewayMessageDataDavePrepareTransition(rng.randrange(2), rng.randrange(3)),
+        lambda b: GatewayMessageDataDaveExecuteTransition(rng.randrange(3)),
+        lambda b: GatewayMessageDataDavePrepareEpoch(1, rng.randrange(3)),
+    ]
+    caplog.set_level(logging.WARNING)
+    for _ in range(300):
+        blob = bytearray(good_commit if rng.random() < 0.3 else os.urandom(rng.randrange(0, 120)))
+        if blob:
+            blob[rng.randrange(len(blob))] ^= 1 << rng.randrange(8)
+        message = rng.choice(makers)(bytes(blob))
+        await alice.on_event(message.OPCODE, message)
+        frame = opus(rng.randrange(256))
+        out = alice.encrypt_frame(frame)
+        if alice.protocol_version > 0:
+            assert out is None or (out != frame and is_dave_frame(out))
+        assert alice.decrypt_frame(BOB, os.urandom(30)) is None or alice.protocol_version == 0
+    # Bad input is answered (warnings, op 31) but never hits the "handling failed" error path.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert alice.stats.invalid_commits > 0 and alice.stats.ignored_messages > 0
