@@ -17,5 +17,9 @@ python -m pytest
 echo "::: tests, FASTVOICE_NO_EXTENSIONS=1"
 FASTVOICE_NO_EXTENSIONS=1 FASTVOICE_REQUIRE_EXTENSIONS=0 python -m pytest -q
 
+echo "::: fuzzing the parsers, 2 minutes (README: Fuzzing)"
+pip install -e ".[test,fuzz]"
+python ci/fuzz.py --target all --seconds 120
+
 echo "::: benchmarks, smoke run"
 FASTVOICE_BENCH_CONNECTIONS=10 FASTVOICE_BENCH_SECONDS=1 python -m pytest bench --benchmark-disable -q

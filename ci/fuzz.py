@@ -1,0 +1,259 @@
+"""Coverage-guided fuzzing of everything that parses bytes from the network.
+
+Targets (pick with ``--target``; ``all`` cycles through them):
+
+- ``rtp``: ``Depacketizer.depacketize`` on raw datagrams AND on datagrams that pass
+  authentication (the input chooses header bits, CSRCs, extension and padding lengths,
+  and the bytes are sealed with the key), for every mode, differentially: the compiled and
+  the pure twin must return the same packet or both raise ``DecryptionFailedError``;
+  nothing else may escape. IP discovery parsing rides along (only ``IPDiscoveryError``).
+- ``ssrc``: a sequence of ``SSRCTable`` operations decoded from the input, both twins
+  against a dict model.
+- ``gateway``: ``decode_message`` (JSON text), ``decode_server_binary`` and
+  ``decode_client_binary``: only ``GatewayDecodeError`` may escape.
+
+    python ci/fuzz.py --target all --seconds 120        # what CI runs
+    python ci/fuzz.py --target rtp --seconds 3600       # a longer local campaign
+
+Uses atheris (coverage of the pure-Python code guides it) when it is installed
+(``pip install -e ".[test,fuzz]"``), else a seeded random mutator over the corpus.
+Seeds live in ``ci/fuzz_corpus/<target>/``; prints inputs run and time taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import struct
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODES = [
+    "aead_aes256_gcm_rtpsize",
+    "aead_xchacha20_poly1305_rtpsize",
+    "xsalsa20_poly1305",
+    "xsalsa20_poly1305_suffix",
+    "xsalsa20_poly1305_lite",
+]
+KEY = bytes(range(7, 39))
+
+
+def _load():
+    import fastvoice._rtp_py as py
+    from fastvoice.errors import DecryptionFailedError, GatewayDecodeError, IPDiscoveryError
+
+    try:
+        import fastvoice._rtp_c as c
+    except ImportError:
+        c = None
+    return py, c, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError
+
+
+PY, C, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError = _load()
+TWINS = [t for t in (C, PY) if t is not None]
+MODES = [m for m in MODES if m != MODES[0] or PY.aes256gcm_available()]
+DEPACKETIZERS = {m: [t.Depacketizer(m, KEY) for t in TWINS] for m in MODES}
+
+
+def _outcome(depacketizer, data):
+    try:
+        p = depacketizer.depacketize(data)
+    except DecryptionFailedError as exc:
+        return ("failed", str(exc))
+    if p is None:
+        return None
+    return (p.sequence, p.timestamp, p.ssrc, p.opus, p.marker, p.payload_type, p.csrcs, p.extension_profile,
+            p.extension)
+
+
+def _seal(mode: str, data: bytes) -> bytes:
+    """Build a datagram that authenticates: header choices and plaintext come from ``data``."""
+    import nacl.bindings as nb
+
+    if len(data) < 6:
+        return data
+    b0 = 0x80 | (data[0] & 0x3F)  # P, X and CC from the input
+    b1 = (data[1] & 0x80) | 0x78
+    cc = b0 & 0x0F
+    body = data[6:]
+    header = struct.pack(">BBHII", b0, b1, data[2] | data[3] << 8, 0x01020304, 0xCAFEBABE)
+    header += body[: 4 * cc].ljust(4 * cc, b"\0")
+    body = body[4 * cc:]
+    if mode.startswith("aead"):
+        if b0 & 0x10:
+            header += struct.pack(">HH", 0xBEDE, data[4] & 0x3F)  # a length the plaintext may not hold
+        suffix = struct.pack(">I", data[5])
+        if mode.startswith("aead_aes"):
+            sealed = nb.crypto_aead_aes256gcm_encrypt(body, header, suffix + bytes(8), KEY)
+        else:
+            sealed = nb.crypto_aead_xchacha20poly1305_ietf_encrypt(body, header, suffix + bytes(20), KEY)
+        return header + sealed + suffix
+    fixed, clear = header[:12], header[12:]
+    if mode == "xsalsa20_poly1305":
+        return fixed + nb.crypto_secretbox_easy(clear + body, fixed + bytes(12), KEY)
+    if mode == "xsalsa20_poly1305_suffix":
+        nonce = bytes(24)
+        return fixed + nb.crypto_secretbox_easy(clear + body, nonce, KEY) + nonce
+    suffix = struct.pack(">I", data[5])
+    return fixed + nb.crypto_secretbox_easy(clear + body, suffix + bytes(20), KEY) + suffix
+
+
+def fuzz_rtp(data: bytes) -> None:
+    from fastvoice.ipdiscovery import parse_ip_discovery_response
+
+    if not data:
+        return
+    mode = MODES[data[0] % len(MODES)]
+    payload = data[1:]
+    for datagram in (payload, _seal(mode, payload)):
+        results = [_outcome(d, datagram) for d in DEPACKETIZERS[mode]]
+        if len(results) == 2 and results[0] != results[1]:
+            raise AssertionError(f"twins disagree in {mode}: {results[0]!r} != {results[1]!r}")
+    try:
+        parse_ip_discovery_response(payload, 0xCAFEBABE)
+    except IPDiscoveryError:
+        pass
+
+
+def fuzz_ssrc(data: bytes) -> None:
+    tables = [t.SSRCTable() for t in TWINS]
+    model: dict[int, int] = {}
+    for i in range(0, len(data) - 2, 3):
+        op, ssrc, user = data[i] % 3, data[i + 1] * 16, data[i + 2] % 5
+        for table in tables:
+            if op == 0:
+                table.set(ssrc, user)
+            elif op == 1:
+                table.remove(ssrc)
+            else:
+                table.remove_user(user)
+        if op == 0:
+            model[ssrc] = user
+        elif op == 1:
+            model.pop(ssrc, None)
+        else:
+            model = {s: u for s, u in model.items() if u != user}
+    for table in tables:
+        assert len(table) == len(model)
+        assert sorted((e.ssrc, e.user_id) for e in table) == sorted(model.items())
+        for s in range(0, 256 * 16, 16):
+            assert table.user_id(s) == model.get(s)
+
+
+def fuzz_gateway(data: bytes) -> None:
+    from fastvoice.gateway_messages import decode_client_binary, decode_message, decode_server_binary
+
+    for decode, frame in (
+        (decode_message, data.decode("utf-8", "replace")),
+        (decode_message, data),
+        (decode_server_binary, data),
+        (decode_client_binary, data),
+    ):
+        try:
+            decode(frame)
+        except GatewayDecodeError:
+            pass
+
+
+TARGETS = {"rtp": fuzz_rtp, "ssrc": fuzz_ssrc, "gateway": fuzz_gateway}
+
+
+def corpus(target: str) -> list[bytes]:
+    folder = os.path.join(HERE, "fuzz_corpus", target)
+    seeds = []
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as fh:
+                seeds.append(fh.read())
+    return seeds or [b""]
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        choice = rng.random()
+        if choice < 0.3 and b:
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        elif choice < 0.5:
+            b.insert(rng.randrange(len(b) + 1), rng.randrange(256))
+        elif choice < 0.65 and b:
+            del b[rng.randrange(len(b))]
+        elif choice < 0.8:
+            pos = rng.randrange(len(b) + 1)
+            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 32)))
+        elif b:
+            cut = rng.randrange(len(b))
+            b = b[:cut]
+    return bytes(b[:4096])
+
+
+def run_random(target: str, seconds: float, seed: int) -> int:
+    rng = random.Random(seed)
+    pool = corpus(target)
+    fn = TARGETS[target]
+    deadline = time.monotonic() + seconds
+    runs = 0
+    while time.monotonic() < deadline:
+        data = mutate(rng, rng.choice(pool))
+        try:
+            fn(data)
+        except Exception:
+            print(f"crash in {target} on input {data.hex()}", file=sys.stderr)
+            raise
+        if rng.random() < 0.01 and len(pool) < 2000:
+            pool.append(data)
+        runs += 1
+    return runs
+
+
+def run_atheris(target: str, seconds: float) -> None:
+    import atheris
+
+    fn = TARGETS[target]
+    atheris.instrument_all()  # coverage of every loaded Python function (the pure twin, the decoders)
+    folder = os.path.join(HERE, "fuzz_corpus", target)
+    args = [sys.argv[0], f"-max_total_time={int(seconds)}", "-max_len=2048", "-print_final_stats=1"]
+    if os.path.isdir(folder):
+        args.append(folder)
+    atheris.Setup(args, fn)
+    atheris.Fuzz()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", choices=[*TARGETS, "all"], default="all")
+    parser.add_argument("--seconds", type=float, default=120.0, help="total time budget")
+    parser.add_argument("--engine", choices=["auto", "atheris", "random"], default="auto")
+    parser.add_argument("--seed", type=int, default=20261123)
+    args = parser.parse_args()
+    targets = list(TARGETS) if args.target == "all" else [args.target]
+    engine = args.engine
+    if engine == "auto":
+        try:
+            import atheris  # noqa: F401
+
+            engine = "atheris"
+        except ImportError:
+            engine = "random"
+    print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} targets={targets}", flush=True)
+    if engine == "atheris":
+        if len(targets) > 1:
+            # atheris runs one target per process: fan out.
+            import subprocess
+
+            for target in targets:
+                subprocess.run([sys.executable, __file__, "--target", target, "--engine", "atheris",
+                                "--seconds", str(args.seconds / len(targets))], check=True)
+            return
+        run_atheris(targets[0], args.seconds)
+        return
+    for target in targets:
+        started = time.monotonic()
+        runs = run_random(target, args.seconds / len(targets), args.seed)
+        print(f"fuzz: {target}: {runs} inputs in {time.monotonic() - started:.1f} s, no failure", flush=True)
+
+
+if __name__ == "__main__":
+    main()
