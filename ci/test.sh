@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 export FASTVOICE_REQUIRE_EXTENSIONS=1   # a silently pure build must fail CI
 python --version
 
-echo "::: install (README)"
-pip install -e ".[test]"
+echo "::: install and run the demo (README)"
+pip install -e ".[test]" && python -m fastvoice demo
 
 echo "::: tests, compiled + pure twins (README)"
 python -m pytest
