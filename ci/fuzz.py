@@ -17,7 +17,8 @@ Targets (pick with ``--target``; ``all`` cycles through them):
 
 Uses atheris (coverage of the pure-Python code guides it) when it is installed
 (``pip install -e ".[test,fuzz]"``), else a seeded random mutator over the corpus.
-Seeds live in ``ci/fuzz_corpus/<target>/``; prints inputs run and time taken.
+Seeds live in ``ci/fuzz_corpus/<target>/``; what atheris finds goes to ``.fuzz_work/<target>/``
+(not committed). Prints inputs run and time taken.
 """
 
 from __future__ import annotations
@@ -51,10 +52,21 @@ def _load():
     return py, c, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError
 
 
-PY, C, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError = _load()
-TWINS = [t for t in (C, PY) if t is not None]
-MODES = [m for m in MODES if m != MODES[0] or PY.aes256gcm_available()]
-DEPACKETIZERS = {m: [t.Depacketizer(m, KEY) for t in TWINS] for m in MODES}
+PY = C = DecryptionFailedError = GatewayDecodeError = IPDiscoveryError = None
+TWINS: list = []
+DEPACKETIZERS: dict = {}
+
+
+def _init() -> None:
+    """Import the code under test (inside atheris' instrumentation when it is used)."""
+    global PY, C, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError, TWINS, MODES, DEPACKETIZERS
+    PY, C, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError = _load()
+    import fastvoice.gateway_messages  # noqa: F401
+    import fastvoice.ipdiscovery  # noqa: F401
+
+    TWINS = [t for t in (C, PY) if t is not None]
+    MODES = [m for m in MODES if m != "aead_aes256_gcm_rtpsize" or PY.aes256gcm_available()]
+    DEPACKETIZERS = {m: [t.Depacketizer(m, KEY) for t in TWINS] for m in MODES}
 
 
 def _outcome(depacketizer, data):
@@ -212,11 +224,13 @@ def run_atheris(target: str, seconds: float) -> None:
     import atheris
 
     fn = TARGETS[target]
-    atheris.instrument_all()  # coverage of every loaded Python function (the pure twin, the decoders)
-    folder = os.path.join(HERE, "fuzz_corpus", target)
-    args = [sys.argv[0], f"-max_total_time={int(seconds)}", "-max_len=2048", "-print_final_stats=1"]
-    if os.path.isdir(folder):
-        args.append(folder)
+    seeds = os.path.join(HERE, "fuzz_corpus", target)
+    # libFuzzer adds what it finds to the first corpus folder: keep that out of the committed seeds.
+    work = os.path.join(os.path.dirname(HERE), ".fuzz_work", target)
+    os.makedirs(work, exist_ok=True)
+    args = [sys.argv[0], f"-max_total_time={int(seconds)}", "-max_len=2048", "-print_final_stats=1", work]
+    if os.path.isdir(seeds):
+        args.append(seeds)
     atheris.Setup(args, fn)
     atheris.Fuzz()
 
@@ -237,6 +251,14 @@ def main() -> None:
             engine = "atheris"
         except ImportError:
             engine = "random"
+    if engine == "atheris" and len(targets) == 1:
+        import atheris
+
+        # Coverage of fastvoice's own Python code (the pure twin, the decoders) guides the search.
+        with atheris.instrument_imports(include=["fastvoice"]):
+            _init()
+    else:
+        _init()
     print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} targets={targets}", flush=True)
     if engine == "atheris":
         if len(targets) > 1:
