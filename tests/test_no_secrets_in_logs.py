@@ -7,6 +7,8 @@ import io
 import logging
 import struct
 
+import pytest
+
 from fastvoice.conn import ConnConfig
 from fastvoice.gateway import GatewayConfig
 from fastvoice.manager import Manager
@@ -21,9 +23,10 @@ def forms_of(secret: bytes | str) -> list[str]:
     return [secret.hex(), repr(secret), str(list(secret)), ", ".join(str(b) for b in secret)]
 
 
-async def test_debug_logs_of_a_whole_session_hold_no_secret(caplog):
+@pytest.mark.parametrize("dave", [0, 1])
+async def test_debug_logs_of_a_whole_session_hold_no_secret(caplog, dave):
     caplog.set_level(logging.DEBUG)
-    async with VoiceServer(heartbeat_interval=50.0) as server:
+    async with VoiceServer(heartbeat_interval=50.0, dave_protocol_version=dave) as server:
         main = MainGatewayStandIn(server, 3)
         bots = Manager(main.update_voice_state, 3,
                        conn_config=ConnConfig(open_timeout=5, gateway_config=GatewayConfig(backoff_base=0.01)))
