@@ -241,3 +241,22 @@ async def test_opus_writer_on_an_asyncio_stream_writer():
     await writer.wait_closed()
     server.close()
     await server.wait_closed()
+
+
+async def test_oversized_and_garbage_datagrams_cost_nothing():
+    transport, peer = await start_peer()
+    conn = UDPConn()
+    try:
+        await conn.open("127.0.0.1", transport.get_extra_info("sockname")[1], 2)
+        conn.set_secret_key(MODE, KEY)
+        good = Packetizer(3, MODE, KEY).packetize(b"fine")
+        transport.sendto(bytes(60000), peer.client)  # far past any voice packet
+        transport.sendto(b"\x80\x78" + os.urandom(500), peer.client)  # looks like RTP, fails authentication
+        transport.sendto(b"\x01", peer.client)
+        transport.sendto(good, peer.client)
+        conn.set_read_deadline(2)
+        assert (await conn.read_packet()).opus == b"fine"
+        assert conn.ignored == 2 and conn.decrypt_failures == 1
+    finally:
+        conn.close()
+        transport.close()
