@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import resource
 import statistics
-import struct
-import subprocess
 import sys
 import time
 

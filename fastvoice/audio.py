@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from .constants import OPUS_FRAME_SIZE_MS, SILENCE_AUDIO_FRAME
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc

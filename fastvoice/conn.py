@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from .audio import AudioReceiver, AudioSender
 from .dave import DAVE_PROTOCOL_VERSION, DaveManager
 from .encryption import choose_encryption_mode
-from .errors import GatewayClosedError, VoiceError
+from .errors import VoiceError
 from .gateway import Gateway, GatewayConfig, State
 from .gateway_messages import (
     GatewayMessageData,

@@ -7,7 +7,6 @@ same group as fastvoice, and its DAVE-encrypted audio must reach fastvoice's rec
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest

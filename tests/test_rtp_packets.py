@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from fastvoice import DecryptionFailedError, EncryptionMode
+from fastvoice import EncryptionMode
 
 KEY = bytes(range(1, 33))
 SSRC = 0xDEADBEEF

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from fastvoice import DecryptionFailedError, IPDiscoveryError
+from fastvoice import IPDiscoveryError
 from fastvoice.ipdiscovery import build_ip_discovery_response
 from fastvoice.opus import AsyncOpusReader, OpusFrameProvider, OpusFrameReceiver, OpusReader, OpusWriter
 from fastvoice.rtp import Depacketizer, Packet, Packetizer
