@@ -70,46 +70,40 @@ def test_forged_truncated_wrong_key(rtp, mode):
 
 @modes
 def test_authenticated_but_inconsistent(rtp, mode):
-    # A sender with the key can still write lies into the header: extension or padding
+    # A sender with the key can still write lies into the header: an extension or padding
     # longer than what was encrypted. That is a DecryptionFailedError, never an IndexError.
     _skip_aes(rtp, mode)
     d = rtp.Depacketizer(mode, KEY)
-    too_long_ext = ref.build_packet(mode, KEY, 1, 2, 3, b"", ext_profile=0xBEDE, ext_body=b"", suffix_nonce=bytes(24))
-    if mode in ref.RTPSIZE_MODES:
-        hdr = bytearray(too_long_ext[:16])
-        struct.pack_into(">H", hdr, 14, 100)  # claim 100 words of extension body
-        suffix = too_long_ext[-4:]
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-        if mode == ref.AES:
-            sealed = AESGCM(KEY).encrypt(suffix + bytes(8), b"abc", bytes(hdr))
-        else:
-            sealed = ref.xchacha_encrypt(KEY, suffix + bytes(20), b"abc", bytes(hdr))
-        with pytest.raises(DecryptionFailedError, match="extension"):
-            d.depacketize(bytes(hdr) + sealed + suffix)
-    for count in (0, 200):
-        pad = ref.build_packet(mode, KEY, 1, 2, 3, b"xyz", padding=1, suffix_nonce=bytes(24))
-        # Re-seal with a padding byte that lies.
-        plain_payload = b"xyz" + bytes([count])
-        forged = ref.build_packet(mode, KEY, 1, 2, 3, plain_payload, suffix_nonce=bytes(24))
-        forged = bytes([forged[0] | 0x20]) + forged[1:]
-        if mode in ref.RTPSIZE_MODES or mode == ref.XSALSA:
-            # the header is authenticated: rebuild with the P bit set inside the AAD / nonce
-            forged = _with_p_bit(mode, plain_payload)
+    lying_extension = struct.pack(">HH", 0xBEDE, 100)  # claims 400 bytes of extension body
+    with pytest.raises(DecryptionFailedError, match="extension"):
+        d.depacketize(_seal(mode, ref.rtp_header(1, 2, 3, extension=True), lying_extension, b"abc"))
+    for count in (0, 200):  # a padding count of zero, and one longer than the payload
         with pytest.raises(DecryptionFailedError, match="padding"):
-            d.depacketize(forged)
-        assert d.depacketize(pad).opus == b"xyz"
+            d.depacketize(_seal(mode, ref.rtp_header(1, 2, 3, padding=True), b"", b"xyz" + bytes([count])))
+    honest = _seal(mode, ref.rtp_header(1, 2, 3, padding=True), b"", b"xyz\x00\x02")
+    assert d.depacketize(honest).opus == b"xyz"
 
 
-def _with_p_bit(mode, plaintext):
-    header = ref.rtp_header(1, 2, 3, padding=True)
-    if mode == ref.XSALSA:
-        import nacl.secret
-        return header + nacl.secret.SecretBox(KEY).encrypt(plaintext, header + bytes(12)).ciphertext
-    suffix = b"\x00\x00\x00\x00"
+def _seal(mode, header, preamble, plaintext):
+    """Seal ``plaintext`` under ``header`` by the mode's rules, whatever the header claims.
+
+    ``preamble`` is the extension preamble: part of the AAD in the rtpsize modes, the
+    start of the encrypted part in the legacy ones.
+    """
+    import nacl.secret
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    suffix = b"\x00\x00\x00\x07"
     if mode == ref.AES:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-        return header + AESGCM(KEY).encrypt(suffix + bytes(8), plaintext, header) + suffix
-    return header + ref.xchacha_encrypt(KEY, suffix + bytes(20), plaintext, header) + suffix
+        return header + preamble + AESGCM(KEY).encrypt(suffix + bytes(8), plaintext, header + preamble) + suffix
+    if mode == ref.XCHACHA:
+        return header + preamble + ref.xchacha_encrypt(KEY, suffix + bytes(20), plaintext, header + preamble) + suffix
+    box = nacl.secret.SecretBox(KEY)
+    if mode == ref.XSALSA:
+        return header + box.encrypt(preamble + plaintext, header + bytes(12)).ciphertext
+    if mode == ref.XSALSA_SUFFIX:
+        return header + box.encrypt(preamble + plaintext, bytes(24)).ciphertext + bytes(24)
+    return header + box.encrypt(preamble + plaintext, suffix + bytes(20)).ciphertext + suffix
 
 
 @modes
