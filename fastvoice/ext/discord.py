@@ -1,0 +1,819 @@
+"""fastvoice behind discord.py's voice API: ``await channel.connect(cls=VoiceClient)``.
+
+:class:`VoiceClient` is a ``discord.VoiceProtocol``: discord.py creates it, feeds it the bot's
+VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE dispatches and calls its ``connect`` and
+``disconnect``; the voice connection itself is a fastvoice :class:`~fastvoice.Conn`. Every
+guild of one ``discord.Client`` shares one :class:`~fastvoice.Manager` (:func:`get_manager`),
+and every connection of the process shares fastvoice's one 20 ms send clock on the event loop:
+no thread per connection, for sending or receiving.
+
+The familiar ``discord.VoiceClient`` surface is there: ``play(source, after=...)``, ``stop``,
+``pause``, ``resume``, ``is_playing``, ``is_paused``, ``is_connected``, ``source``,
+``move_to``, ``disconnect``, ``latency`` and ``average_latency``, plus receiving with
+:meth:`VoiceClient.listen` / :meth:`VoiceClient.stop_listening`.
+
+What ``play`` accepts:
+
+- a fastvoice :class:`~fastvoice.OpusFrameProvider` (``OpusReader``, ...), handed to the
+  connection as it is;
+- a ``discord.AudioSource``. Opus sources (``is_opus()`` true, e.g. ``FFmpegOpusAudio``) are
+  sent frame by frame; PCM sources (``FFmpegPCMAudio``, ``PCMVolumeTransformer``...) are
+  encoded with libopus through ``discord.opus.Encoder``.
+
+The send clock asks for each frame synchronously on the event loop, so reading a source must
+not block. discord.py's own ffmpeg sources (``FFmpegPCMAudio``, ``FFmpegOpusAudio``, also
+inside a ``PCMVolumeTransformer``) are read here without blocking: their ffmpeg's stdout is
+switched to non-blocking and read by the event loop (``loop.add_reader``) into a bounded
+read-ahead buffer (100 frames, 2 s); when the buffer is empty the connection sends silence
+until frames come back. Any other ``AudioSource`` has its ``read()`` called from the clock:
+it must return at once (an in-memory source, a file on a local disk at worst).
+
+This module needs discord.py 2.x (or a fork with the same ``VoiceProtocol``) installed, but not
+its ``voice`` extra: PyNaCl and davey come with fastvoice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import discord
+from discord import opus as _discord_opus
+from discord.errors import ClientException
+from discord.player import AudioSource, FFmpegAudio, FFmpegOpusAudio, FFmpegPCMAudio
+
+from ..conn import Conn
+from ..errors import VoiceError
+from ..gateway_messages import GatewayMessageData, GatewayMessageDataSessionDescription, Opcode
+from ..manager import Manager, ManagerConfig
+from ..opus import MAX_OPUS_FRAME, OpusFrameProvider, OpusFrameReceiver
+
+__all__ = ["VoiceClient", "get_manager", "PCM_FRAME_BYTES", "READ_AHEAD_FRAMES"]
+
+_log = logging.getLogger("fastvoice.ext.discord")
+
+#: One 20 ms PCM frame as discord.py's AudioSources produce it: 960 samples, 16-bit, stereo, 48 kHz.
+PCM_FRAME_BYTES = 3840
+_PCM_FRAME_SAMPLES = 960
+#: Frames of an ffmpeg source read ahead of the send clock (2 s).
+READ_AHEAD_FRAMES = 100
+#: How long a finished ffmpeg gets to exit on its own before it is killed, and then to die.
+_EXIT_GRACE = 2.0
+_KILL_WAIT = 5.0
+
+_managers: weakref.WeakKeyDictionary[Any, Manager] = weakref.WeakKeyDictionary()
+
+
+def get_manager(client: discord.Client, config: ManagerConfig | None = None) -> Manager:
+    """The fastvoice :class:`~fastvoice.Manager` of ``client``, created on first use.
+
+    One Manager serves every guild of a client; it sends op 4 through discord.py
+    (``guild.change_voice_state``, which picks the guild's shard). To configure it (timeouts,
+    ``ConnConfig``/``GatewayConfig``...), call ``get_manager(client, ManagerConfig(...))`` once
+    the client is logged in and before the first ``channel.connect``. The Manager's
+    ``ConnConfig.event_handler_func`` is replaced on each connection by the VoiceClient's own.
+    """
+    manager = _managers.get(client)
+    if manager is not None:
+        if config is not None:
+            raise RuntimeError(
+                "this client already has a fastvoice Manager; pass the ManagerConfig to get_manager() "
+                "before the first voice connection"
+            )
+        return manager
+    if config is not None and not isinstance(config, ManagerConfig):
+        raise TypeError(f"config must be a fastvoice.ManagerConfig, got {type(config).__name__}")
+    user = getattr(client, "user", None)
+    if user is None:
+        raise ClientException(
+            "the discord client is not logged in (client.user is None): connect to voice once it is ready"
+        )
+    manager = Manager(_voice_state_sender(client), user.id, config)
+    _managers[client] = manager
+    return manager
+
+
+def _voice_state_sender(client: discord.Client) -> Callable[..., Any]:
+    # A weak reference: the Manager is the value of a WeakKeyDictionary keyed by the client,
+    # which a strong one would keep alive forever.
+    client_ref = weakref.ref(client)
+
+    async def send_voice_state(guild_id: int, channel_id: int | None, self_mute: bool, self_deaf: bool) -> None:
+        client = client_ref()
+        if client is None:
+            raise VoiceError(f"guild {guild_id}: the discord client is gone; cannot send a voice state update")
+        guild = client.get_guild(guild_id)
+        if guild is None:
+            raise VoiceError(f"guild {guild_id} is not in the discord client's cache; cannot send a voice state update")
+        channel = None if channel_id is None else discord.Object(id=channel_id)
+        await guild.change_voice_state(channel=channel, self_mute=self_mute, self_deaf=self_deaf)
+
+    return send_voice_state
+
+
+# -- reading discord.py's ffmpeg sources without blocking ------------------------------------
+
+
+class _Underrun(Exception):
+    """A read-ahead buffer is empty but its stream goes on: nothing to send on this tick."""
+
+
+class _OggPackets:
+    """Cuts the Ogg stream ffmpeg writes into Opus packets as bytes arrive.
+
+    Pages are framed by their header's segment table (RFC 3533); the ``OpusHead`` and
+    ``OpusTags`` header packets (RFC 7845) are dropped. The CRC is not checked: the bytes come
+    from a local pipe, not the network.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._packet = bytearray()
+        self._headers = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        packets: list[bytes] = []
+        pos = 0
+        while len(buffer) - pos >= 27:
+            if buffer[pos:pos + 4] != b"OggS":
+                raise ValueError(f"ffmpeg's Ogg output: expected a page starting with b'OggS', "
+                                 f"got {bytes(buffer[pos:pos + 4])!r}")
+            if buffer[pos + 4] != 0:
+                raise ValueError(f"ffmpeg's Ogg output: page version {buffer[pos + 4]}, expected 0")
+            body = pos + 27 + buffer[pos + 26]
+            if len(buffer) < body:
+                break
+            lacing = buffer[pos + 27:body]
+            end = body + sum(lacing)
+            if len(buffer) < end:
+                break
+            offset = body
+            for size in lacing:
+                self._packet += buffer[offset:offset + size]
+                offset += size
+                if len(self._packet) > MAX_OPUS_FRAME:
+                    raise ValueError(f"ffmpeg's Ogg output: a packet longer than {MAX_OPUS_FRAME} bytes")
+                if size < 255:
+                    packet = bytes(self._packet)
+                    self._packet.clear()
+                    if self._headers < 2 and packet.startswith((b"OpusHead", b"OpusTags")):
+                        self._headers += 1
+                    elif packet:
+                        packets.append(packet)
+            pos = end
+        del buffer[:pos]
+        return packets
+
+
+class _PipeReader:
+    """Reads one discord.py ffmpeg source's stdout on the event loop into a bounded buffer.
+
+    The source's ``read`` is replaced (on the instance) by :meth:`read`, so wrappers such as
+    ``PCMVolumeTransformer`` that call ``original.read()`` get the buffered frames too.
+    """
+
+    def __init__(self, source: FFmpegAudio, *, ogg: bool, loop: asyncio.AbstractEventLoop,
+                 limit: int = READ_AHEAD_FRAMES) -> None:
+        self.source = source
+        self.process = source._process
+        self._pipe = source._stdout
+        self._fd = self._pipe.fileno()
+        self._loop = loop
+        self._limit = limit
+        self._ogg = _OggPackets() if ogg else None
+        self._pcm = bytearray()
+        self._frames: deque[bytes] = deque()
+        self._reading = False
+        self.ended = False
+        self.error: BaseException | None = None
+        os.set_blocking(self._fd, False)
+        self._start_reading()
+        source.read = self.read  # type: ignore[method-assign]
+        source._fastvoice_reader = self  # type: ignore[attr-defined]
+
+    def _start_reading(self) -> None:
+        if not self._reading and not self.ended:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def stop_reading(self) -> None:
+        """Stop watching the pipe (the buffered frames stay readable)."""
+        if self._reading:
+            self._reading = False
+            try:
+                self._loop.remove_reader(self._fd)
+            except (ValueError, OSError, RuntimeError):
+                pass  # the fd or the loop is already closed
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        if not data:
+            self._end(None)
+            return
+        try:
+            if self._ogg is not None:
+                self._frames.extend(self._ogg.feed(data))
+            else:
+                pcm = self._pcm
+                pcm += data
+                usable = len(pcm) - len(pcm) % PCM_FRAME_BYTES
+                for start in range(0, usable, PCM_FRAME_BYTES):
+                    self._frames.append(bytes(pcm[start:start + PCM_FRAME_BYTES]))
+                del pcm[:usable]
+        except ValueError as exc:
+            self._end(exc)
+            return
+        if len(self._frames) >= self._limit:
+            self.stop_reading()  # back-pressure: ffmpeg blocks on its full pipe
+
+    def _end(self, error: BaseException | None) -> None:
+        self.ended = True
+        self.error = error
+        self.stop_reading()
+
+    def read(self) -> bytes:
+        """The next frame; ``b""`` at the end; raises :class:`_Underrun` while ffmpeg is behind."""
+        frames = self._frames
+        if frames:
+            frame = frames.popleft()
+            if not self._reading and not self.ended and len(frames) <= self._limit // 2:
+                self._start_reading()
+            return frame
+        if self.ended:
+            if self.error is not None:
+                raise self.error
+            return b""
+        raise _Underrun
+
+    async def reap(self, *, wait_for_exit: bool) -> None:
+        """Make sure ffmpeg is gone, without blocking the loop: let it exit (if it is finishing), else kill it."""
+        self.stop_reading()
+        self.ended = True
+        process = self.process
+        if not hasattr(process, "poll"):
+            return
+        loop = self._loop
+        if wait_for_exit:
+            deadline = loop.time() + _EXIT_GRACE
+            while process.poll() is None and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        if process.poll() is None:
+            try:
+                process.kill()
+            except ProcessLookupError:
+                pass
+            deadline = loop.time() + _KILL_WAIT
+            while process.poll() is None and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            if process.poll() is None:
+                _log.warning("ffmpeg process %s did not exit after SIGKILL", process.pid)
+
+    def exit_error(self) -> BaseException | None:
+        """The error of an ffmpeg that exited with a non-zero code (discord.py's own check when it has one)."""
+        check = getattr(self.source, "_check_process_returncode", None)
+        if check is not None:
+            try:
+                check()
+            except Exception as exc:  # reading its stderr failed: report the exit code anyway
+                _log.debug("checking ffmpeg's exit failed: %s", exc)
+            error = getattr(self.source, "_current_error", None)
+            if error is not None:
+                return error
+        code = getattr(self.process, "returncode", None)
+        if code:
+            return ClientException(f"ffmpeg exited with code {code}")
+        return None
+
+    def close_pipe(self) -> None:
+        """Close ffmpeg's stdout (after the process is gone)."""
+        self.stop_reading()
+        try:
+            self._pipe.close()
+        except Exception:  # pragma: no cover - closing a pipe we own
+            pass
+
+
+def _ffmpeg_sources(source: Any) -> Iterator[FFmpegAudio]:
+    """The ffmpeg sources ``source`` reads from: itself, or what it wraps (``original``)."""
+    current = source
+    for _ in range(16):
+        if isinstance(current, FFmpegAudio):
+            yield current
+            return
+        current = getattr(current, "original", None)
+        if not isinstance(current, AudioSource):
+            return
+
+
+def _attach_reader(source: FFmpegAudio, loop: asyncio.AbstractEventLoop) -> _PipeReader | None:
+    reader = getattr(source, "_fastvoice_reader", None)
+    if isinstance(reader, _PipeReader):
+        return reader
+    process, stdout = getattr(source, "_process", None), getattr(source, "_stdout", None)
+    if not hasattr(process, "poll") or not hasattr(stdout, "fileno"):
+        return None  # already cleaned up: read() will end the playback
+    kind = type(source).read
+    if kind is FFmpegOpusAudio.read:
+        return _PipeReader(source, ogg=True, loop=loop)
+    if kind is FFmpegPCMAudio.read:
+        return _PipeReader(source, ogg=False, loop=loop)
+    _log.debug("%s overrides read(): it is called from the send clock and must not block", type(source).__name__)
+    return None
+
+
+def _opus_encoder(options: dict[str, Any]) -> Any:
+    if not _discord_opus.is_loaded():
+        load_default = getattr(_discord_opus, "_load_default", None)
+        try:
+            if load_default is not None:
+                load_default()
+        except Exception as exc:
+            _log.debug("loading libopus failed: %s", exc)
+    if not _discord_opus.is_loaded():
+        raise _discord_opus.OpusNotLoaded(
+            "a PCM AudioSource must be encoded with libopus, and libopus could not be loaded: install it "
+            "(Debian/Ubuntu: apt-get install libopus0; Fedora: dnf install opus; macOS: brew install opus) "
+            "or load it with discord.opus.load_opus(path), or play an Opus source such as discord.FFmpegOpusAudio"
+        )
+    return _discord_opus.Encoder(**options)
+
+
+# -- one play() call ----------------------------------------------------------------------------
+
+
+class _Playback:
+    """The :class:`~fastvoice.OpusFrameProvider` a VoiceClient gives its connection for one ``play()``.
+
+    Paused: ``None`` (silence, then Speaking 0). Stopped or finished: ``EOFError``, so the sender
+    sends its silence tail and goes idle. The end (source exhausted, an error, ``stop()``) runs
+    once, in a task: ffmpeg reaped without blocking, ``after(error)``, then ``source.cleanup()``.
+    """
+
+    def __init__(self, source: Any, after: Callable[[Exception | None], Any] | None,
+                 encoder_options: dict[str, Any], loop: asyncio.AbstractEventLoop,
+                 on_end: Callable[[asyncio.Task[None]], None]) -> None:
+        self.after = after
+        self._on_end = on_end
+        self.paused = False
+        self.done = False
+        self.error: BaseException | None = None
+        self.finished: asyncio.Task[None] | None = None
+        self._loop = loop
+        self._encoder_options = encoder_options
+        self._encoder: Any = None
+        self._readers: list[_PipeReader] = []
+        self._provider = False
+        self._opus = True
+        self.source: Any = None
+        self.set_source(source)
+
+    def set_source(self, source: Any) -> None:
+        """Play from ``source`` from the next frame on (the previous source is not cleaned up)."""
+        if isinstance(source, AudioSource):
+            opus = bool(source.is_opus())
+            if not opus and self._encoder is None:
+                self._encoder = _opus_encoder(self._encoder_options)
+            readers = [r for r in (_attach_reader(s, self._loop) for s in _ffmpeg_sources(source)) if r is not None]
+            self._provider, self._opus = False, opus
+        else:
+            readers = []
+            self._provider = True
+        for old in self._readers:
+            if old not in readers:
+                old.stop_reading()
+        self._readers = readers
+        self.source = source
+
+    # the OpusFrameProvider protocol
+
+    def provide_opus_frame(self) -> bytes | None:
+        """Called by the send clock every 20 ms; never blocks."""
+        if self.done:
+            raise EOFError("playback finished")
+        if self.paused:
+            return None
+        source = self.source
+        try:
+            if self._provider:
+                return source.provide_opus_frame()
+            data = source.read()
+            if not data:
+                raise EOFError("end of the audio source")
+            if self._opus:
+                return bytes(data)
+            size = len(data)
+            if size < PCM_FRAME_BYTES:
+                data = bytes(data) + bytes(PCM_FRAME_BYTES - size)
+            elif size > PCM_FRAME_BYTES:
+                raise ValueError(f"the PCM source returned {size} bytes; expected {PCM_FRAME_BYTES} "
+                                 "(20 ms of 16-bit 48 kHz stereo)")
+            return self._encoder.encode(data, _PCM_FRAME_SAMPLES)
+        except _Underrun:
+            return None
+        except EOFError:
+            self._end(None)
+            raise
+        except Exception as exc:
+            self._end(exc)
+            raise EOFError("the audio source failed") from exc
+
+    def close(self) -> None:
+        """The connection is closing: stop."""
+        self.stop()
+
+    # control
+
+    def stop(self) -> None:
+        """End the playback now (``after(None)`` follows from a task)."""
+        if not self.done:
+            self.done = True
+            self._schedule(natural=False)
+
+    def _end(self, error: BaseException | None) -> None:
+        if not self.done:
+            self.done = True
+            self.error = error
+            self._schedule(natural=True)
+
+    def _schedule(self, *, natural: bool) -> None:
+        for reader in self._readers:
+            reader.stop_reading()
+        self.finished = self._loop.create_task(self._finish(natural), name="fastvoice-discord-playback-end")
+        self._on_end(self.finished)
+
+    async def _finish(self, natural: bool) -> None:
+        error = self.error
+        for reader in self._readers:
+            try:
+                await reader.reap(wait_for_exit=natural)
+                if natural and error is None:
+                    error = reader.exit_error()
+            except Exception:
+                _log.exception("stopping ffmpeg failed")
+        self.error = error
+        after = self.after
+        if after is not None:
+            try:
+                result = after(error)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                _log.exception("the after callback of play() raised")
+        elif error is not None:
+            _log.error("audio playback ended with an error: %s", error, exc_info=error)
+        source = self.source
+        try:
+            if self._provider:
+                source.close()
+            else:
+                source.cleanup()
+        except Exception:
+            _log.exception("cleaning up the audio source failed")
+        for reader in self._readers:
+            reader.close_pipe()
+
+
+# -- the VoiceProtocol ----------------------------------------------------------------------------
+
+
+class VoiceClient(discord.VoiceProtocol):
+    """A discord.py voice client backed by a fastvoice :class:`~fastvoice.Conn`.
+
+    Use it as ``vc = await channel.connect(cls=fastvoice.ext.discord.VoiceClient)``; discord.py
+    then finds it in ``guild.voice_client`` and forwards the voice dispatches to it. All
+    methods are to be called from the client's event loop.
+    """
+
+    def __init__(self, client: discord.Client, channel: Any) -> None:
+        super().__init__(client, channel)
+        self._manager = get_manager(client)
+        self._guild_id: int = channel.guild.id
+        self._conn: Conn | None = None
+        self._playback: _Playback | None = None
+        self._endings: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._receiver: OpusFrameReceiver | None = None
+        self._latencies: deque[float] = deque(maxlen=20)
+        self._sessions = 0
+        self._changed = asyncio.Event()
+        self._connected_once = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._self_mute = False
+        self._self_deaf = False
+
+    # -- what discord.py calls ------------------------------------------------------------------
+
+    async def on_voice_state_update(self, data: dict[str, Any], /) -> None:
+        """The bot's VOICE_STATE_UPDATE for this guild (raw payload), from discord.py."""
+        try:
+            self._manager.handle_voice_state_update(data)
+            channel_id = data.get("channel_id")
+            channel_id = None if channel_id is None else int(channel_id)
+        except (AttributeError, TypeError, ValueError) as exc:
+            _log.warning("guild %d: ignoring a malformed VOICE_STATE_UPDATE: %s", self._guild_id, exc)
+            return
+        if channel_id is None:
+            if self._connected_once and not self._closing:
+                _log.info("guild %d: disconnected from voice by Discord", self._guild_id)
+                self._spawn(self.disconnect(force=True))
+            return
+        channel = self.guild.get_channel(channel_id) if self.guild is not None else None
+        if channel is not None and channel is not self.channel:
+            self.channel = channel
+        self._notify()
+
+    async def on_voice_server_update(self, data: dict[str, Any], /) -> None:
+        """A VOICE_SERVER_UPDATE for this guild (raw payload), from discord.py."""
+        try:
+            self._manager.handle_voice_server_update(data)
+        except (AttributeError, TypeError, ValueError) as exc:
+            _log.warning("guild %d: ignoring a malformed VOICE_SERVER_UPDATE: %s", self._guild_id, exc)
+
+    async def connect(self, *, timeout: float | None = 30.0, reconnect: bool = True,
+                      self_deaf: bool = False, self_mute: bool = False) -> None:
+        """Join ``self.channel``; return once audio can flow (discord.py calls this from ``channel.connect``).
+
+        Raises ``asyncio.TimeoutError`` after ``timeout`` seconds (discord.py then calls
+        :meth:`disconnect`), :class:`~fastvoice.ConnOpenError` or
+        :class:`~fastvoice.errors.GatewayClosedError` when the voice server refuses the bot. On
+        any failure the connection is closed and the client forgotten. Reconnection (resume,
+        new session, new voice server) is always on, governed by the Manager's
+        ``GatewayConfig`` (``auto_reconnect``, ``max_reconnect_attempts``); ``reconnect`` is
+        accepted for compatibility.
+        """
+        if self._conn is not None or self._closing:
+            raise ClientException("this voice client is already connected (or was disconnected); make a new one")
+        self._self_mute, self._self_deaf = bool(self_mute), bool(self_deaf)
+        conn = self._manager.create_conn(self._guild_id)
+        conn.set_event_handler_func(self._on_voice_event)
+        self._conn = conn
+        try:
+            await asyncio.wait_for(conn.open(self.channel.id, self._self_mute, self._self_deaf), timeout)
+        except BaseException:
+            await self._shutdown(leave=True)
+            raise
+        self._connected_once = True
+
+    async def disconnect(self, *, force: bool = False) -> None:
+        """Stop playing and listening, leave the channel, close the connection and call ``cleanup()``.
+
+        Returns once every task and socket of the connection is released and ``after`` of the
+        current playback ran. Calling it again (or concurrently) waits for the first call.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        await self._shutdown(leave=False)
+
+    async def _shutdown(self, *, leave: bool) -> None:
+        self._closing = True
+        try:
+            self.stop()
+            conn, self._conn = self._conn, None
+            self._receiver = None
+            if conn is not None:
+                try:
+                    await conn.close()
+                except Exception:
+                    _log.exception("guild %d: closing the voice connection failed", self._guild_id)
+            if leave:
+                # A failed open does not send the leaving op 4 itself: make sure Discord forgets the join.
+                try:
+                    await self.guild.change_voice_state(channel=None)
+                except Exception as exc:
+                    _log.warning("guild %d: could not leave the voice channel: %s", self._guild_id, exc)
+            if self._endings:
+                await asyncio.gather(*self._endings, return_exceptions=True)
+            current = asyncio.current_task()
+            for task in list(self._tasks):
+                if task is not current:
+                    task.cancel()
+        finally:
+            self.cleanup()
+            self._closed.set()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def guild(self) -> Any:
+        """The guild of the voice channel."""
+        return self.channel.guild
+
+    @property
+    def user(self) -> Any:
+        """The bot's own user."""
+        return self.client.user
+
+    @property
+    def conn(self) -> Conn | None:
+        """The fastvoice connection (``None`` once disconnected): stats, DAVE state, SSRCs."""
+        return self._conn
+
+    @property
+    def manager(self) -> Manager:
+        """The fastvoice Manager shared by every voice client of this discord client."""
+        return self._manager
+
+    def is_connected(self) -> bool:
+        """True while audio can flow (false while reconnecting or moving, and after :meth:`disconnect`)."""
+        conn = self._conn
+        if conn is None or self._closing:
+            return False
+        udp = conn.udp
+        return udp is not None and udp.packetizer is not None
+
+    @property
+    def latency(self) -> float:
+        """Seconds between the last voice gateway heartbeat and its ACK (``inf`` before the first ACK)."""
+        conn = self._conn
+        gateway = None if conn is None else conn.gateway
+        latency = None if gateway is None else gateway.latency
+        return float("inf") if latency is None else latency
+
+    @property
+    def average_latency(self) -> float:
+        """Mean of the last 20 heartbeat latencies in seconds (``inf`` before the first ACK)."""
+        if not self._latencies:
+            return float("inf")
+        return sum(self._latencies) / len(self._latencies)
+
+    def _on_voice_event(self, opcode: Any, data: GatewayMessageData) -> None:
+        if isinstance(data, GatewayMessageDataSessionDescription):
+            self._sessions += 1
+            self._notify()
+        elif opcode == Opcode.HEARTBEAT_ACK:
+            conn = self._conn
+            gateway = None if conn is None else conn.gateway
+            if gateway is not None and gateway.latency is not None:
+                self._latencies.append(gateway.latency)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- moving -----------------------------------------------------------------------------------
+
+    async def move_to(self, channel: Any, *, timeout: float | None = 30.0) -> None:
+        """Move to ``channel`` (``None`` disconnects) and return once audio flows there.
+
+        What is playing keeps playing. Raises ``asyncio.TimeoutError`` if the new voice session
+        is not ready within ``timeout`` seconds (the move may still complete later).
+        """
+        if channel is None:
+            await self.disconnect()
+            return
+        conn = self._conn
+        if conn is None or self._closing:
+            raise ClientException("Not connected to voice.")
+        channel_id = getattr(channel, "id", None)
+        if not isinstance(channel_id, int):
+            raise TypeError(f"channel must be a voice channel (with an int id) or None, got {channel!r}")
+        if conn.channel_id == channel_id:
+            return
+        sessions = self._sessions
+        await self.guild.change_voice_state(channel=channel, self_mute=self._self_mute, self_deaf=self._self_deaf)
+
+        async def arrived() -> None:
+            while not (self._sessions > sessions and conn.channel_id == channel_id and self.is_connected()):
+                if self._conn is not conn:
+                    raise ClientException("the voice client was disconnected while moving")
+                await self._changed.wait()
+
+        await asyncio.wait_for(arrived(), timeout)
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def play(self, source: Any, *, after: Callable[[Exception | None], Any] | None = None,
+             **encoder_options: Any) -> None:
+        """Play ``source``: a ``discord.AudioSource`` or a fastvoice ``OpusFrameProvider``.
+
+        ``after(error)`` is called once when the source is exhausted, fails (``error`` is the
+        exception) or is stopped (``error`` is ``None``); it runs on the event loop, may be a
+        coroutine function, and what it raises is logged. ``encoder_options`` go to
+        ``discord.opus.Encoder`` for PCM sources (discord.py 2.4+: ``application``, ``bitrate``,
+        ``fec``, ``expected_packet_loss``, ``bandwidth``, ``signal_type``).
+
+        Raises ``ClientException`` when not connected or already playing (paused included),
+        ``TypeError`` for a wrong ``source`` or ``after``, and ``discord.opus.OpusNotLoaded``
+        for a PCM source when libopus cannot be loaded.
+        """
+        if not self.is_connected():
+            raise ClientException("Not connected to voice.")
+        if self.is_playing() or self.is_paused():
+            raise ClientException("Already playing audio; call stop() first.")
+        if not isinstance(source, AudioSource) and not isinstance(source, OpusFrameProvider):
+            raise TypeError(
+                f"source must be a discord.AudioSource or a fastvoice OpusFrameProvider, got {type(source).__name__}"
+            )
+        if after is not None and not callable(after):
+            raise TypeError(f"after must be a callable taking the error (or None), got {type(after).__name__}")
+        playback = _Playback(source, after, encoder_options, asyncio.get_running_loop(), self._track_end)
+        self._playback = playback
+        assert self._conn is not None
+        self._conn.set_opus_frame_provider(playback)
+
+    def _track_end(self, task: asyncio.Task[None]) -> None:
+        # disconnect() waits for the end of every playback (after() called, source cleaned up).
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+
+    def is_playing(self) -> bool:
+        """True while a source plays (not paused, not finished)."""
+        playback = self._playback
+        return playback is not None and not playback.done and not playback.paused
+
+    def is_paused(self) -> bool:
+        """True while a source is paused."""
+        playback = self._playback
+        return playback is not None and not playback.done and playback.paused
+
+    def pause(self) -> None:
+        """Pause: silence is sent, then Speaking 0; the source is not read meanwhile."""
+        playback = self._playback
+        if playback is not None and not playback.done:
+            playback.paused = True
+
+    def resume(self) -> None:
+        """Resume a paused source."""
+        playback = self._playback
+        if playback is not None and not playback.done:
+            playback.paused = False
+
+    def stop(self) -> None:
+        """Stop playing: the source is cleaned up and ``after(None)`` called, from a task."""
+        playback, self._playback = self._playback, None
+        if playback is not None:
+            playback.stop()
+
+    @property
+    def source(self) -> Any:
+        """The source being played (``None`` when nothing is). Setting it swaps the source in place."""
+        playback = self._playback
+        return None if playback is None or playback.done else playback.source
+
+    @source.setter
+    def source(self, value: Any) -> None:
+        if not isinstance(value, AudioSource) and not isinstance(value, OpusFrameProvider):
+            raise TypeError(f"expected a discord.AudioSource or an OpusFrameProvider, not {type(value).__name__}")
+        playback = self._playback
+        if playback is None or playback.done:
+            raise ValueError("Not playing anything.")
+        playback.set_source(value)
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def listen(self, receiver: OpusFrameReceiver) -> None:
+        """Deliver every other user's Opus frames to ``receiver`` (a fastvoice ``OpusFrameReceiver``).
+
+        ``receiver.receive_opus_frame(user_id, packet)`` is called on the event loop for each
+        packet (``packet.opus`` the frame, ``packet.sequence``/``timestamp``), with DAVE
+        already removed; ``cleanup_user(user_id)`` when a user leaves. A previous receiver is
+        replaced and closed. ``fastvoice.OpusWriter`` writes the frames to a file.
+        """
+        if not isinstance(receiver, OpusFrameReceiver):
+            raise TypeError(
+                "receiver must be a fastvoice OpusFrameReceiver (receive_opus_frame, cleanup_user, close), "
+                f"got {type(receiver).__name__}"
+            )
+        conn = self._conn
+        if conn is None or self._closing:
+            raise ClientException("Not connected to voice.")
+        conn.set_opus_frame_receiver(receiver)
+        self._receiver = receiver
+
+    def stop_listening(self) -> None:
+        """Stop receiving; the receiver's ``close()`` is called."""
+        conn = self._conn
+        if self._receiver is not None and conn is not None:
+            conn.set_opus_frame_receiver(None)
+        self._receiver = None
+
+    def is_listening(self) -> bool:
+        """True while a receiver set with :meth:`listen` gets audio."""
+        return self._receiver is not None and self._conn is not None
+
+    def __repr__(self) -> str:
+        conn = self._conn
+        channel = None if conn is None else conn.channel_id
+        return f"<fastvoice.ext.discord.VoiceClient guild_id={self._guild_id} channel_id={channel}>"

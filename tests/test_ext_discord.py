@@ -1,0 +1,631 @@
+"""fastvoice.ext.discord: discord.py's VoiceProtocol backed by fastvoice, against the local voice server.
+
+A real ``discord.Client`` (never logged in) holds a real ``Guild`` with two voice channels. Only the
+bot's main gateway websocket is stood in for: ``client.ws.voice_state`` (what ``guild.change_voice_state``
+sends op 4 through) goes to the server's ``MainGatewayStandIn``, whose VOICE_STATE_UPDATE and
+VOICE_SERVER_UPDATE dispatches go back through discord.py's own parsers
+(``ConnectionState.parse_voice_state_update`` / ``parse_voice_server_update``), which hand them to the
+voice client as they would in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import py_compile
+import shutil
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+discord = pytest.importorskip("discord")
+
+import fastvoice.ext.discord as fvd  # noqa: E402
+from fastvoice.audio import SendClock  # noqa: E402
+from fastvoice.conn import ConnConfig  # noqa: E402
+from fastvoice.gateway import GatewayConfig  # noqa: E402
+from fastvoice.manager import Manager, ManagerConfig  # noqa: E402
+from fastvoice.opus import OpusWriter  # noqa: E402
+from fastvoice.testing import MainGatewayStandIn, VoiceServer  # noqa: E402
+
+GUILD = 81384788765712384
+VOICE_A = 81384788765712390
+VOICE_B = 81384788765712391
+BOT = 159985870458322944
+OTHER = 159985870458322945
+SILENCE = b"\xf8\xff\xfe"
+ROOT = Path(__file__).resolve().parent.parent
+FFMPEG = shutil.which("ffmpeg")
+
+
+def libopus_available() -> bool:
+    from discord import opus
+
+    if not opus.is_loaded():
+        try:
+            opus._load_default()
+        except Exception:
+            return False
+    return opus.is_loaded()
+
+
+class StandInShard:
+    """discord.py's main gateway websocket, as far as voice goes: op 4 in, the two dispatches out."""
+
+    open = False  # Client.close() only closes an open websocket
+
+    def __init__(self, client, server: VoiceServer, user_id: int) -> None:
+        self.stand_in = server.main_gateway(user_id)
+        state = client._connection
+        self.stand_in.attach(
+            on_voice_state_update=state.parse_voice_state_update,
+            on_voice_server_update=state.parse_voice_server_update,
+        )
+
+    async def voice_state(self, guild_id, channel_id, self_mute=False, self_deaf=False):
+        await self.stand_in.update_voice_state(guild_id, channel_id, self_mute, self_deaf)
+
+
+def opus_reader(frames):
+    import io
+
+    from fastvoice.opus import OpusReader
+
+    return OpusReader(io.BytesIO(b"".join(struct.pack("<I", len(f)) + f for f in frames)))
+
+
+def make_client(server: VoiceServer, user_id: int = BOT, **gateway_options):
+    client = discord.Client(intents=discord.Intents(guilds=True, voice_states=True))
+    state = client._connection
+    state.user = discord.ClientUser(
+        state=state, data={"id": str(user_id), "username": "bot", "discriminator": "0", "avatar": None, "bot": True}
+    )
+    channels = [
+        {"id": str(cid), "type": 2, "name": name, "position": i, "guild_id": str(GUILD), "bitrate": 64000,
+         "user_limit": 0, "permission_overwrites": []}
+        for i, (cid, name) in enumerate(((VOICE_A, "a"), (VOICE_B, "b")))
+    ]
+    guild = discord.Guild(data={"id": str(GUILD), "name": "g", "channels": channels}, state=state)
+    state._add_guild(guild)
+    client.ws = StandInShard(client, server, user_id)
+    fvd.get_manager(client, ManagerConfig(
+        conn_config=ConnConfig(open_timeout=5, gateway_config=GatewayConfig(backoff_base=0.05, **gateway_options))))
+    return client, guild
+
+
+class Frames(discord.AudioSource):
+    """An Opus AudioSource from a list of frames (an endless numbered stream with ``frames=None``)."""
+
+    def __init__(self, frames=None, *, opus=True):
+        self.frames = None if frames is None else list(frames)
+        self.opus = opus
+        self.reads = 0
+        self.cleanups = 0
+
+    def read(self):
+        self.reads += 1
+        if self.frames is None:
+            return b"\xfc" + struct.pack(">I", self.reads)
+        return self.frames.pop(0) if self.frames else b""
+
+    def is_opus(self):
+        return self.opus
+
+    def cleanup(self):
+        self.cleanups += 1
+
+
+class Collect:
+    def __init__(self):
+        self.frames = []
+        self.closed = 0
+
+    def receive_opus_frame(self, user_id, packet):
+        self.frames.append((user_id, packet.opus))
+
+    def cleanup_user(self, user_id):
+        pass
+
+    def close(self):
+        self.closed += 1
+
+
+async def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def numbered(packets):
+    """The frame numbers of ``Frames()``'s endless stream among received packets (silence left out)."""
+    return [struct.unpack(">I", p.opus[1:5])[0] for p in packets if p.opus != SILENCE]
+
+
+@pytest.fixture
+async def server():
+    async with VoiceServer(heartbeat_interval=100.0, seed=7) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def bot(server):
+    client, guild = make_client(server)
+    yield client, guild
+    await client.close()
+
+
+def fastvoice_tasks():
+    """Live tasks running fastvoice code outside the test server."""
+    package = os.path.dirname(fvd.__file__).rsplit(os.sep, 1)[0]
+    found = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        filename = getattr(code, "co_filename", "")
+        if filename.startswith(package) and os.sep + "testing" + os.sep not in filename:
+            found.append(task)
+    return found
+
+
+# -- connect, play, pace ------------------------------------------------------------------------
+
+
+async def test_connect_and_play_opus_frames_paced_in_order(server, bot):
+    client, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    assert isinstance(vc, fvd.VoiceClient) and guild.voice_client is vc
+    assert vc.is_connected() and not vc.is_playing() and vc.source is None
+    assert client.ws.stand_in.requests == [(GUILD, VOICE_A, False, False)]
+    assert vc.manager is fvd.get_manager(client) and vc.conn.channel_id == VOICE_A
+    session = server.session_for_user(BOT)
+    assert session.channel_id == VOICE_A and vc.conn.udp.ssrc == session.ssrc
+
+    frames = [b"\xfc" + os.urandom(40) + bytes([i]) for i in range(50)]
+    source = Frames(frames)
+    ended = []
+    vc.play(source, after=ended.append)
+    assert vc.is_playing() and vc.source is source
+    await server.wait_for(lambda: len(server.packets(session.ssrc)) >= 55, timeout=5)
+    got = server.packets(session.ssrc)
+    assert [p.opus for p in got] == frames + [SILENCE] * 5
+    assert [p.sequence for p in got] == [(got[0].sequence + i) % 65536 for i in range(55)]
+    assert [p.timestamp - got[0].timestamp for p in got] == [960 * i for i in range(55)]
+    gaps = sorted(b.arrival - a.arrival for a, b in zip(got, got[1:]))
+    assert 0.015 <= gaps[len(gaps) // 2] <= 0.025, gaps  # median: 20 ms apart
+    assert 0.9 <= got[-1].arrival - got[0].arrival <= 1.4  # 54 intervals of 20 ms, not a burst
+    await wait_until(lambda: ended)
+    assert ended == [None] and source.cleanups == 1
+    assert not vc.is_playing() and vc.source is None
+    await server.wait_for(lambda: session.speaking == 0)
+
+    # the next song on the same connection
+    again = Frames([b"\xfc-second"])
+    vc.play(again, after=ended.append)
+    await wait_until(lambda: len(ended) == 2)
+    assert ended == [None, None] and again.cleanups == 1
+    assert [p.opus for p in server.packets(session.ssrc)][55] == b"\xfc-second"
+    await vc.disconnect()
+
+
+async def test_fastvoice_providers_play_as_they_are(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    frames = [b"\xfc" + bytes([i]) * 20 for i in range(10)]
+    reader = opus_reader(frames)
+    ended = []
+    vc.play(reader, after=ended.append)
+    ssrc = vc.conn.udp.ssrc
+    await server.wait_for(lambda: len(server.packets(ssrc)) >= 15)
+    assert [p.opus for p in server.packets(ssrc)] == frames + [SILENCE] * 5
+    await wait_until(lambda: ended)
+    assert ended == [None] and reader._stream.closed  # the provider was closed at the end
+    await vc.disconnect()
+
+
+async def test_pause_resume_stop_and_after_called_once(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    session = server.session_for_user(BOT)
+    source = Frames()
+    calls = []
+    vc.play(source, after=calls.append)
+    await server.wait_for(lambda: len(server.packets(session.ssrc)) >= 10)
+
+    vc.pause()
+    assert vc.is_paused() and not vc.is_playing() and vc.source is source
+    await server.wait_for(lambda: session.speaking == 0, timeout=3)  # silence tail, then Speaking 0
+    reads, count = source.reads, len(server.packets(session.ssrc))
+    await asyncio.sleep(0.2)
+    assert source.reads == reads  # a paused source is not read
+    assert len(server.packets(session.ssrc)) == count  # and nothing is sent
+    assert [p.opus for p in server.packets(session.ssrc)][-5:] == [SILENCE] * 5
+
+    vc.resume()
+    assert vc.is_playing() and not vc.is_paused()
+    await server.wait_for(lambda: len(server.packets(session.ssrc)) >= count + 10)
+    played = numbered(server.packets(session.ssrc))
+    assert played == list(range(1, len(played) + 1))  # nothing skipped or repeated across the pause
+    assert session.speaking == 1
+
+    with pytest.raises(discord.ClientException, match="Already playing"):
+        vc.play(Frames())
+    vc.stop()
+    assert not vc.is_playing() and not vc.is_paused() and vc.source is None
+    await wait_until(lambda: calls)
+    assert calls == [None] and source.cleanups == 1
+    vc.stop()
+    vc.pause()
+    vc.resume()
+    await asyncio.sleep(0.1)
+    assert calls == [None] and source.cleanups == 1  # exactly once
+    await server.wait_for(lambda: session.speaking == 0)
+    await vc.disconnect()
+    assert calls == [None]
+
+
+async def test_a_failing_source_ends_with_after_error_and_the_clock_goes_on(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    ssrc = vc.conn.udp.ssrc
+
+    class Broken(Frames):
+        def read(self):
+            if self.reads == 3:
+                raise RuntimeError("disk on fire")
+            return super().read()
+
+    source = Broken()
+    errors = []
+    vc.play(source, after=errors.append)
+    await wait_until(lambda: errors)
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError) and str(errors[0]) == "disk on fire"
+    assert source.cleanups == 1 and not vc.is_playing()
+    await server.wait_for(lambda: len(server.packets(ssrc)) >= 8)
+    assert numbered(server.packets(ssrc)) == [1, 2, 3]
+    assert vc.conn.sender.stats.errors == 0  # ended cleanly, not counted as provider errors
+
+    # an after() that raises is logged, not fatal; the clock keeps serving the connection
+    def bad_after(error):
+        raise ValueError("after is broken")
+
+    vc.play(Frames([b"\xfc1", b"\xfc2"]), after=bad_after)
+    await server.wait_for(lambda: len(server.packets(ssrc)) >= 15)
+    assert [p.opus for p in server.packets(ssrc)][8:10] == [b"\xfc1", b"\xfc2"]
+    assert vc.is_connected()
+    await vc.disconnect()
+
+
+async def test_bad_input_is_refused_with_clear_errors(server, bot, monkeypatch):
+    client, guild = bot
+    vc = fvd.VoiceClient(client, guild.get_channel(VOICE_A))
+    with pytest.raises(discord.ClientException, match="Not connected"):
+        vc.play(Frames())
+    with pytest.raises(discord.ClientException, match="Not connected"):
+        vc.listen(Collect())
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    with pytest.raises(TypeError, match="AudioSource or a fastvoice OpusFrameProvider, got bytes"):
+        vc.play(b"not a source")
+    with pytest.raises(TypeError, match="after must be a callable"):
+        vc.play(Frames(), after="nope")
+    with pytest.raises(TypeError, match="OpusFrameReceiver"):
+        vc.listen(object())
+    with pytest.raises(ValueError, match="Not playing"):
+        vc.source = Frames()
+    with pytest.raises(TypeError, match="channel must be a voice channel"):
+        await vc.move_to("general")
+    # a PCM source without libopus: the error names libopus and how to install it
+    from discord import opus
+
+    monkeypatch.setattr(opus, "is_loaded", lambda: False)
+    monkeypatch.setattr(opus, "_load_default", lambda: False)
+    with pytest.raises(opus.OpusNotLoaded, match="libopus0"):
+        vc.play(Frames(opus=False))
+    assert not vc.is_playing()
+    # malformed dispatches are logged and ignored
+    await vc.on_voice_state_update({"guild_id": "x", "user_id": str(BOT)})
+    await vc.on_voice_server_update({"guild_id": None})
+    assert vc.is_connected()
+    await vc.disconnect()
+    with pytest.raises(RuntimeError, match="already has a fastvoice Manager"):
+        fvd.get_manager(client, ManagerConfig())
+
+    lonely = discord.Client(intents=discord.Intents.none())
+    with pytest.raises(discord.ClientException, match="not logged in"):
+        fvd.get_manager(lonely)
+
+
+async def test_latency_from_the_voice_gateway_heartbeats(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    await wait_until(lambda: len(vc._latencies) >= 3, timeout=5)  # heartbeats every 100 ms here
+    assert 0 <= vc.latency < 0.5 and vc.latency == vc.conn.gateway.latency
+    assert 0 <= vc.average_latency < 0.5
+    assert vc.average_latency == pytest.approx(sum(vc._latencies) / len(vc._latencies))
+    await vc.disconnect()
+    assert vc.latency == math.inf
+
+
+# -- moving and leaving ------------------------------------------------------------------------------
+
+
+async def test_move_to_another_channel_keeps_streaming(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    first = server.session_for_user(BOT)
+    source = Frames()
+    vc.play(source)
+    await server.wait_for(lambda: len(first.packets) >= 10)
+
+    await vc.move_to(guild.get_channel(VOICE_B), timeout=5)
+    assert vc.channel is guild.get_channel(VOICE_B) and vc.conn.channel_id == VOICE_B
+    assert vc.is_connected() and vc.is_playing() and vc.source is source
+    second = server.session_for_user(BOT)
+    assert second is not first and second.channel_id == VOICE_B
+    await server.wait_for(lambda: len(second.packets) >= 10, timeout=5)
+    before, after = numbered(first.packets), numbered(second.packets)
+    assert before and after and after[0] > before[-1]  # the same stream goes on in the new channel
+    assert after == list(range(after[0], after[0] + len(after)))
+    await server.wait_for(lambda: first.ended)  # the old session was closed (4014)
+    await vc.move_to(guild.get_channel(VOICE_B))  # already there: nothing to do
+    await vc.move_to(None)  # discord.py: moving to None disconnects
+    assert guild.voice_client is None and not vc.is_connected()
+
+
+async def test_disconnect_releases_everything(server, bot):
+    client, guild = bot
+    fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    conn, udp, gateway = vc.conn, vc.conn.udp, vc.conn.gateway
+    sink = Collect()
+    vc.listen(sink)
+    ended = []
+    vc.play(Frames(), after=ended.append)
+    await server.wait_for(lambda: server.packets(udp.ssrc))
+    assert fastvoice_tasks()
+
+    await vc.disconnect()
+    assert ended == [None]  # disconnect() returns after the playback's end ran
+    assert guild.voice_client is None and client.voice_clients == []
+    assert vc.conn is None and not vc.is_connected() and not vc.is_listening()
+    assert sink.closed == 1
+    assert not udp.is_open and conn.udp is None and conn.gateway is None
+    assert gateway.status.name == "DISCONNECTED"
+    assert vc.manager.get_conn(GUILD) is None
+    assert client.ws.stand_in.requests[-1] == (GUILD, None, False, False)
+    await server.wait_for(lambda: server.session_for_user(BOT).ended)
+    await wait_until(lambda: not fastvoice_tasks(), timeout=2)  # the send clock stops at its next tick
+    if fds_before is not None:
+        await wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds_before, timeout=2)
+    await vc.disconnect()  # twice is harmless
+    with pytest.raises(discord.ClientException, match="Not connected"):
+        vc.play(Frames())
+
+    # and the guild can connect again
+    vc2 = await guild.get_channel(VOICE_B).connect(cls=fvd.VoiceClient, timeout=5)
+    assert guild.voice_client is vc2 and vc2.conn.channel_id == VOICE_B
+    await client.close()  # discord.py disconnects its voice clients on close
+    assert guild.voice_client is None and vc2.conn is None
+
+
+async def test_kicked_from_voice_disconnects_the_client(server, bot):
+    client, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    ended = []
+    vc.play(Frames(), after=ended.append)
+    # Discord removes the bot from the channel: VOICE_STATE_UPDATE with a null channel, 4014 on the voice gateway
+    await client.ws.stand_in.update_voice_state(GUILD, None)
+    await wait_until(lambda: guild.voice_client is None)
+    await wait_until(lambda: ended)
+    assert ended == [None] and not vc.is_connected() and vc.conn is None
+
+
+async def test_a_failed_connect_leaves_nothing_behind(server):
+    from fastvoice.errors import GatewayClosedError
+
+    server.require_dave = True  # and this bot does not offer DAVE: the voice server refuses it with 4017
+    client, guild = make_client(server, max_dave_protocol_version=0)
+    manager = fvd.get_manager(client)
+    with pytest.raises(GatewayClosedError):
+        await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    assert guild.voice_client is None and manager.get_conn(GUILD) is None
+    assert client.ws.stand_in.requests[-1] == (GUILD, None, False, False)  # Discord told we left
+
+    # a timeout: discord.py's own path (it calls disconnect(force=True))
+    client.ws.voice_state = _never_answer
+    with pytest.raises(asyncio.TimeoutError):
+        await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=0.3)
+    assert guild.voice_client is None and manager.get_conn(GUILD) is None
+    await wait_until(lambda: not fastvoice_tasks(), timeout=2)
+    await client.close()
+
+
+async def _never_answer(guild_id, channel_id, self_mute=False, self_deaf=False):
+    return None
+
+
+# -- receiving ----------------------------------------------------------------------------------------
+
+
+async def test_listen_receives_another_users_frames(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    sink = Collect()
+    vc.listen(sink)
+    assert vc.is_listening()
+
+    main = MainGatewayStandIn(server, OTHER)
+    other = Manager(main.update_voice_state, OTHER, conn_config=ConnConfig(open_timeout=5))
+    main.attach(other)
+    try:
+        speaker = other.create_conn(GUILD)
+        await speaker.open(VOICE_A)
+        frames = [b"\xfc" + os.urandom(30) + bytes([i]) for i in range(20)]
+        speaker.set_opus_frame_provider(opus_reader(frames))
+        await wait_until(lambda: len(sink.frames) >= 25)
+        assert sink.frames == [(OTHER, f) for f in frames] + [(OTHER, SILENCE)] * 5
+
+        vc.stop_listening()
+        assert sink.closed == 1 and not vc.is_listening()
+        speaker.set_opus_frame_provider(opus_reader([b"\xfcxx"]))
+        await server.wait_for(lambda: len(server.packets(speaker.udp.ssrc)) >= 31)
+        await asyncio.sleep(0.1)
+        assert len(sink.frames) == 25  # nothing after stop_listening
+    finally:
+        await other.close()
+        await vc.disconnect()
+
+
+async def test_recording_to_length_prefixed_files_with_opus_writer(server, bot, tmp_path):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    path = tmp_path / "other.dca"
+    with open(path, "wb") as out:
+        vc.listen(OpusWriter(out, user_filter=lambda user_id: user_id == OTHER))
+        main = MainGatewayStandIn(server, OTHER)
+        other = Manager(main.update_voice_state, OTHER, conn_config=ConnConfig(open_timeout=5))
+        main.attach(other)
+        speaker = other.create_conn(GUILD)
+        await speaker.open(VOICE_A)
+        speaker.set_opus_frame_provider(opus_reader([b"\xfcab", b"\xfccd"]))
+        await server.wait_for(lambda: len(server.packets(speaker.udp.ssrc)) >= 7)
+        await asyncio.sleep(0.1)
+        await other.close()
+        await vc.disconnect()
+    data = path.read_bytes()
+    assert data.startswith(struct.pack("<I", 3) + b"\xfcab" + struct.pack("<I", 3) + b"\xfccd")
+
+
+# -- PCM and ffmpeg sources ---------------------------------------------------------------------------
+
+
+class Sine(discord.AudioSource):
+    """PCM: 16-bit 48 kHz stereo, 20 ms per read."""
+
+    def __init__(self, frames):
+        self.left = frames
+
+    def read(self):
+        if not self.left:
+            return b""
+        self.left -= 1
+        return b"".join(struct.pack("<hh", s, s) for s in
+                        (int(8000 * math.sin(2 * math.pi * 440 * i / 48000)) for i in range(960)))
+
+    def is_opus(self):
+        return False
+
+
+@pytest.mark.skipif(not libopus_available(), reason="libopus cannot be loaded here (Debian: apt-get install libopus0)")
+async def test_a_pcm_source_is_encoded_with_libopus(server, bot):
+    from discord import opus
+
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    ssrc = vc.conn.udp.ssrc
+    ended = []
+    vc.play(discord.PCMVolumeTransformer(Sine(25), volume=0.5), after=ended.append, bitrate=64)
+    await wait_until(lambda: ended)
+    await server.wait_for(lambda: len(server.packets(ssrc)) >= 30)
+    frames = [p.opus for p in server.packets(ssrc)]
+    assert ended == [None] and frames[25:] == [SILENCE] * 5
+    decoder = opus.Decoder()
+    for frame in frames[:25]:
+        assert frame != SILENCE and len(frame) < 400
+        assert len(decoder.decode(frame)) == 3840  # real Opus: 20 ms of 48 kHz stereo comes back out
+    await vc.disconnect()
+
+
+def ffmpeg_tone(seconds, opus):
+    cls = discord.FFmpegOpusAudio if opus else discord.FFmpegPCMAudio
+    return cls(f"sine=frequency=440:duration={seconds}", before_options="-f lavfi")
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+async def test_ffmpeg_opus_source_is_read_without_blocking_the_loop(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    ssrc = vc.conn.udp.ssrc
+    source = ffmpeg_tone(1, opus=True)
+    process = source._process
+    ended = []
+    clock = SendClock.for_loop()
+    late, resyncs = clock.late_ticks, clock.resyncs
+    vc.play(source, after=ended.append)
+    assert source.read.__self__.__class__.__name__ == "_PipeReader"  # stdout is read by the loop
+    await wait_until(lambda: ended, timeout=10)
+    await server.wait_for(lambda: [p.opus for p in server.packets(ssrc)][-5:] == [SILENCE] * 5)
+    frames = [p.opus for p in server.packets(ssrc)]
+    assert ended == [None]
+    assert 49 <= len(frames) - 5 <= 51 and frames[-5:] == [SILENCE] * 5  # 1 s of 20 ms frames
+    assert not any(f.startswith((b"OpusHead", b"OpusTags")) for f in frames)
+    assert process.returncode == 0 and process.stdout.closed
+    assert clock.resyncs == resyncs and clock.late_ticks - late <= 3
+    await vc.disconnect()
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+@pytest.mark.skipif(not libopus_available(), reason="libopus cannot be loaded here (Debian: apt-get install libopus0)")
+async def test_ffmpeg_pcm_source_behind_a_volume_transformer_stops_and_reaps(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    ssrc = vc.conn.udp.ssrc
+    inner = ffmpeg_tone(30, opus=False)
+    process = inner._process
+    ended = []
+    vc.play(discord.PCMVolumeTransformer(inner, volume=0.3), after=ended.append)
+    await server.wait_for(lambda: len(server.packets(ssrc)) >= 20, timeout=5)
+    reader = inner._fastvoice_reader
+    assert len(reader._frames) <= fvd.READ_AHEAD_FRAMES  # bounded read-ahead, ffmpeg waits on its pipe
+    vc.stop()
+    await wait_until(lambda: ended, timeout=8)
+    assert ended == [None]
+    assert process.returncode is not None and process.stdout.closed  # killed and reaped, pipe closed
+    await vc.disconnect()
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+async def test_ffmpeg_failing_on_a_missing_file_reports_the_error(server, bot, tmp_path):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    errors = []
+    vc.play(discord.FFmpegOpusAudio(str(tmp_path / "missing.ogg")), after=errors.append)
+    await wait_until(lambda: errors, timeout=10)
+    assert len(errors) == 1 and errors[0] is not None and "code" in str(errors[0])
+    assert vc.is_connected() and not vc.is_playing()
+    await vc.disconnect()
+
+
+def test_ogg_packets_across_pages_and_headers():
+    def page(segments: list[int], body: bytes) -> bytes:
+        return b"OggS" + bytes([0, 0]) + bytes(8 + 4 + 4 + 4) + bytes([len(segments)]) + bytes(segments) + body
+
+    head, tags = b"OpusHead" + bytes(11), b"OpusTags" + bytes(8)
+    big = bytes(range(256)) * 2  # 512 bytes: laced 255 + 255 + 2, continued onto the next page
+    stream = (page([len(head)], head) + page([len(tags)], tags)
+              + page([3, 255, 255], b"\xfcab" + big[:510]) + page([2, 1], big[510:] + b"\xfc"))
+    splitter = fvd._OggPackets()
+    out = []
+    for i in range(0, len(stream), 7):  # arriving in small pieces
+        out += splitter.feed(stream[i:i + 7])
+    assert out == [b"\xfcab", big, b"\xfc"]
+    with pytest.raises(ValueError, match="OggS"):
+        fvd._OggPackets().feed(b"RIFF" + bytes(40))
+
+
+# -- examples -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["music_bot.py", "recorder.py"])
+def test_examples_compile_and_import(name, tmp_path, monkeypatch):
+    path = ROOT / "examples" / name
+    py_compile.compile(str(path), cfile=str(tmp_path / (name + "c")), doraise=True)
+    monkeypatch.syspath_prepend(str(path.parent))
+    module = __import__(name[:-3])  # importing must not start a bot
+    assert module.__doc__ and "DISCORD_TOKEN" in module.__doc__
+    sys.modules.pop(name[:-3], None)
