@@ -9,7 +9,7 @@ system libsodium is needed and no Python wrapper runs per packet.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
@@ -46,6 +46,9 @@ ctypedef int (*aead_decrypt_fn)(unsigned char *m, ull *mlen_p, unsigned char *ns
 ctypedef int (*secretbox_fn)(unsigned char *c, const unsigned char *m, ull mlen,
                              const unsigned char *n, const unsigned char *k) noexcept nogil
 ctypedef int (*int_fn)() noexcept nogil
+ctypedef size_t (*size_fn)() noexcept nogil
+ctypedef int (*beforenm_fn)(unsigned char *state, const unsigned char *k) noexcept nogil
+ctypedef void (*memzero_fn)(void *pnt, size_t len) noexcept nogil
 
 cdef aead_encrypt_fn _aes_encrypt = NULL
 cdef aead_decrypt_fn _aes_decrypt = NULL
@@ -54,6 +57,14 @@ cdef aead_decrypt_fn _xchacha_decrypt = NULL
 cdef secretbox_fn _secretbox_easy = NULL
 cdef secretbox_fn _secretbox_open_easy = NULL
 cdef bint _aes_available = False
+# AES-256-GCM with the key schedule expanded once per key (libsodium's *_afternm API).
+# PyNaCl's cffi module does not declare these, so they are resolved from its shared
+# object's dynamic symbols; where that fails, the one-shot functions above are used.
+cdef beforenm_fn _aes_beforenm = NULL
+cdef aead_encrypt_fn _aes_encrypt_afternm = NULL
+cdef aead_decrypt_fn _aes_decrypt_afternm = NULL
+cdef size_t _aes_state_bytes = 0
+cdef memzero_fn _memzero = NULL
 
 # Must match the numbers in _rtp_common.
 cdef enum:
@@ -74,7 +85,7 @@ cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
 
 cdef _load_sodium():
     global _aes_encrypt, _aes_decrypt, _xchacha_encrypt, _xchacha_decrypt
-    global _secretbox_easy, _secretbox_open_easy, _aes_available
+    global _secretbox_easy, _secretbox_open_easy, _aes_available, _memzero
     try:
         from nacl._sodium import ffi, lib
     except ImportError as exc:
@@ -88,9 +99,68 @@ cdef _load_sodium():
     _secretbox_easy = <secretbox_fn>_sodium_symbol(ffi, lib, "crypto_secretbox_easy")
     _secretbox_open_easy = <secretbox_fn>_sodium_symbol(ffi, lib, "crypto_secretbox_open_easy")
     _aes_available = (<int_fn>_sodium_symbol(ffi, lib, "crypto_aead_aes256gcm_is_available"))() == 1
+    _memzero = <memzero_fn>_sodium_symbol(ffi, lib, "sodium_memzero")
+    _load_aes_precomputed()
+
+
+cdef _load_aes_precomputed():
+    global _aes_beforenm, _aes_encrypt_afternm, _aes_decrypt_afternm, _aes_state_bytes
+    import ctypes
+    import nacl._sodium
+    try:
+        so = ctypes.CDLL(nacl._sodium.__file__)
+        names = ("crypto_aead_aes256gcm_beforenm", "crypto_aead_aes256gcm_encrypt_afternm",
+                 "crypto_aead_aes256gcm_decrypt_afternm", "crypto_aead_aes256gcm_statebytes")
+        addrs = [ctypes.cast(getattr(so, n), ctypes.c_void_p).value for n in names]
+    except (OSError, AttributeError, TypeError):
+        return  # not exported by this build: the one-shot AES functions are used
+    if not all(addrs):
+        return
+    _aes_state_bytes = (<size_fn><uintptr_t>addrs[3])()
+    if _aes_state_bytes == 0 or _aes_state_bytes > 4096:
+        _aes_state_bytes = 0
+        return
+    _aes_beforenm = <beforenm_fn><uintptr_t>addrs[0]
+    _aes_encrypt_afternm = <aead_encrypt_fn><uintptr_t>addrs[1]
+    _aes_decrypt_afternm = <aead_decrypt_fn><uintptr_t>addrs[2]
 
 
 _load_sodium()
+
+
+cdef struct _AesState:
+    void *raw          # what malloc returned
+    unsigned char *ctx  # 16-byte aligned libsodium state inside ``raw``; NULL when unused
+
+
+cdef int _aes_state_init(_AesState *st, const unsigned char *key) except -1:
+    """Expand ``key`` once (AES-NI key schedule + GHASH key) when the API is available."""
+    if _aes_beforenm == NULL or not _aes_available:
+        st.raw = NULL
+        st.ctx = NULL
+        return 0
+    st.raw = malloc(_aes_state_bytes + 16)
+    if st.raw == NULL:
+        raise MemoryError()
+    st.ctx = <unsigned char *>((<uintptr_t>st.raw + 15) & ~(<uintptr_t>15))
+    if _aes_beforenm(st.ctx, key) != 0:
+        _aes_state_free(st)
+        raise RuntimeError("libsodium could not expand the AES-256-GCM key")
+    return 0
+
+
+cdef void _aes_state_free(_AesState *st) noexcept:
+    if st.raw != NULL:
+        _wipe(st.ctx, _aes_state_bytes)
+        free(st.raw)
+    st.raw = NULL
+    st.ctx = NULL
+
+
+cdef inline void _wipe(void *p, size_t n) noexcept:
+    # sodium_memzero: a zeroing the compiler cannot drop as a dead store.
+    if p != NULL and n:
+        _memzero(p, n)
 
 
 def aes256gcm_available():
@@ -126,14 +196,22 @@ cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint
     _put_u32(p + 8, ssrc)
 
 
+cdef class SSRCTable
+cdef class SSRCEntry
+
+
 @cython.freelist(256)
 @cython.final
+@cython.no_gc
 cdef class Packet:
     """A received voice packet (the seed's ``Packet`` plus what a receiver needs).
 
     ``opus`` is the payload after transport decryption with the extension body and
     RTP padding removed.  ``extension_profile`` is ``None`` when the packet carried
     no header extension; otherwise ``extension`` holds the decrypted extension body.
+    ``user_id`` is set by ``Depacketizer.dispatch`` (``None`` for an unmapped SSRC).
+    Packets hold plain values (ints, bytes, tuples) and are not tracked by the cyclic
+    garbage collector: do not store objects that refer back to the packet in them.
     """
 
     cdef public object sequence
@@ -145,9 +223,10 @@ cdef class Packet:
     cdef public object csrcs
     cdef public object extension_profile
     cdef public object extension
+    cdef public object user_id
 
     def __init__(self, sequence, timestamp, ssrc, opus, marker=False, payload_type=0x78, csrcs=(),
-                 extension_profile=None, extension=b""):
+                 extension_profile=None, extension=b"", user_id=None):
         self.sequence = sequence
         self.timestamp = timestamp
         self.ssrc = ssrc
@@ -157,6 +236,7 @@ cdef class Packet:
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
+        self.user_id = user_id
 
     def __eq__(self, other):
         if not isinstance(other, Packet):
@@ -190,18 +270,40 @@ cdef class Packetizer:
     cdef int _mode_no
     cdef object _mode
     cdef unsigned char _key[32]
+    cdef _AesState _aes
+    cdef bint _wiped
+
+    def __cinit__(self, *args, **kwargs):
+        self._aes.raw = NULL
+        self._aes.ctx = NULL
 
     def __init__(self, ssrc, mode, secret_key, *, sequence=0, timestamp=0, nonce=0):
         self._ssrc = _c.check_uint("ssrc", ssrc, 32)
         self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
         key = _c.check_key(secret_key)
-        memcpy(self._key, PyBytes_AS_STRING(key), 32)
         self._sequence = _c.check_uint("sequence", sequence, 16)
         self._timestamp = _c.check_uint("timestamp", timestamp, 32)
         self._nonce = _c.check_uint("nonce", nonce, 32)
+        _aes_state_free(&self._aes)
+        memcpy(self._key, PyBytes_AS_STRING(key), 32)
+        if self._mode_no == MODE_AES:
+            _aes_state_init(&self._aes, self._key)
+        self._wiped = False
 
     def __dealloc__(self):
-        memset(self._key, 0, 32)
+        _wipe(self._key, 32)
+        _aes_state_free(&self._aes)
+
+    def wipe(self):
+        """Zero the secret key (and its expanded AES state) now; later ``packetize`` calls raise."""
+        _wipe(self._key, 32)
+        _aes_state_free(&self._aes)
+        self._wiped = True
+
+    @property
+    def wiped(self):
+        """True after :meth:`wipe`."""
+        return self._wiped
 
     @property
     def ssrc(self):
@@ -255,6 +357,8 @@ cdef class Packetizer:
             m = <const unsigned char *>view.buf
             mlen = view.len
         try:
+            if self._wiped:
+                raise _c.wiped_error("Packetizer")
             if mlen > _c.MAX_PAYLOAD:
                 raise ValueError(f"payload of {mlen} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
             return self._packetize(m, mlen)
@@ -277,7 +381,10 @@ cdef class Packetizer:
         if mode == MODE_AES or mode == MODE_XCHACHA:
             _put_u32(nonce, self._nonce)
             if mode == MODE_AES:
-                rc = _aes_encrypt(p + 12, &clen, m, mlen, p, 12, NULL, nonce, self._key)
+                if self._aes.ctx != NULL:
+                    rc = _aes_encrypt_afternm(p + 12, &clen, m, mlen, p, 12, NULL, nonce, self._aes.ctx)
+                else:
+                    rc = _aes_encrypt(p + 12, &clen, m, mlen, p, 12, NULL, nonce, self._key)
             else:
                 rc = _xchacha_encrypt(p + 12, &clen, m, mlen, p, 12, NULL, nonce, self._key)
             memcpy(p + 12 + mlen + TAG, nonce, 4)
@@ -314,20 +421,43 @@ cdef class Depacketizer:
     cdef unsigned char _key[32]
     cdef unsigned char *_scratch
     cdef Py_ssize_t _scratch_size
+    cdef _AesState _aes
+    cdef bint _wiped
 
     def __cinit__(self, *args, **kwargs):
         self._scratch = NULL
         self._scratch_size = 0
+        self._aes.raw = NULL
+        self._aes.ctx = NULL
 
     def __init__(self, mode, secret_key):
         self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
         key = _c.check_key(secret_key)
+        _aes_state_free(&self._aes)
         memcpy(self._key, PyBytes_AS_STRING(key), 32)
+        if self._mode_no == MODE_AES:
+            _aes_state_init(&self._aes, self._key)
+        self._wiped = False
+
+    def wipe(self):
+        """Zero the secret key, its expanded AES state and the plaintext scratch buffer now;
+        later calls raise."""
+        _wipe(self._key, 32)
+        _aes_state_free(&self._aes)
+        if self._scratch != NULL:
+            _wipe(self._scratch, self._scratch_size)
+        self._wiped = True
+
+    @property
+    def wiped(self):
+        """True after :meth:`wipe`."""
+        return self._wiped
 
     def __dealloc__(self):
-        memset(self._key, 0, 32)
+        _wipe(self._key, 32)
+        _aes_state_free(&self._aes)
         if self._scratch != NULL:
-            memset(self._scratch, 0, self._scratch_size)
+            _wipe(self._scratch, self._scratch_size)
             free(self._scratch)
 
     @property
@@ -345,6 +475,36 @@ cdef class Depacketizer:
             return self._depacketize(<const unsigned char *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+
+    def dispatch(self, datagram, SSRCTable table not None):
+        """Depacketize ``datagram`` and route it through ``table`` in one call.
+
+        Returns the :class:`Packet` with ``user_id`` set from the table (``None`` for an
+        SSRC not in it), or ``None`` when the datagram is not RTP audio or repeats a
+        packet already dispatched for its SSRC (counted in ``SSRCEntry.duplicates``).
+        Raises ``DecryptionFailedError`` like :meth:`depacketize`.
+        """
+        cdef Py_buffer view
+        cdef Packet pkt
+        cdef object result
+        cdef SSRCEntry entry
+        if PyBytes_CheckExact(datagram):
+            result = self._depacketize(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram))
+        else:
+            PyObject_GetBuffer(datagram, &view, PyBUF_SIMPLE)
+            try:
+                result = self._depacketize(<const unsigned char *>view.buf, view.len)
+            finally:
+                PyBuffer_Release(&view)
+        if result is None:
+            return None
+        pkt = <Packet>result
+        entry = table.c_lookup(<uint32_t>pkt.ssrc)
+        if entry is not None:
+            if not entry.c_accept(<uint32_t>pkt.sequence):
+                return None
+            pkt.user_id = entry.user_id
+        return pkt
 
     cdef unsigned char *_buffer(self, Py_ssize_t size) except NULL:
         if size > self._scratch_size:
@@ -373,6 +533,8 @@ cdef class Depacketizer:
         cdef ull out_len = 0
         cdef object profile = None
         cdef Packet pkt
+        if self._wiped:
+            raise _c.wiped_error("Depacketizer")
         if n < 12:
             return None
         b0 = data[0]
@@ -395,7 +557,10 @@ cdef class Depacketizer:
             box_len = n - 4 - hlen
             plain = self._buffer(box_len)
             if mode == MODE_AES:
-                rc = _aes_decrypt(plain, &out_len, NULL, data + hlen, box_len, data, hlen, nonce, self._key)
+                if self._aes.ctx != NULL:
+                    rc = _aes_decrypt_afternm(plain, &out_len, NULL, data + hlen, box_len, data, hlen, nonce, self._aes.ctx)
+                else:
+                    rc = _aes_decrypt(plain, &out_len, NULL, data + hlen, box_len, data, hlen, nonce, self._key)
             else:
                 rc = _xchacha_decrypt(plain, &out_len, NULL, data + hlen, box_len, data, hlen, nonce, self._key)
             if rc != 0:
@@ -469,16 +634,55 @@ cdef class Depacketizer:
 
 @cython.final
 cdef class SSRCEntry:
-    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state."""
+    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state
+    (see ``fastvoice._rtp_py.SSRCEntry``)."""
 
     cdef public object ssrc
     cdef public object user_id
     cdef public object state
+    cdef readonly unsigned long long duplicates
+    cdef uint32_t _top
+    cdef uint64_t _window
+    cdef bint _seen
 
     def __init__(self, ssrc, user_id, state=None):
         self.ssrc = ssrc
         self.user_id = user_id
         self.state = state
+
+    def accept(self, sequence):
+        """True the first time ``sequence`` is seen within the last 64 packets; False (and
+        ``duplicates`` + 1) for a repeat."""
+        return self.c_accept(_c.check_uint("sequence", sequence, 16))
+
+    cdef bint c_accept(self, uint32_t seq) noexcept:
+        cdef uint32_t ahead, behind
+        cdef uint64_t bit
+        if not self._seen:
+            self._seen = True
+            self._top = seq
+            self._window = 1
+            return True
+        ahead = (seq - self._top) & 0xFFFF
+        if ahead == 0:
+            self.duplicates += 1
+            return False
+        if ahead < 0x8000:
+            self._window = (self._window << ahead) | 1 if ahead < 64 else 1
+            self._top = seq
+            return True
+        behind = (self._top - seq) & 0xFFFF
+        if behind >= 64:
+            # Far behind the window: a restarted stream, not a late copy. Start over.
+            self._top = seq
+            self._window = 1
+            return True
+        bit = (<uint64_t>1) << behind
+        if self._window & bit:
+            self.duplicates += 1
+            return False
+        self._window |= bit
+        return True
 
     def __repr__(self):
         return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
@@ -655,7 +859,9 @@ cdef class SSRCTable:
 
 def _native_reference_loop(mode, secret_key, bytes payload, long count, bint decrypt=False):
     """Benchmark ceiling: ``count`` packets packed and encrypted (or decrypted and stripped)
-    entirely in C, with no Python object per packet.  Not part of the API."""
+    entirely in C, with no Python object per packet, making the same libsodium calls as
+    the Packetizer/Depacketizer (for AES-256-GCM the precomputed-key API when this
+    libsodium exports it).  Not part of the API."""
     cdef int mode_no
     _, mode_no = _c.resolve_mode(mode, _aes_available)
     if mode_no > MODE_XCHACHA:
@@ -672,6 +878,9 @@ def _native_reference_loop(mode, secret_key, bytes payload, long count, bint dec
     cdef long i
     cdef int failures = 0
     cdef Py_ssize_t hlen
+    cdef _AesState aes
+    aes.raw = NULL
+    aes.ctx = NULL
     cdef aead_encrypt_fn enc = _aes_encrypt if mode_no == MODE_AES else _xchacha_encrypt
     cdef aead_decrypt_fn dec = _aes_decrypt if mode_no == MODE_AES else _xchacha_decrypt
     if pkt == NULL or plain == NULL:
@@ -679,6 +888,12 @@ def _native_reference_loop(mode, secret_key, bytes payload, long count, bint dec
         free(plain)
         raise MemoryError()
     try:
+        if mode_no == MODE_AES:
+            _aes_state_init(&aes, key)
+            if aes.ctx != NULL:
+                enc = _aes_encrypt_afternm
+                dec = _aes_decrypt_afternm
+                key = aes.ctx
         with nogil:
             memset(nonce, 0, 24)
             _write_header(pkt, 0, 0, 12345)
@@ -699,5 +914,11 @@ def _native_reference_loop(mode, secret_key, bytes payload, long count, bint dec
             raise RuntimeError("native reference decryption failed")
         return failures
     finally:
+        _aes_state_free(&aes)
         free(pkt)
         free(plain)
+
+
+def _uses_precomputed_aes():
+    """True when AES-256-GCM runs with the key expanded once per key.  Not part of the API."""
+    return _aes_beforenm != NULL and _aes_available

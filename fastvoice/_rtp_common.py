@@ -72,6 +72,11 @@ def check_uint(name: str, value: object, bits: int) -> int:
     return value
 
 
+def wiped_error(kind: str) -> RuntimeError:
+    """The error for using a Packetizer/Depacketizer after ``wipe()``."""
+    return RuntimeError(f"this {kind}'s secret key was wiped; create a new {kind} with the session's key")
+
+
 def packet_repr(p: object) -> str:
     """Shared ``repr`` of a Packet (payload shown by length only)."""
     ext = getattr(p, "extension_profile")

@@ -56,6 +56,8 @@ class Packet:
     RTP padding removed (an Opus frame, or a DAVE frame in an end-to-end encrypted
     call).  ``extension_profile`` is ``None`` when the packet carried no header
     extension; otherwise ``extension`` holds the decrypted extension body.
+    ``user_id`` is set by :meth:`Depacketizer.dispatch` (``None`` for an unmapped SSRC);
+    it is routing information and not part of packet equality.
     """
 
     __slots__ = (
@@ -68,6 +70,7 @@ class Packet:
         "csrcs",
         "extension_profile",
         "extension",
+        "user_id",
     )
 
     def __init__(
@@ -81,6 +84,7 @@ class Packet:
         csrcs: tuple[int, ...] = (),
         extension_profile: int | None = None,
         extension: bytes = b"",
+        user_id: int | None = None,
     ) -> None:
         self.sequence = sequence
         self.timestamp = timestamp
@@ -91,6 +95,7 @@ class Packet:
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
+        self.user_id = user_id
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Packet):
@@ -126,7 +131,7 @@ class Packetizer:
     seed's three ``xsalsa20_poly1305*`` modes.
     """
 
-    __slots__ = ("_ssrc", "_mode", "_mode_no", "_key", "_sequence", "_timestamp", "_nonce")
+    __slots__ = ("_ssrc", "_mode", "_mode_no", "_key", "_sequence", "_timestamp", "_nonce", "_wiped")
 
     def __init__(
         self,
@@ -144,6 +149,22 @@ class Packetizer:
         self._sequence = _c.check_uint("sequence", sequence, 16)
         self._timestamp = _c.check_uint("timestamp", timestamp, 32)
         self._nonce = _c.check_uint("nonce", nonce, 32)
+        self._wiped = False
+
+    def wipe(self) -> None:
+        """Forget the secret key now; later ``packetize`` calls raise.
+
+        The compiled twin zeroes its copy of the key. This pure-Python twin can only drop
+        its reference: Python ``bytes`` are immutable and PyNaCl copies keys per call, so
+        copies may remain in freed memory until it is reused.
+        """
+        self._key = b""
+        self._wiped = True
+
+    @property
+    def wiped(self) -> bool:
+        """True after :meth:`wipe`."""
+        return self._wiped
 
     @property
     def ssrc(self) -> int:
@@ -186,6 +207,8 @@ class Packetizer:
         """Encrypt ``opus`` into a complete RTP datagram and advance the counters."""
         if not isinstance(opus, bytes):
             opus = bytes(memoryview(opus))
+        if self._wiped:
+            raise _c.wiped_error("Packetizer")
         if len(opus) > _c.MAX_PAYLOAD:
             raise ValueError(f"payload of {len(opus)} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
         header = _HEADER.pack(0x80, 0x78, self._sequence, self._timestamp, self._ssrc)
@@ -224,11 +247,42 @@ class Depacketizer:
     the bytes.
     """
 
-    __slots__ = ("_mode", "_mode_no", "_key")
+    __slots__ = ("_mode", "_mode_no", "_key", "_wiped")
 
     def __init__(self, mode: EncryptionMode | str, secret_key: bytes) -> None:
         self._mode, self._mode_no = _c.resolve_mode(mode, aes256gcm_available())
         self._key = _c.check_key(secret_key)
+        self._wiped = False
+
+    def wipe(self) -> None:
+        """Forget the secret key now; later calls raise (see :meth:`Packetizer.wipe`)."""
+        self._key = b""
+        self._wiped = True
+
+    @property
+    def wiped(self) -> bool:
+        """True after :meth:`wipe`."""
+        return self._wiped
+
+    def dispatch(self, datagram: bytes, table: SSRCTable) -> Packet | None:
+        """Depacketize ``datagram`` and route it through ``table`` in one call.
+
+        Returns the :class:`Packet` with ``user_id`` set from the table (``None`` for an
+        SSRC not in it), or ``None`` when the datagram is not RTP audio or repeats a
+        packet already dispatched for its SSRC (counted in ``SSRCEntry.duplicates``).
+        Raises :class:`DecryptionFailedError` like :meth:`depacketize`.
+        """
+        if not isinstance(table, SSRCTable):
+            raise TypeError(f"table must be an SSRCTable, got {type(table).__name__}")
+        packet = self.depacketize(datagram)
+        if packet is None:
+            return None
+        entry = table._entries.get(packet.ssrc)
+        if entry is not None:
+            if not entry.accept(packet.sequence):
+                return None
+            packet.user_id = entry.user_id
+        return packet
 
     @property
     def mode(self) -> EncryptionMode:
@@ -238,6 +292,8 @@ class Depacketizer:
     def depacketize(self, datagram: bytes) -> Packet | None:
         """Return the :class:`Packet` in ``datagram``, or ``None`` if it is not RTP audio."""
         data = datagram if isinstance(datagram, bytes) else bytes(memoryview(datagram))
+        if self._wiped:
+            raise _c.wiped_error("Depacketizer")
         n = len(data)
         if n < 12:
             return None
@@ -324,15 +380,59 @@ class Depacketizer:
         return f"Depacketizer(mode={self._mode.value!r})"
 
 
-class SSRCEntry:
-    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state."""
+_WINDOW_MASK = (1 << 64) - 1
 
-    __slots__ = ("ssrc", "user_id", "state")
+
+class SSRCEntry:
+    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state.
+
+    It also remembers which of the last 64 sequence numbers were dispatched, so that a
+    repeated packet (network duplication, a replay) is delivered once: see :meth:`accept`.
+    """
+
+    __slots__ = ("ssrc", "user_id", "state", "_duplicates", "_top", "_window")
 
     def __init__(self, ssrc: int, user_id: int, state: object = None) -> None:
         self.ssrc = ssrc
         self.user_id = user_id
         self.state = state
+        self._duplicates = 0
+        self._top = -1
+        self._window = 0
+
+    @property
+    def duplicates(self) -> int:
+        """Packets refused by :meth:`accept` as repeats."""
+        return self._duplicates
+
+    def accept(self, sequence: int) -> bool:
+        """True the first time ``sequence`` is seen within the last 64 packets; False (and
+        ``duplicates`` + 1) for a repeat.
+
+        A sequence number more than 64 behind the newest one starts the window over (a
+        restarted stream rather than a late copy)."""
+        seq = _c.check_uint("sequence", sequence, 16)
+        if self._top < 0:
+            self._top, self._window = seq, 1
+            return True
+        ahead = (seq - self._top) & 0xFFFF
+        if ahead == 0:
+            self._duplicates += 1
+            return False
+        if ahead < 0x8000:
+            self._window = ((self._window << ahead) | 1) & _WINDOW_MASK if ahead < 64 else 1
+            self._top = seq
+            return True
+        behind = (self._top - seq) & 0xFFFF
+        if behind >= 64:
+            self._top, self._window = seq, 1
+            return True
+        bit = 1 << behind
+        if self._window & bit:
+            self._duplicates += 1
+            return False
+        self._window |= bit
+        return True
 
     def __repr__(self) -> str:
         return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"

@@ -410,7 +410,7 @@ class AudioReceiver:
 
     def open(self) -> None:
         """Start receiving (seed: ``Open``)."""
-        self._udp.set_packet_handler(self.handle_packet)
+        self._udp.set_packet_handler(self.handle_packet, self._ssrcs)
 
     def attach(self, udp: UDPConn) -> None:
         """Receive from ``udp`` from now on (a reconnect's new socket); the old one is released."""
@@ -420,12 +420,21 @@ class AudioReceiver:
         self.open()
 
     def handle_packet(self, packet: Packet) -> None:
-        """Route one decrypted packet to its user (called by the UDP connection)."""
-        entry = self._ssrcs.lookup(packet.ssrc)
-        if entry is None:
-            self._hold(packet)
-            return
-        self._deliver(entry.user_id, packet)
+        """Route one decrypted packet to its user (called by the UDP connection).
+
+        Packets routed by the UDP connection's dispatch table arrive with ``user_id`` set
+        and repeats already dropped; others are looked up (and de-duplicated) here.
+        """
+        user_id = packet.user_id
+        if user_id is None:
+            entry = self._ssrcs.lookup(packet.ssrc)
+            if entry is None:
+                self._hold(packet)
+                return
+            if not entry.accept(packet.sequence):
+                return
+            user_id = packet.user_id = entry.user_id
+        self._deliver(user_id, packet)
 
     def _deliver(self, user_id: int, packet: Packet) -> None:
         if self._filter is not None and not self._filter(user_id):
@@ -475,7 +484,9 @@ class AudioReceiver:
             self.dropped += len(pending.packets)
             return
         for packet in pending.packets:
-            self._deliver(entry.user_id, packet)
+            if entry.accept(packet.sequence):
+                packet.user_id = entry.user_id
+                self._deliver(entry.user_id, packet)
 
     def cleanup_user(self, user_id: int) -> None:
         """Op 13: forget the user's SSRCs and let the receiver free its state."""

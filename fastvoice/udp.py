@@ -14,7 +14,7 @@ from .constants import UDP_TIMEOUT
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError, IPDiscoveryError, VoiceError
 from .ipdiscovery import build_ip_discovery_request, is_ip_discovery_response, parse_ip_discovery_response
-from .rtp import Depacketizer, Packet, Packetizer
+from .rtp import Depacketizer, Packet, Packetizer, SSRCTable
 
 __all__ = ["UDPConn", "UDPConnConfig", "UDPConnCreateFunc", "UDPNotReadyError"]
 
@@ -47,9 +47,8 @@ class UDPConnConfig:
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, conn: UDPConn) -> None:
         self._conn = conn
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._conn._datagram_received(data, addr)
+        # The per-datagram entry point goes straight to the connection (one call less).
+        self.datagram_received = conn._datagram_received  # type: ignore[method-assign]
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable while the server restarts, ...) are transient for voice.
@@ -81,6 +80,7 @@ class UDPConn:
         self._queue: deque[Packet] = deque(maxlen=self._config.read_queue)
         self._readable = asyncio.Event()
         self._handler: Callable[[Packet], None] | None = None
+        self._table: SSRCTable | None = None
         self._raw_handler: Callable[[bytes], None] | None = None
         self._read_timeout: float | None = None
         self._closed = False
@@ -88,6 +88,8 @@ class UDPConn:
         self.decrypt_failures = 0
         #: Datagrams ignored: not audio, oversized, or from an unexpected address.
         self.ignored = 0
+        #: Repeated packets dropped (with a dispatch table, see ``set_packet_handler``).
+        self.duplicates = 0
 
     # -- properties -----------------------------------------------------------------
 
@@ -115,8 +117,10 @@ class UDPConn:
 
     @property
     def packetizer(self) -> Packetizer | None:
-        """The packetizer in use once a key is set (its counters give stream continuity)."""
-        return self._packetizer
+        """The packetizer in use once a key is set, ``None`` before that and after ``close``
+        (``stream_counters`` stays readable after close, for stream continuity)."""
+        p = self._packetizer
+        return None if p is None or p.wiped else p
 
     @property
     def stream_counters(self) -> tuple[int, int, int] | None:
@@ -195,15 +199,25 @@ class UDPConn:
             counters = previous.sequence, previous.timestamp, previous.nonce
         if counters is not None:
             packetizer.sequence, packetizer.timestamp, packetizer.nonce = counters
+        if previous is not None:
+            previous.wipe()
+        if self._depacketizer is not None:
+            self._depacketizer.wipe()
         self._packetizer = packetizer
         self._depacketizer = Depacketizer(mode, secret_key)
 
     def close(self) -> None:
-        """Close the socket; pending ``read_packet`` calls raise ``ConnectionError``."""
+        """Close the socket and wipe the session's secret key (see ``Packetizer.wipe``);
+        pending ``read_packet`` calls raise ``ConnectionError``."""
         self._closed = True
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
+        if self._packetizer is not None:
+            self._packetizer.wipe()
+        if self._depacketizer is not None:
+            self._depacketizer.wipe()
+            self._depacketizer = None
         if self._discovery is not None and not self._discovery.done():
             self._discovery.cancel()
         self._readable.set()
@@ -216,7 +230,7 @@ class UDPConn:
         Raises ``UDPNotReadyError`` before ``open`` and ``set_secret_key``.
         """
         transport = self._transport
-        packetizer = self._packetizer
+        packetizer = self.packetizer
         if transport is None or packetizer is None:
             raise UDPNotReadyError(
                 "cannot send audio: the UDP connection is "
@@ -232,9 +246,16 @@ class UDPConn:
 
     # -- receive --------------------------------------------------------------------
 
-    def set_packet_handler(self, handler: Callable[[Packet], None] | None) -> None:
-        """Push every decrypted audio packet to ``handler`` instead of queueing it for ``read_packet``."""
+    def set_packet_handler(self, handler: Callable[[Packet], None] | None, table: SSRCTable | None = None) -> None:
+        """Push every decrypted audio packet to ``handler`` instead of queueing it for ``read_packet``.
+
+        With ``table``, each datagram is depacketized and routed through it in one compiled
+        call (``Depacketizer.dispatch``): packets arrive with ``user_id`` set (``None`` for an
+        unmapped SSRC) and repeats of an already delivered packet are dropped and counted
+        (``duplicates``).
+        """
         self._handler = handler
+        self._table = table if handler is not None else None
 
     def set_raw_handler(self, handler: Callable[[bytes], None] | None) -> None:
         """Push every raw datagram from the server to ``handler`` (before any decryption)."""
@@ -259,14 +280,21 @@ class UDPConn:
         if depacketizer is None:
             self.ignored += 1
             return
+        table = self._table
         try:
-            packet = depacketizer.depacketize(data)
+            if table is not None:
+                packet = depacketizer.dispatch(data, table)
+            else:
+                packet = depacketizer.depacketize(data)
         except DecryptionFailedError as exc:
             self.decrypt_failures += 1
             self._config.logger.debug("dropped a voice packet: %s", exc)
             return
         if packet is None:
-            self.ignored += 1
+            if table is not None and depacketizer.depacketize(data) is not None:
+                self.duplicates += 1  # slow path, repeats only: told apart from non-audio
+            else:
+                self.ignored += 1
             return
         if self._handler is not None:
             self._handler(packet)
