@@ -74,6 +74,7 @@ cdef enum:
     MODE_XSALSA = 2
     MODE_XSALSA_SUFFIX = 3
     MODE_XSALSA_LITE = 4
+    MAX_PAYLOAD = 65507 - (12 + 16 + 24)  # _rtp_common.MAX_PAYLOAD, as a C constant
 
 
 cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
@@ -214,12 +215,13 @@ cdef class Packet:
     garbage collector: do not store objects that refer back to the packet in them.
     """
 
-    cdef public object sequence
-    cdef public object timestamp
-    cdef public object ssrc
+    # Header fields are kept as C integers and become Python ints only when read.
+    cdef uint32_t _sequence
+    cdef uint32_t _timestamp
+    cdef uint32_t _ssrc
+    cdef uint32_t _payload_type
+    cdef bint _marker
     cdef public object opus
-    cdef public object marker
-    cdef public object payload_type
     cdef public object csrcs
     cdef public object extension_profile
     cdef public object extension
@@ -227,28 +229,73 @@ cdef class Packet:
 
     def __init__(self, sequence, timestamp, ssrc, opus, marker=False, payload_type=0x78, csrcs=(),
                  extension_profile=None, extension=b"", user_id=None):
-        self.sequence = sequence
-        self.timestamp = timestamp
-        self.ssrc = ssrc
+        self._sequence = _c.check_uint("sequence", sequence, 16)
+        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
+        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
         self.opus = opus
-        self.marker = marker
-        self.payload_type = payload_type
+        self._marker = bool(marker)
+        self._payload_type = _c.check_uint("payload_type", payload_type, 7)
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
         self.user_id = user_id
+
+    @property
+    def sequence(self):
+        """RTP sequence number (u16)."""
+        return self._sequence
+
+    @sequence.setter
+    def sequence(self, value):
+        self._sequence = _c.check_uint("sequence", value, 16)
+
+    @property
+    def timestamp(self):
+        """RTP timestamp (u32, 48 kHz)."""
+        return self._timestamp
+
+    @timestamp.setter
+    def timestamp(self, value):
+        self._timestamp = _c.check_uint("timestamp", value, 32)
+
+    @property
+    def ssrc(self):
+        """The sender's SSRC."""
+        return self._ssrc
+
+    @ssrc.setter
+    def ssrc(self, value):
+        self._ssrc = _c.check_uint("ssrc", value, 32)
+
+    @property
+    def marker(self):
+        """The RTP marker bit."""
+        return self._marker
+
+    @marker.setter
+    def marker(self, value):
+        self._marker = bool(value)
+
+    @property
+    def payload_type(self):
+        """The RTP payload type (0x78 for Opus)."""
+        return self._payload_type
+
+    @payload_type.setter
+    def payload_type(self, value):
+        self._payload_type = _c.check_uint("payload_type", value, 7)
 
     def __eq__(self, other):
         if not isinstance(other, Packet):
             return NotImplemented
         cdef Packet o = <Packet>other
         return (
-            self.sequence == o.sequence
-            and self.timestamp == o.timestamp
-            and self.ssrc == o.ssrc
+            self._sequence == o._sequence
+            and self._timestamp == o._timestamp
+            and self._ssrc == o._ssrc
             and self.opus == o.opus
-            and self.marker == o.marker
-            and self.payload_type == o.payload_type
+            and self._marker == o._marker
+            and self._payload_type == o._payload_type
             and self.csrcs == o.csrcs
             and self.extension_profile == o.extension_profile
             and self.extension == o.extension
@@ -359,8 +406,8 @@ cdef class Packetizer:
         try:
             if self._wiped:
                 raise _c.wiped_error("Packetizer")
-            if mlen > _c.MAX_PAYLOAD:
-                raise ValueError(f"payload of {mlen} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
+            if mlen > MAX_PAYLOAD:
+                raise ValueError(f"payload of {mlen} bytes exceeds the maximum of {MAX_PAYLOAD}")
             return self._packetize(m, mlen)
         finally:
             if have_view:
@@ -499,9 +546,9 @@ cdef class Depacketizer:
         if result is None:
             return None
         pkt = <Packet>result
-        entry = table.c_lookup(<uint32_t>pkt.ssrc)
+        entry = table.c_lookup(pkt._ssrc)
         if entry is not None:
-            if not entry.c_accept(<uint32_t>pkt.sequence):
+            if not entry.c_accept(pkt._sequence):
                 return None
             pkt.user_id = entry.user_id
         return pkt
@@ -615,12 +662,12 @@ cdef class Depacketizer:
             if words == 0 or words > end - start:
                 raise DecryptionFailedError(f"malformed packet: invalid padding count {words}")
             end -= words
-        pkt.sequence = _get_u16(data + 2)
-        pkt.timestamp = _get_u32(data + 4)
-        pkt.ssrc = _get_u32(data + 8)
+        pkt._sequence = _get_u16(data + 2)
+        pkt._timestamp = _get_u32(data + 4)
+        pkt._ssrc = _get_u32(data + 8)
         pkt.opus = PyBytes_FromStringAndSize(<char *>plain + start, end - start)
-        pkt.marker = bool(b1 & 0x80)
-        pkt.payload_type = b1 & 0x7F
+        pkt._marker = (b1 & 0x80) != 0
+        pkt._payload_type = b1 & 0x7F
         if cc:
             pkt.csrcs = tuple([_get_u32(csrc_src + 4 * i) for i in range(cc)])
         else:

@@ -61,12 +61,12 @@ class Packet:
     """
 
     __slots__ = (
-        "sequence",
-        "timestamp",
-        "ssrc",
+        "_sequence",
+        "_timestamp",
+        "_ssrc",
         "opus",
-        "marker",
-        "payload_type",
+        "_marker",
+        "_payload_type",
         "csrcs",
         "extension_profile",
         "extension",
@@ -86,16 +86,73 @@ class Packet:
         extension: bytes = b"",
         user_id: int | None = None,
     ) -> None:
-        self.sequence = sequence
-        self.timestamp = timestamp
-        self.ssrc = ssrc
+        self._sequence = _c.check_uint("sequence", sequence, 16)
+        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
+        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
         self.opus = opus
-        self.marker = marker
-        self.payload_type = payload_type
+        self._marker = bool(marker)
+        self._payload_type = _c.check_uint("payload_type", payload_type, 7)
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
         self.user_id = user_id
+
+    @classmethod
+    def _from_wire(
+        cls, sequence: int, timestamp: int, ssrc: int, opus: bytes, marker: bool, payload_type: int,
+        csrcs: tuple[int, ...], extension_profile: int | None, extension: bytes,
+    ) -> Packet:
+        # Values parsed from a header are in range by construction: skip the checks.
+        p = cls.__new__(cls)
+        p._sequence, p._timestamp, p._ssrc, p.opus = sequence, timestamp, ssrc, opus
+        p._marker, p._payload_type, p.csrcs = marker, payload_type, csrcs
+        p.extension_profile, p.extension, p.user_id = extension_profile, extension, None
+        return p
+
+    @property
+    def sequence(self) -> int:
+        """RTP sequence number (u16)."""
+        return self._sequence
+
+    @sequence.setter
+    def sequence(self, value: int) -> None:
+        self._sequence = _c.check_uint("sequence", value, 16)
+
+    @property
+    def timestamp(self) -> int:
+        """RTP timestamp (u32, 48 kHz)."""
+        return self._timestamp
+
+    @timestamp.setter
+    def timestamp(self, value: int) -> None:
+        self._timestamp = _c.check_uint("timestamp", value, 32)
+
+    @property
+    def ssrc(self) -> int:
+        """The sender's SSRC."""
+        return self._ssrc
+
+    @ssrc.setter
+    def ssrc(self, value: int) -> None:
+        self._ssrc = _c.check_uint("ssrc", value, 32)
+
+    @property
+    def marker(self) -> bool:
+        """The RTP marker bit."""
+        return self._marker
+
+    @marker.setter
+    def marker(self, value: bool) -> None:
+        self._marker = bool(value)
+
+    @property
+    def payload_type(self) -> int:
+        """The RTP payload type (0x78 for Opus)."""
+        return self._payload_type
+
+    @payload_type.setter
+    def payload_type(self, value: int) -> None:
+        self._payload_type = _c.check_uint("payload_type", value, 7)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Packet):
@@ -374,7 +431,9 @@ class Depacketizer:
             if pad == 0 or pad > end - start:
                 raise DecryptionFailedError(f"malformed packet: invalid padding count {pad}")
             end -= pad
-        return Packet(sequence, timestamp, ssrc, plain[start:end], bool(b1 & 0x80), b1 & 0x7F, csrcs, profile, extension)
+        return Packet._from_wire(
+            sequence, timestamp, ssrc, plain[start:end], bool(b1 & 0x80), b1 & 0x7F, csrcs, profile, extension
+        )
 
     def __repr__(self) -> str:
         return f"Depacketizer(mode={self._mode.value!r})"

@@ -226,3 +226,27 @@ def test_packet_value_semantics(rtp):
     with pytest.raises(TypeError):
         hash(a)
     assert "opus=<2 bytes>" in repr(a)
+
+
+def test_packet_fields_are_validated(rtp):
+    p = rtp.Packet(65535, 2**32 - 1, 2**32 - 1, b"", marker=1, payload_type=127)
+    assert (p.sequence, p.timestamp, p.ssrc, p.marker, p.payload_type) == (65535, 2**32 - 1, 2**32 - 1, True, 127)
+    with pytest.raises(ValueError, match="sequence must be in 0..65535, got 65536"):
+        rtp.Packet(65536, 0, 0, b"")
+    with pytest.raises(ValueError, match="payload_type must be in 0..127"):
+        rtp.Packet(0, 0, 0, b"", payload_type=128)
+    with pytest.raises(TypeError, match="ssrc must be an int"):
+        p.ssrc = "5"
+    with pytest.raises(ValueError, match="timestamp"):
+        p.timestamp = -1
+    p.sequence, p.marker = 9, 0
+    assert (p.sequence, p.marker) == (9, False)
+
+
+def test_payload_size_limit_is_exact(rtp):
+    from fastvoice._rtp_common import MAX_PAYLOAD
+
+    p = rtp.Packetizer(1, ref.XCHACHA, KEY)
+    assert len(p.packetize(bytes(MAX_PAYLOAD))) == 12 + MAX_PAYLOAD + 16 + 4
+    with pytest.raises(ValueError, match=f"{MAX_PAYLOAD + 1} bytes exceeds the maximum of {MAX_PAYLOAD}"):
+        p.packetize(bytes(MAX_PAYLOAD + 1))
