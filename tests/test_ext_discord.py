@@ -29,7 +29,7 @@ from fastvoice.audio import SendClock  # noqa: E402
 from fastvoice.conn import ConnConfig  # noqa: E402
 from fastvoice.gateway import GatewayConfig  # noqa: E402
 from fastvoice.manager import Manager, ManagerConfig  # noqa: E402
-from fastvoice.opus import OpusWriter  # noqa: E402
+from fastvoice.opus import OpusReader  # noqa: E402
 from fastvoice.testing import MainGatewayStandIn, VoiceServer  # noqa: E402
 
 GUILD = 81384788765712384
@@ -72,8 +72,6 @@ class StandInShard:
 
 def opus_reader(frames):
     import io
-
-    from fastvoice.opus import OpusReader
 
     return OpusReader(io.BytesIO(b"".join(struct.pack("<I", len(f)) + f for f in frames)))
 
@@ -481,24 +479,37 @@ async def test_listen_receives_another_users_frames(server, bot):
         await vc.disconnect()
 
 
-async def test_recording_to_length_prefixed_files_with_opus_writer(server, bot, tmp_path):
+async def test_the_recorder_example_writes_one_file_per_user(server, bot, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    recorder = __import__("recorder")
     _, guild = bot
     vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
-    path = tmp_path / "other.dca"
-    with open(path, "wb") as out:
-        vc.listen(OpusWriter(out, user_filter=lambda user_id: user_id == OTHER))
-        main = MainGatewayStandIn(server, OTHER)
-        other = Manager(main.update_voice_state, OTHER, conn_config=ConnConfig(open_timeout=5))
-        main.attach(other)
+    files = recorder.PerUserFiles(tmp_path / "rec")
+    vc.listen(files)
+    main = MainGatewayStandIn(server, OTHER)
+    other = Manager(main.update_voice_state, OTHER, conn_config=ConnConfig(open_timeout=5))
+    main.attach(other)
+    try:
         speaker = other.create_conn(GUILD)
         await speaker.open(VOICE_A)
-        speaker.set_opus_frame_provider(opus_reader([b"\xfcab", b"\xfccd"]))
-        await server.wait_for(lambda: len(server.packets(speaker.udp.ssrc)) >= 7)
+        frames = [b"\xfc" + os.urandom(20) + bytes([i]) for i in range(10)]
+        speaker.set_opus_frame_provider(opus_reader(frames))
+        await server.wait_for(lambda: len(server.packets(speaker.udp.ssrc)) >= 15)
+        await wait_until(lambda: OTHER in files._files)
         await asyncio.sleep(0.1)
+    finally:
         await other.close()
         await vc.disconnect()
-    data = path.read_bytes()
-    assert data.startswith(struct.pack("<I", 3) + b"\xfcab" + struct.pack("<I", 3) + b"\xfccd")
+    assert files._files == {}  # closed with the connection
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"{OTHER}.dca"]
+    with open(tmp_path / "rec" / f"{OTHER}.dca", "rb") as stream:
+        reader = OpusReader(stream)
+        played = []
+        with pytest.raises(EOFError):
+            while True:
+                played.append(reader.provide_opus_frame())
+    assert played == frames + [SILENCE] * 5
+    sys.modules.pop("recorder", None)
 
 
 # -- PCM and ffmpeg sources ---------------------------------------------------------------------------

@@ -38,10 +38,9 @@ import asyncio
 import inspect
 import logging
 import os
-import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import discord
@@ -49,13 +48,18 @@ from discord import opus as _discord_opus
 from discord.errors import ClientException
 from discord.player import AudioSource, FFmpegAudio, FFmpegOpusAudio, FFmpegPCMAudio
 
+try:  # py-cord 2.7+ moved it (the old name warns)
+    from discord.voice import VoiceProtocol as _VoiceProtocol
+except ImportError:  # discord.py
+    from discord import VoiceProtocol as _VoiceProtocol
+
 from ..conn import Conn
 from ..errors import VoiceError
 from ..gateway_messages import GatewayMessageData, GatewayMessageDataSessionDescription, Opcode
 from ..manager import Manager, ManagerConfig
 from ..opus import MAX_OPUS_FRAME, OpusFrameProvider, OpusFrameReceiver
 
-__all__ = ["VoiceClient", "get_manager", "PCM_FRAME_BYTES", "READ_AHEAD_FRAMES"]
+__all__ = ["PCM_FRAME_BYTES", "READ_AHEAD_FRAMES", "VoiceClient", "get_manager"]
 
 _log = logging.getLogger("fastvoice.ext.discord")
 
@@ -491,7 +495,22 @@ class _Playback:
 # -- the VoiceProtocol ----------------------------------------------------------------------------
 
 
-class VoiceClient(discord.VoiceProtocol):
+def _voice_state_payload(data: Any, user_id: int) -> Mapping[str, Any]:
+    """The VOICE_STATE_UPDATE payload: discord.py passes the raw dict, py-cord 2.7+ an event object."""
+    if isinstance(data, Mapping):
+        return data
+    return {"guild_id": data.guild_id, "channel_id": data.channel_id, "session_id": data.session_id,
+            "user_id": user_id}
+
+
+def _voice_server_payload(data: Any) -> Mapping[str, Any]:
+    """The VOICE_SERVER_UPDATE payload (a dict, or py-cord 2.7+'s event object)."""
+    if isinstance(data, Mapping):
+        return data
+    return {"guild_id": data.guild_id, "token": data.token, "endpoint": data.endpoint}
+
+
+class VoiceClient(_VoiceProtocol):
     """A discord.py voice client backed by a fastvoice :class:`~fastvoice.Conn`.
 
     Use it as ``vc = await channel.connect(cls=fastvoice.ext.discord.VoiceClient)``; discord.py
@@ -519,10 +538,11 @@ class VoiceClient(discord.VoiceProtocol):
 
     # -- what discord.py calls ------------------------------------------------------------------
 
-    async def on_voice_state_update(self, data: dict[str, Any], /) -> None:
-        """The bot's VOICE_STATE_UPDATE for this guild (raw payload), from discord.py."""
+    async def on_voice_state_update(self, data: Any, /) -> None:
+        """The bot's VOICE_STATE_UPDATE for this guild (the raw payload), from discord.py."""
         try:
-            self._manager.handle_voice_state_update(data)
+            data = _voice_state_payload(data, self._manager.user_id)
+            self._manager.handle_voice_state_update(dict(data))
             channel_id = data.get("channel_id")
             channel_id = None if channel_id is None else int(channel_id)
         except (AttributeError, TypeError, ValueError) as exc:
@@ -538,10 +558,10 @@ class VoiceClient(discord.VoiceProtocol):
             self.channel = channel
         self._notify()
 
-    async def on_voice_server_update(self, data: dict[str, Any], /) -> None:
-        """A VOICE_SERVER_UPDATE for this guild (raw payload), from discord.py."""
+    async def on_voice_server_update(self, data: Any, /) -> None:
+        """A VOICE_SERVER_UPDATE for this guild (the raw payload), from discord.py."""
         try:
-            self._manager.handle_voice_server_update(data)
+            self._manager.handle_voice_server_update(dict(_voice_server_payload(data)))
         except (AttributeError, TypeError, ValueError) as exc:
             _log.warning("guild %d: ignoring a malformed VOICE_SERVER_UPDATE: %s", self._guild_id, exc)
 
