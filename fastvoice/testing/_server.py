@@ -167,6 +167,8 @@ class ServerConnection:
         self.close_code: int | None = None
         #: True once the connection has ended.
         self.closed = False
+        #: ``time.monotonic()`` when the connection ended (``None`` while open).
+        self.closed_at: float | None = None
         self._ws = ws
         self._request = request
         self._inbound = 0
@@ -225,6 +227,25 @@ class ServerConnection:
         transport = self._request.transport
         if transport is not None:
             transport.abort()
+
+    def announce_frame(self, length: int, *, binary: bool = False) -> None:
+        """Write the header of an unmasked, final frame announcing ``length`` payload bytes, and no payload.
+
+        For hostile-peer tests: a client must refuse a frame larger than its limit from the
+        header alone, without waiting for (or buffering) the payload.
+        """
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length < 2**63:
+            raise ValueError(f"length must be an int in 0..2**63-1, got {length!r}")
+        first = 0x82 if binary else 0x81
+        if length < 126:
+            header = struct.pack(">BB", first, length)
+        elif length < 2**16:
+            header = struct.pack(">BBH", first, 126, length)
+        else:
+            header = struct.pack(">BBQ", first, 127, length)
+        transport = self._request.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(header)
 
     def _record(self, direction: str, op: int, data: Any, seq: int | None, raw: str | bytes) -> None:
         self.messages.append(RecordedMessage(direction, op, data, seq, time.monotonic(), raw))
@@ -395,9 +416,13 @@ class VoiceServer:
     - ``strict_auth``: only accept sessions registered with :meth:`voice_updates` (else 4004).
     - ``session_timeout``: seconds a dropped session stays resumable.
     - ``udp_loss``, ``udp_duplicate``, ``udp_reorder`` (probabilities) and ``udp_delay``
-      (seconds): applied to datagrams the server sends to clients.
+      (seconds): applied to datagrams the server sends to clients. ``udp_reorder_window``
+      (default 1): a datagram held back by ``udp_reorder`` goes out after 1 to that many
+      later ones. :meth:`stall_udp` holds every datagram to clients for a while, then
+      releases them at once (a network stall).
     - :meth:`refuse_next_resume`, :meth:`close_next_connection`; per connection or
-      session: ``close``, ``close_after``, ``drop``, ``inject_datagram``, ``send_raw``.
+      session: ``close``, ``close_after``, ``drop``, ``inject_datagram``, ``send_raw``;
+      per connection: ``announce_frame`` (a hostile frame header) and ``closed_at``.
 
     Recordings: ``connections`` (every frame both ways), ``sessions``,
     :meth:`packets` (per SSRC, arrival time and decrypted payload) and
@@ -440,6 +465,11 @@ class VoiceServer:
         self._udp_duplicate = 0.0
         self._udp_reorder = 0.0
         self._udp_delay = 0.0
+        self._udp_reorder_window = 1
+        self._held_for = 0
+        self._stall_until = 0.0
+        self._stalled: list[tuple[tuple[str, int], bytes]] = []
+        self._stall_timer: asyncio.TimerHandle | None = None
         #: Every websocket connection, in order of arrival.
         self.connections: list[ServerConnection] = []
         #: Every voice session, in order of creation.
@@ -506,6 +536,38 @@ class VoiceServer:
         self._udp_reorder = self._rate("udp_reorder", value)
 
     @property
+    def udp_reorder_window(self) -> int:
+        """A datagram held back by ``udp_reorder`` is sent after 1 to this many later datagrams."""
+        return self._udp_reorder_window
+
+    @udp_reorder_window.setter
+    def udp_reorder_window(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"udp_reorder_window must be an int >= 1, got {value!r}")
+        self._udp_reorder_window = value
+
+    def stall_udp(self, seconds: float) -> None:
+        """Hold every datagram sent to clients for ``seconds``, then send them all at once, in order.
+
+        Models a network stall (a jitter spike): nothing is lost, everything arrives late
+        and in a burst. A stall started during another one extends it.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"stall seconds must be a positive number, got {seconds!r}")
+        loop = asyncio.get_running_loop()
+        self._stall_until = max(self._stall_until, loop.time() + seconds)
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self._stall_timer = loop.call_at(self._stall_until, self._end_stall)
+
+    def _end_stall(self) -> None:
+        self._stall_timer = None
+        self._stall_until = 0.0
+        stalled, self._stalled = self._stalled, []
+        for addr, data in stalled:
+            self._udp_send_now(addr, data)
+
+    @property
     def udp_delay(self) -> float:
         """Seconds every datagram sent to a client is delayed by."""
         return self._udp_delay
@@ -565,6 +627,10 @@ class VoiceServer:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._stalled.clear()
         for conn in self.connections:
             for timer in conn._timers:
                 timer.cancel()
@@ -829,6 +895,7 @@ class VoiceServer:
 
     def _connection_ended(self, conn: ServerConnection, ws: web.WebSocketResponse) -> None:
         conn.closed = True
+        conn.closed_at = time.monotonic()
         for timer in conn._timers:
             timer.cancel()
         if conn.close_code is None and ws.close_code is not None and ws.close_code != 1006:
@@ -1187,10 +1254,14 @@ class VoiceServer:
         copies = 2 if self.udp_duplicate and rng.random() < self.udp_duplicate else 1
         out: list[tuple[tuple[str, int], bytes]] = [(addr, data)] * copies
         if self._held is not None:
-            out.append(self._held)
-            self._held = None
+            self._held_for -= 1
+            if self._held_for <= 0:
+                out.append(self._held)
+                self._held = None
         elif self.udp_reorder and rng.random() < self.udp_reorder:
             self._held = out.pop(0)
+            window = self._udp_reorder_window
+            self._held_for = 1 if window == 1 else rng.randint(1, window)
             if not out:
                 return
         for target, payload in out:
@@ -1206,5 +1277,8 @@ class VoiceServer:
         self._udp_send_now(addr, data)
 
     def _udp_send_now(self, addr: tuple[str, int], data: bytes) -> None:
+        if self._stall_timer is not None:
+            self._stalled.append((addr, data))
+            return
         if self._udp is not None:
             self._udp.sendto(data, addr)
