@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import os
-import struct
 import sys
 import time
 
@@ -17,46 +15,9 @@ from fastvoice.audio import SendClock
 from fastvoice.conn import ConnConfig, ConnOpenError
 from fastvoice.gateway import GatewayConfig
 from fastvoice.manager import Manager
-from fastvoice.opus import OpusReader
-from fastvoice.testing import MainGatewayStandIn, VoiceServer
+from fastvoice.testing import VoiceServer
 
-SILENCE = b"\xf8\xff\xfe"
-
-
-def make_manager(server, user_id, **conn_options):
-    main = MainGatewayStandIn(server, user_id)
-    conn_options.setdefault("gateway_config", GatewayConfig(backoff_base=0.05))
-    config = ConnConfig(open_timeout=5, **conn_options)
-    manager = Manager(main.update_voice_state, user_id, conn_config=config)
-    main.attach(manager)
-    return main, manager
-
-
-class Collect:
-    def __init__(self):
-        self.frames = []
-        self.cleaned = []
-
-    def receive_opus_frame(self, user_id, packet):
-        self.frames.append((user_id, packet.opus))
-
-    def cleanup_user(self, user_id):
-        self.cleaned.append(user_id)
-
-    def close(self):
-        pass
-
-
-def opus_stream(frames):
-    return OpusReader(io.BytesIO(b"".join(struct.pack("<I", len(f)) + f for f in frames)))
-
-
-async def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+from _calls import SILENCE, Collect, make_manager, opus_stream, wait_until
 
 
 async def test_two_bots_in_one_channel_exchange_audio():
