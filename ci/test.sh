@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 export FASTVOICE_REQUIRE_EXTENSIONS=1   # a silently pure build must fail CI
 python --version
 
+echo "::: ffmpeg (with libopus) for the audio input tests"
+export FASTVOICE_REQUIRE_FFMPEG=1       # a missing ffmpeg fails its tests instead of skipping them
+if ! command -v ffmpeg >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends ffmpeg
+fi
+ffmpeg -hide_banner -encoders 2>/dev/null | grep libopus >/dev/null || { echo "ffmpeg lacks libopus" >&2; exit 1; }
+
 echo "::: install and run the demo (README)"
 pip install -e ".[test]" && python -m fastvoice demo
 

@@ -143,3 +143,22 @@ __all__ += [
 from .dave import DAVE_PROTOCOL_VERSION, DaveManager, DaveStats, DaveUnavailableError
 
 __all__ += ["DAVE_PROTOCOL_VERSION", "DaveManager", "DaveStats", "DaveUnavailableError"]
+
+# --- audio inputs: Ogg Opus, ffmpeg, fan-out ---
+from .fanout import FanOut, FanOutSubscription
+from .ffmpeg import FFmpegError, FFmpegNotFoundError, FFmpegOpusProvider
+from .ogg import AsyncOggOpusReader, OggError, OggOpusDemuxer, OggOpusReader, OpusHead, OpusTags
+
+__all__ += [
+    "AsyncOggOpusReader",
+    "FanOut",
+    "FanOutSubscription",
+    "FFmpegError",
+    "FFmpegNotFoundError",
+    "FFmpegOpusProvider",
+    "OggError",
+    "OggOpusDemuxer",
+    "OggOpusReader",
+    "OpusHead",
+    "OpusTags",
+]
