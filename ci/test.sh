@@ -31,3 +31,6 @@ python ci/fuzz.py --target all --seconds 120
 
 echo "::: benchmarks, smoke run"
 FASTVOICE_BENCH_CONNECTIONS=10 FASTVOICE_BENCH_SECONDS=1 python -m pytest bench --benchmark-disable -q
+
+echo "::: the discord.py adapter on discord.py forks (py-cord)"
+bash ci/forks.sh
