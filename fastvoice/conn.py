@@ -582,6 +582,14 @@ class Conn:
         if gateway is not self._gateway:
             return
         self._log.warning("guild %d: voice gateway stopped: %s", self._guild_id, error)
+        # The voice session is over: stop sending audio into it and release the socket. A later
+        # voice server update (a move after 4014) still reconnects: ``_connected_with`` is kept.
+        udp, self._udp = self._udp, None
+        if udp is not None:
+            self._counters = udp.stream_counters or self._counters
+            udp.close()
+        if self._sender is not None:
+            self._sender.reset_session()
         if self._audio_ready is not None and not self._audio_ready.done():
             self._audio_ready.set_exception(error)
             self._audio_ready.exception()  # open() may already have given up
