@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import statistics
 import struct
@@ -160,7 +161,7 @@ async def open_call(server, *, listener=True, sink=None, backoff=0.02, guild=GUI
 
 
 def intervals_ms(packets) -> list[float]:
-    return [(b.arrival - a.arrival) * 1000 for a, b in zip(packets, packets[1:])]
+    return [(b.arrival - a.arrival) * 1000 for a, b in itertools.pairwise(packets)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -621,8 +622,8 @@ async def test_udp_faults_leave_the_sender_paced_and_raise_nothing():
     unique = set(counters)
     assert unique <= set(range(frames))
     assert 0.75 * frames <= len(unique) < frames, f"{len(unique)} of {frames} frames arrived"
-    assert any(b < a for a, b in zip(counters, counters[1:])), "no reordering was seen"
-    gaps = [b - a for a, b in zip(run["arrivals"], run["arrivals"][1:])]
+    assert any(b < a for a, b in itertools.pairwise(counters)), "no reordering was seen"
+    gaps = [b - a for a, b in itertools.pairwise(run["arrivals"])]
     assert sum(1 for g in gaps if g >= 0.15) >= 2, "the two stalls were not seen"
     # ...while the speaker's stream, measured at the server before the faults, stayed paced.
     intervals = run["intervals"]
