@@ -33,6 +33,8 @@ from fastvoice.opus import OpusReader  # noqa: E402
 from fastvoice.testing import MainGatewayStandIn, VoiceServer  # noqa: E402
 
 GUILD = 81384788765712384
+GUILD_2 = 81384788765712500
+VOICE_2 = 81384788765712501
 VOICE_A = 81384788765712390
 VOICE_B = 81384788765712391
 BOT = 159985870458322944
@@ -89,6 +91,9 @@ def make_client(server: VoiceServer, user_id: int = BOT, **gateway_options):
     ]
     guild = discord.Guild(data={"id": str(GUILD), "name": "g", "channels": channels}, state=state)
     state._add_guild(guild)
+    state._add_guild(discord.Guild(data={"id": str(GUILD_2), "name": "g2", "channels": [
+        {"id": str(VOICE_2), "type": 2, "name": "c", "position": 0, "guild_id": str(GUILD_2), "bitrate": 64000,
+         "user_limit": 0, "permission_overwrites": []}]}, state=state))
     client.ws = StandInShard(client, server, user_id)
     fvd.get_manager(client, ManagerConfig(
         conn_config=ConnConfig(open_timeout=5, gateway_config=GatewayConfig(backoff_base=0.05, **gateway_options))))
@@ -349,6 +354,36 @@ async def test_latency_from_the_voice_gateway_heartbeats(server, bot):
     assert vc.latency == math.inf
 
 
+async def test_two_guilds_share_one_manager_and_after_can_queue_the_next_song(server, bot):
+    client, guild = bot
+    guild_2 = client.get_guild(GUILD_2)
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    vc_2 = await guild_2.get_channel(VOICE_2).connect(cls=fvd.VoiceClient, timeout=5, self_deaf=True)
+    assert vc.manager is vc_2.manager and len(vc.manager) == 2
+    assert guild.voice_client is vc and guild_2.voice_client is vc_2
+    assert client.ws.stand_in.requests[-1] == (GUILD_2, VOICE_2, False, True)
+
+    queue = [Frames([b"\xfcsong-2"]), Frames([b"\xfcsong-3"])]
+    finished = []
+
+    def next_song(error):
+        finished.append(error)
+        if queue:
+            vc.play(queue.pop(0), after=next_song)
+
+    vc.play(Frames([b"\xfcsong-1"]), after=next_song)
+    vc_2.play(Frames([b"\xfcother-guild"] * 3))
+    await wait_until(lambda: len(finished) == 3)
+    ssrc, ssrc_2 = vc.conn.udp.ssrc, vc_2.conn.udp.ssrc
+    await server.wait_for(lambda: len(server.packets(ssrc_2)) >= 8)
+    songs = [p.opus for p in server.packets(ssrc) if p.opus != SILENCE]
+    assert songs == [b"\xfcsong-1", b"\xfcsong-2", b"\xfcsong-3"] and finished == [None] * 3
+    assert [p.opus for p in server.packets(ssrc_2)] == [b"\xfcother-guild"] * 3 + [SILENCE] * 5
+    await vc.disconnect()
+    assert guild_2.voice_client is vc_2 and vc_2.is_connected() and len(vc.manager) == 1
+    await vc_2.disconnect()
+
+
 # -- moving and leaving ------------------------------------------------------------------------------
 
 
@@ -373,6 +408,23 @@ async def test_move_to_another_channel_keeps_streaming(server, bot):
     await vc.move_to(guild.get_channel(VOICE_B))  # already there: nothing to do
     await vc.move_to(None)  # discord.py: moving to None disconnects
     assert guild.voice_client is None and not vc.is_connected()
+
+
+async def test_moved_by_someone_else_follows_the_channel(server, bot):
+    client, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    first = server.session_for_user(BOT)
+    vc.play(Frames())
+    await server.wait_for(lambda: len(first.packets) >= 5)
+    # a moderator drags the bot: Discord sends the new voice state and server, nobody called move_to
+    await client.ws.stand_in.update_voice_state(GUILD, VOICE_B)
+    await wait_until(lambda: vc.channel.id == VOICE_B)
+    await server.wait_for(lambda: server.session_for_user(BOT) is not first)
+    second = server.session_for_user(BOT)
+    await server.wait_for(lambda: len(second.packets) >= 5, timeout=5)
+    assert second.channel_id == VOICE_B and vc.is_playing() and guild.voice_client is vc
+    assert numbered(second.packets)[0] > numbered(first.packets)[-1]
+    await vc.disconnect()
 
 
 async def test_disconnect_releases_everything(server, bot):
@@ -612,21 +664,20 @@ async def test_ffmpeg_failing_on_a_missing_file_reports_the_error(server, bot, t
     await vc.disconnect()
 
 
-def test_ogg_packets_across_pages_and_headers():
-    def page(segments: list[int], body: bytes) -> bytes:
-        return b"OggS" + bytes([0, 0]) + bytes(8 + 4 + 4 + 4) + bytes([len(segments)]) + bytes(segments) + body
+@pytest.mark.skipif(shutil.which("echo") is None, reason="no echo executable")
+async def test_an_ffmpeg_pipe_that_is_not_ogg_ends_with_the_demuxer_error(server, bot):
+    from fastvoice.ogg import OggError
 
-    head, tags = b"OpusHead" + bytes(11), b"OpusTags" + bytes(8)
-    big = bytes(range(256)) * 2  # 512 bytes: laced 255 + 255 + 2, continued onto the next page
-    stream = (page([len(head)], head) + page([len(tags)], tags)
-              + page([3, 255, 255], b"\xfcab" + big[:510]) + page([2, 1], big[510:] + b"\xfc"))
-    splitter = fvd._OggPackets()
-    out = []
-    for i in range(0, len(stream), 7):  # arriving in small pieces
-        out += splitter.feed(stream[i:i + 7])
-    assert out == [b"\xfcab", big, b"\xfc"]
-    with pytest.raises(ValueError, match="OggS"):
-        fvd._OggPackets().feed(b"RIFF" + bytes(40))
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    errors = []
+    # "ffmpeg" that prints its arguments instead of an Ogg stream
+    source = discord.FFmpegOpusAudio("input.mp3", executable=shutil.which("echo"))
+    vc.play(source, after=errors.append)
+    await wait_until(lambda: errors, timeout=5)
+    assert len(errors) == 1 and isinstance(errors[0], OggError) and "OggS" in str(errors[0])
+    assert source._process is not None and vc.is_connected() and not vc.is_playing()
+    await vc.disconnect()
 
 
 # -- examples -------------------------------------------------------------------------------------

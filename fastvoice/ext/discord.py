@@ -57,7 +57,8 @@ from ..conn import Conn
 from ..errors import VoiceError
 from ..gateway_messages import GatewayMessageData, GatewayMessageDataSessionDescription, Opcode
 from ..manager import Manager, ManagerConfig
-from ..opus import MAX_OPUS_FRAME, OpusFrameProvider, OpusFrameReceiver
+from ..ogg import OggOpusDemuxer
+from ..opus import OpusFrameProvider, OpusFrameReceiver
 
 __all__ = ["PCM_FRAME_BYTES", "READ_AHEAD_FRAMES", "VoiceClient", "get_manager"]
 
@@ -129,55 +130,6 @@ class _Underrun(Exception):
     """A read-ahead buffer is empty but its stream goes on: nothing to send on this tick."""
 
 
-class _OggPackets:
-    """Cuts the Ogg stream ffmpeg writes into Opus packets as bytes arrive.
-
-    Pages are framed by their header's segment table (RFC 3533); the ``OpusHead`` and
-    ``OpusTags`` header packets (RFC 7845) are dropped. The CRC is not checked: the bytes come
-    from a local pipe, not the network.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._packet = bytearray()
-        self._headers = 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buffer = self._buffer
-        buffer += data
-        packets: list[bytes] = []
-        pos = 0
-        while len(buffer) - pos >= 27:
-            if buffer[pos:pos + 4] != b"OggS":
-                raise ValueError(f"ffmpeg's Ogg output: expected a page starting with b'OggS', "
-                                 f"got {bytes(buffer[pos:pos + 4])!r}")
-            if buffer[pos + 4] != 0:
-                raise ValueError(f"ffmpeg's Ogg output: page version {buffer[pos + 4]}, expected 0")
-            body = pos + 27 + buffer[pos + 26]
-            if len(buffer) < body:
-                break
-            lacing = buffer[pos + 27:body]
-            end = body + sum(lacing)
-            if len(buffer) < end:
-                break
-            offset = body
-            for size in lacing:
-                self._packet += buffer[offset:offset + size]
-                offset += size
-                if len(self._packet) > MAX_OPUS_FRAME:
-                    raise ValueError(f"ffmpeg's Ogg output: a packet longer than {MAX_OPUS_FRAME} bytes")
-                if size < 255:
-                    packet = bytes(self._packet)
-                    self._packet.clear()
-                    if self._headers < 2 and packet.startswith((b"OpusHead", b"OpusTags")):
-                        self._headers += 1
-                    elif packet:
-                        packets.append(packet)
-            pos = end
-        del buffer[:pos]
-        return packets
-
-
 class _PipeReader:
     """Reads one discord.py ffmpeg source's stdout on the event loop into a bounded buffer.
 
@@ -193,7 +145,7 @@ class _PipeReader:
         self._fd = self._pipe.fileno()
         self._loop = loop
         self._limit = limit
-        self._ogg = _OggPackets() if ogg else None
+        self._ogg = OggOpusDemuxer() if ogg else None
         self._pcm = bytearray()
         self._frames: deque[bytes] = deque()
         self._reading = False
@@ -226,12 +178,16 @@ class _PipeReader:
         except OSError as exc:
             self._end(exc)
             return
-        if not data:
-            self._end(None)
-            return
         try:
+            if not data:
+                if self._ogg is not None:
+                    self._ogg.feed_eof()
+                    self._take_packets()
+                self._end(None)
+                return
             if self._ogg is not None:
-                self._frames.extend(self._ogg.feed(data))
+                self._ogg.feed(data)
+                self._take_packets()
             else:
                 pcm = self._pcm
                 pcm += data
@@ -239,11 +195,19 @@ class _PipeReader:
                 for start in range(0, usable, PCM_FRAME_BYTES):
                     self._frames.append(bytes(pcm[start:start + PCM_FRAME_BYTES]))
                 del pcm[:usable]
-        except ValueError as exc:
+        except ValueError as exc:  # fastvoice.ogg.OggError: not the Ogg Opus ffmpeg should write
             self._end(exc)
             return
         if len(self._frames) >= self._limit:
             self.stop_reading()  # back-pressure: ffmpeg blocks on its full pipe
+
+    def _take_packets(self) -> None:
+        assert self._ogg is not None
+        try:
+            while (packet := self._ogg.read_packet()) is not None:
+                self._frames.append(packet)
+        except EOFError:
+            pass
 
     def _end(self, error: BaseException | None) -> None:
         self.ended = True
@@ -465,8 +429,9 @@ class _Playback:
         for reader in self._readers:
             try:
                 await reader.reap(wait_for_exit=natural)
-                if natural and error is None:
-                    error = reader.exit_error()
+                if natural:
+                    # ffmpeg failing (bad input, network) is the cause of whatever the pipe showed
+                    error = reader.exit_error() or error
             except Exception:
                 _log.exception("stopping ffmpeg failed")
         self.error = error
