@@ -414,13 +414,15 @@ class Conn:
         for task in list(self._ready_tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-        await self._teardown()
+        # Audio stops first: a send tick during the teardown would announce Speaking on a
+        # connection that is going away (and log that it could not).
         if self._sender is not None:
             self._sender.close()
             self._sender = None
         if self._audio_receiver is not None:
             self._audio_receiver.close()
             self._audio_receiver = None
+        await self._teardown()
         if was_open:
             try:
                 await self._call_state_update(None, False, False)
