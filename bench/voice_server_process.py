@@ -8,10 +8,17 @@ The full server decrypts, records and forwards every packet in Python (~20 us ea
 which caps what it can receive near 12,000 packets/s. For the benchmark the audio path
 is replaced by a record-only one (SSRC and arrival time, no decryption): the gateway,
 IP discovery and everything else stay the VoiceServer's.
+
+Arrival times are the kernel's receive timestamps where Linux gives them (SO_TIMESTAMPNS,
+read back per datagram with the SIOCGSTAMPNS ioctl right after the event loop received
+it), so the jitter figure is the sender's, not this process's scheduling delay. The
+first output line says which clock was used.
 """
 
 import asyncio
+import fcntl
 import json
+import socket
 import struct
 import sys
 import time
@@ -20,11 +27,43 @@ from collections import defaultdict
 from fastvoice.testing import VoiceServer
 
 
-def record_only(server: VoiceServer) -> dict:
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SIOCGSTAMPNS = 0x8907  # Linux: timestamp of the last datagram read from the socket
+
+
+def kernel_clock(server: VoiceServer):
+    """A function returning the kernel receive time of the datagram just read, or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    fd = server._udp.get_extra_info("socket").fileno()
+    try:
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        finally:
+            sock.detach()  # the server's transport owns the descriptor
+    except OSError:
+        return None
+    buf = bytearray(16)
+    unpack = struct.Struct("=qq").unpack
+    ioctl = fcntl.ioctl
+    wall = time.time  # same clock (CLOCK_REALTIME) as the kernel's stamps
+
+    def stamp() -> float:
+        try:
+            ioctl(fd, SIOCGSTAMPNS, buf)
+        except OSError:  # no stamp for this datagram
+            return wall()
+        sec, nsec = unpack(buf)
+        return sec + nsec * 1e-9
+
+    return stamp
+
+
+def record_only(server: VoiceServer, clock) -> dict:
     arrivals: dict[int, list[float]] = defaultdict(list)
     full_path = server._on_datagram
     ssrc_of = struct.Struct(">I").unpack_from
-    clock = time.monotonic
 
     def on_datagram(data: bytes, addr) -> None:
         if len(data) > 12 and data[0] >> 6 == 2 and data[1] & 0x7F == 0x78:
@@ -39,7 +78,9 @@ def record_only(server: VoiceServer) -> dict:
 async def main() -> None:
     tls = "--tls" in sys.argv
     async with VoiceServer(heartbeat_interval=30000, tls=tls) as server:
-        arrivals = record_only(server)
+        clock = kernel_clock(server)
+        print("clock: kernel receive timestamps" if clock else "clock: time.monotonic at delivery", file=sys.stderr)
+        arrivals = record_only(server, clock or time.monotonic)
         print(server.url if not tls else f"{server.url} {server.endpoint} {server.ca_file}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         result = {

@@ -28,6 +28,7 @@ __all__ = [
     "SSRCEntry",
     "SSRCTable",
     "aes256gcm_available",
+    "send_prepared",
 ]
 
 IMPLEMENTATION = "c"
@@ -902,6 +903,47 @@ cdef class SSRCTable:
 
     def __repr__(self):
         return f"SSRCTable({self._count} entries)"
+
+
+cdef extern from *:
+    """
+    #ifdef _WIN32
+    static long fastvoice_send(long fd, const char *buf, size_t n) { (void)fd; (void)buf; (void)n; return -2; }
+    #else
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #include <errno.h>
+    static long fastvoice_send(long fd, const char *buf, size_t n) {
+        ssize_t r;
+        do { r = send((int)fd, buf, n, MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+        return (long)r;
+    }
+    #endif
+    """
+    long fastvoice_send(long fd, const char *buf, size_t n) nogil
+
+
+def send_prepared(senders):
+    """The send phase of a clock tick (see ``fastvoice._rtp_py.send_prepared``): every
+    datagram prepared by ``senders`` goes out back to back with one ``send`` syscall each,
+    straight on the socket; what could not be sent that way is returned for the transport."""
+    cdef list fallback = []
+    cdef object datagram, udp
+    cdef long fd, rc
+    for sender in senders:
+        datagram = sender._prepared
+        if datagram is None:
+            continue
+        sender._prepared = None
+        udp = sender._prepared_udp
+        fd = -1 if udp is None else getattr(udp, "_fd", -1)
+        if fd >= 0 and PyBytes_CheckExact(datagram):
+            rc = fastvoice_send(fd, PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram))
+            if rc == PyBytes_GET_SIZE(datagram):
+                sender.stats.sent += 1
+                continue
+        fallback.append((sender, datagram))
+    return fallback
 
 
 def _native_reference_loop(mode, secret_key, bytes payload, long count, bint decrypt=False):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import nacl._sodium
 import nacl.bindings as _nb
@@ -19,6 +20,8 @@ from . import _rtp_common as _c
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError
 
+_os_write = os.write
+
 __all__ = [
     "IMPLEMENTATION",
     "Packet",
@@ -27,6 +30,7 @@ __all__ = [
     "SSRCEntry",
     "SSRCTable",
     "aes256gcm_available",
+    "send_prepared",
 ]
 
 IMPLEMENTATION = "py"
@@ -559,3 +563,32 @@ class SSRCTable:
 
     def __repr__(self) -> str:
         return f"SSRCTable({len(self._entries)} entries)"
+
+
+def send_prepared(senders: Iterable[Any]) -> list[tuple[Any, bytes]]:
+    """The send phase of a clock tick: send every datagram ``senders`` prepared.
+
+    For each sender whose ``_prepared`` datagram is set, the datagram is taken (``_prepared``
+    becomes ``None``) and written straight to the socket of the UDP connection it was
+    prepared for (``_prepared_udp._fd``, -1 once closed), counting ``stats.sent``. Datagrams
+    that cannot be written that way (no socket, a full socket buffer, any error, a platform
+    without socket writes on descriptors) are returned as ``(sender, datagram)`` pairs for
+    the caller to hand to the asyncio transport, which buffers and reports errors.
+    """
+    fallback = []
+    for sender in senders:
+        datagram = sender._prepared
+        if datagram is None:
+            continue
+        sender._prepared = None
+        udp = sender._prepared_udp
+        fd = -1 if udp is None else getattr(udp, "_fd", -1)
+        if fd >= 0 and type(datagram) is bytes:
+            try:
+                if _os_write(fd, datagram) == len(datagram):
+                    sender.stats.sent += 1
+                    continue
+            except OSError:
+                pass
+        fallback.append((sender, datagram))
+    return fallback

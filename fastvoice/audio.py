@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .constants import OPUS_FRAME_SIZE_MS, SILENCE_AUDIO_FRAME
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
-from .rtp import Packet, SSRCTable
+from .rtp import Packet, SSRCTable, send_prepared
 from .udp import UDPConn
 
 __all__ = [
@@ -145,11 +145,10 @@ class SendClock:
         """Run one tick: send what was prepared, then prepare the next datagrams."""
         self.ticks += 1
         senders = list(self._live)
-        for sender in senders:
-            datagram = sender._prepared
-            if datagram is not None:
-                sender._prepared = None
-                sender._send(datagram)
+        # Back to back, one syscall per datagram, in the compiled core when it is built;
+        # what cannot go straight to a socket goes through the transport.
+        for sender, datagram in send_prepared(senders):
+            sender._send(datagram)
         for sender in senders:
             if sender._live:
                 sender._prepare()
@@ -192,6 +191,8 @@ class AudioSender:
         self.stats = FrameStats()
         self.frame_hook: Callable[[bytes], bytes | None] | None = None
         self._prepared: bytes | None = None
+        #: The UDP connection ``_prepared`` was encrypted for (its socket is where it goes).
+        self._prepared_udp: UDPConn | None = None
         self._live = False
         self._open = False
         self._speaking = False
@@ -270,8 +271,8 @@ class AudioSender:
 
     def _send(self, datagram: bytes) -> None:
         udp = self._conn.udp
-        if udp is None:
-            return  # reconnecting: the datagram belonged to the old session
+        if udp is None or udp is not self._prepared_udp:
+            return  # reconnecting: the datagram was encrypted for the old session
         udp.send_datagram(datagram)
         self.stats.sent += 1
 
@@ -343,6 +344,7 @@ class AudioSender:
             self.stats.nulled += 1
             return
         self._prepared = packetizer.packetize(frame)
+        self._prepared_udp = udp
         if silence:
             self.stats.silence += 1
 

@@ -20,6 +20,7 @@ __all__ = [
     "SSRCEntry",
     "SSRCTable",
     "aes256gcm_available",
+    "send_prepared",
     "speedups_enabled",
 ]
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         SSRCEntry,
         SSRCTable,
         aes256gcm_available,
+        send_prepared,
     )
 else:
     try:
@@ -43,6 +45,7 @@ else:
             SSRCEntry,
             SSRCTable,
             aes256gcm_available,
+            send_prepared,
         )
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
@@ -58,6 +61,7 @@ else:
             SSRCEntry,
             SSRCTable,
             aes256gcm_available,
+            send_prepared,
         )
 
 

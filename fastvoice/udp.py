@@ -73,6 +73,8 @@ class UDPConn:
             raise TypeError("pass either a UDPConnConfig or keyword options, not both")
         self._transport: asyncio.DatagramTransport | None = None
         self._remote: tuple[str, int] | None = None
+        #: The socket's descriptor while open, else -1 (the send clock writes to it directly).
+        self._fd = -1
         self._ssrc = 0
         self._packetizer: Packetizer | None = None
         self._depacketizer: Depacketizer | None = None
@@ -153,6 +155,8 @@ class UDPConn:
         )
         self._transport = transport  # type: ignore[assignment]
         self._remote = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         self._ssrc = ssrc
         self._closed = False
         try:
@@ -210,6 +214,7 @@ class UDPConn:
         """Close the socket and wipe the session's secret key (see ``Packetizer.wipe``);
         pending ``read_packet`` calls raise ``ConnectionError``."""
         self._closed = True
+        self._fd = -1  # before the descriptor can be closed and its number reused
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -303,6 +308,7 @@ class UDPConn:
             self._readable.set()
 
     def _connection_lost(self) -> None:
+        self._fd = -1
         self._closed = True
         self._readable.set()
 
