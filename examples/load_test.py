@@ -42,10 +42,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 
 import fastvoice
-from fastvoice import ConnConfig, GatewayConfig, Manager, OpusReader, SendClock
+from fastvoice import ConnConfig, Manager, OpusReader, SendClock
 
 DISCORD_GATEWAY = "wss://gateway.discord.gg/?v=10&encoding=json"
 # Intents: GUILDS (channel lists in GUILD_CREATE) and GUILD_VOICE_STATES (the voice dispatches).
@@ -208,7 +209,7 @@ class DiscordMainGateway:
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     log.warning("main gateway: ignored a malformed frame (%s)", type(exc).__name__)
             self.failure = f"main gateway closed (code {self._ws.close_code})"
-        except Exception as exc:  # the run reports it; nothing here may die silently
+        except Exception as exc:  # noqa: BLE001 - the run reports it; nothing here may die silently
             self.failure = f"main gateway reader failed: {type(exc).__name__}: {exc}"
         log.error("%s", self.failure)
         self._guilds_changed.set()
@@ -407,7 +408,11 @@ class GCPauses:
 
 
 async def stream_and_report(conns: list, seconds: float, interval: float, server: ServerProcess | None,
-                            heard: HeardCounter | None) -> bool:
+                            heard: HeardCounter | None, failure: Callable[[], str | None]) -> bool:
+    """Stream on every connection for ``seconds`` and print a report line every ``interval``.
+
+    Returns False if a call sent no audio or ``failure()`` named a reason to stop early.
+    """
     clip = load_clip()
     gaps: list[float] = []
     # What exists after start-up lives as long as the bot: keep it out of the collector's
@@ -418,43 +423,48 @@ async def stream_and_report(conns: list, seconds: float, interval: float, server
     gc.callbacks.append(pauses)
     for conn in conns:
         conn.set_opus_frame_provider(LoopingClip(clip, gaps))
-    clock = SendClock.for_loop()
-    started = time.monotonic()
-    cpu_before, wall_before = time.process_time(), started
-    sent_before = deficit_before = received_before = heard_before = 0
-    resyncs_before = clock.resyncs
-    print(f"{'time':>6}  {'calls':>5}  {'sent/s':>8}  {'CPU':>6}  {'deficit':>7}  {'resyncs':>7}  "
-          f"{'jitter p50 / p99 / max (ms)':>27}  {'GC max':>6}" + ("  server rx/s" if server else "")
-          + ("  heard/s" if heard else ""))
-    while True:
-        remaining = started + seconds - time.monotonic()
-        if remaining <= 0:
-            break
-        await asyncio.sleep(min(interval, remaining))
-        now, cpu = time.monotonic(), time.process_time()
-        window = now - wall_before
-        senders = [c.sender for c in conns if c.sender is not None]
-        sent = sum(s.stats.sent for s in senders)
-        deficit = sum(s.stats.deficit for s in senders)
-        jitter = [abs(g - 0.020) * 1000 for g in gaps]
-        gaps.clear()
-        line = (f"{now - started:5.1f}s  {sum(1 for s in senders if s.live):>5}  "
-                f"{(sent - sent_before) / window:>8.0f}  {100 * (cpu - cpu_before) / window:>5.1f}%  "
-                f"{deficit - deficit_before:>7}  {clock.resyncs - resyncs_before:>7}  "
-                f"{percentile(jitter, 0.5):>8.2f} / {percentile(jitter, 0.99):>6.2f} / "
-                f"{max(jitter, default=float('nan')):>6.2f}  {pauses.longest * 1000:>4.1f}ms")
-        pauses.longest = 0.0
-        if server is not None:
-            line += f"  {(server.received - received_before) / window:>11.0f}"
-            received_before = server.received
-        if heard is not None:
-            line += f"  {(heard.frames - heard_before) / window:>7.0f}"
-            heard_before = heard.frames
-        print(line, flush=True)
-        cpu_before, wall_before, sent_before, deficit_before = cpu, now, sent, deficit
+    try:
+        clock = SendClock.for_loop()
+        started = time.monotonic()
+        cpu_before, wall_before = time.process_time(), started
+        sent_before = deficit_before = received_before = heard_before = 0
         resyncs_before = clock.resyncs
-    gc.callbacks.remove(pauses)
-    gc.unfreeze()
+        print(f"{'time':>6}  {'calls':>5}  {'sent/s':>8}  {'CPU':>6}  {'deficit':>7}  {'resyncs':>7}  "
+              f"{'jitter p50 / p99 / max (ms)':>27}  {'GC max':>6}" + ("  server rx/s" if server else "")
+              + ("  heard/s" if heard else ""))
+        while True:
+            remaining = started + seconds - time.monotonic()
+            if remaining <= 0:
+                break
+            if failure():
+                print(f"stopping early: {failure()}", file=sys.stderr)
+                return False
+            await asyncio.sleep(min(interval, remaining))
+            now, cpu = time.monotonic(), time.process_time()
+            window = now - wall_before
+            senders = [c.sender for c in conns if c.sender is not None]
+            sent = sum(s.stats.sent for s in senders)
+            deficit = sum(s.stats.deficit for s in senders)
+            jitter = [abs(g - 0.020) * 1000 for g in gaps]
+            gaps.clear()
+            line = (f"{now - started:5.1f}s  {sum(1 for s in senders if s.live):>5}  "
+                    f"{(sent - sent_before) / window:>8.0f}  {100 * (cpu - cpu_before) / window:>5.1f}%  "
+                    f"{deficit - deficit_before:>7}  {clock.resyncs - resyncs_before:>7}  "
+                    f"{percentile(jitter, 0.5):>8.2f} / {percentile(jitter, 0.99):>6.2f} / "
+                    f"{max(jitter, default=float('nan')):>6.2f}  {pauses.longest * 1000:>4.1f}ms")
+            pauses.longest = 0.0
+            if server is not None:
+                line += f"  {(server.received - received_before) / window:>11.0f}"
+                received_before = server.received
+            if heard is not None:
+                line += f"  {(heard.frames - heard_before) / window:>7.0f}"
+                heard_before = heard.frames
+            print(line, flush=True)
+            cpu_before, wall_before, sent_before, deficit_before = cpu, now, sent, deficit
+            resyncs_before = clock.resyncs
+    finally:
+        gc.callbacks.remove(pauses)
+        gc.unfreeze()
     silent = [c.guild_id for c in conns if c.sender is None or c.sender.stats.sent == c.sender.stats.silence]
     if silent:
         print(f"{len(silent)} call(s) sent no audio, e.g. guilds {silent[:5]}", file=sys.stderr)
@@ -516,7 +526,10 @@ async def run(args: argparse.Namespace) -> int:
         if heard is not None and not await wait_for_e2ee(conns + listeners, args.open_timeout):
             print("DAVE groups did not form in time", file=sys.stderr)
             return 1
-        streamed = await stream_and_report(conns, args.seconds, args.interval, server, heard)
+        def failure() -> str | None:
+            return mains[0].failure if isinstance(mains[0], DiscordMainGateway) else None
+
+        streamed = await stream_and_report(conns, args.seconds, args.interval, server, heard, failure)
         # End the streams as a bot would: five silence frames and Speaking 0, then leave.
         for conn in conns:
             conn.set_opus_frame_provider(None)

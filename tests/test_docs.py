@@ -48,10 +48,16 @@ def _public_modules() -> list[str]:
     return sorted(names)
 
 
-def _public_names() -> list[tuple[str, str]]:
-    pairs = []
+def _public_names() -> list[tuple[str, str | None]]:
+    """(module, name) for every name in a public module's ``__all__``; (module, None) when the
+    module cannot be imported here (an adapter whose framework is not installed)."""
+    pairs: list[tuple[str, str | None]] = []
     for module_name in _public_modules():
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            pairs.append((module_name, None))
+            continue
         for name in getattr(module, "__all__", ()):
             pairs.append((module_name, name))
     return pairs
@@ -69,6 +75,8 @@ def test_public_modules_are_found():
 
 @pytest.mark.parametrize("module_name, name", _public_names())
 def test_every_public_name_has_an_entry(module_name, name):
+    if name is None:
+        pytest.skip(f"{module_name} cannot be imported here (its framework is not installed)")
     assert _entry_pattern(name).search(_api_text()), f"docs/api.md has no heading entry for {module_name}.{name}"
 
 
@@ -140,12 +148,14 @@ def test_seed_name_has_a_row_with_its_python_name(seed, python):
 def test_seed_member_has_a_row_with_its_python_name(python):
     owner, member = python.split(".")
     rows = _map_rows()
-    # The seed cell names the same type (Go spelling: OpcodeIdentify, Conn.UserIDBySSRC...).
+    # The seed cell spells it the Go way (OpcodeIdentify, SpeakingFlagNone, Conn.UserIDBySSRC):
+    # compared without case, dots and underscores. The seed's own spelling slips are listed.
     prefix = {"SpeakingFlags": "speakingflag"}.get(owner, _squash(owner))
+    seed_member = {"Manager.for_each_conn": "ForEachCon"}.get(python, member)
     matching = [s for s, p in rows if python in p]
     assert matching, f"no seed map row for {python} in docs/api.md"
-    assert any(_squash(name).startswith(prefix) for seeds in matching for name in seeds), (
-        f"the seed cell of {python}'s row names no seed member of {owner}"
+    assert any(_squash(name) == prefix + _squash(seed_member) for seeds in matching for name in seeds), (
+        f"the seed cell of {python}'s row does not name the seed's {owner} {seed_member}"
     )
 
 
@@ -159,7 +169,10 @@ def test_every_seed_row_names_real_python_names():
             head, _, rest = python.partition(".")
             holder = None
             for module_name in _public_modules():
-                module = importlib.import_module(module_name)
+                try:
+                    module = importlib.import_module(module_name)
+                except ImportError:
+                    continue
                 if hasattr(module, head):
                     holder = getattr(module, head)
                     break
