@@ -680,6 +680,36 @@ async def test_an_ffmpeg_pipe_that_is_not_ogg_ends_with_the_demuxer_error(server
     await vc.disconnect()
 
 
+async def test_debug_logs_of_the_adapter_hold_no_secret(server, bot, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    client, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    await vc.on_voice_server_update({"guild_id": "not a snowflake", "token": "tok-secret-123", "endpoint": "x"})
+    vc.play(Frames([b"\xfc1"] * 5))
+    session = server.session_for_user(BOT)
+    await vc.move_to(guild.get_channel(VOICE_B), timeout=5)
+    texts = [repr(vc), repr(vc.conn)]
+    await vc.disconnect()
+    secrets = [session.token, server.session_for_user(BOT).token, session.session_id,
+               client.ws.stand_in.session_id, "tok-secret-123"]
+    assert any(r.name.startswith("fastvoice.ext.discord") for r in caplog.records)
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records) + "\n".join(texts)
+    for secret in secrets:
+        assert secret and secret not in text, f"a secret ({len(secret)} chars) appears in the logs"
+    for key in (session.secret_key, server.session_for_user(BOT).secret_key):
+        assert key.hex() not in text and repr(key) not in text
+
+
+def test_the_adapter_ships_in_the_package():
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
+    subpackages = {".".join(p.relative_to(ROOT).parent.parts) for p in (ROOT / "fastvoice").rglob("__init__.py")}
+    assert "fastvoice.ext" in subpackages and subpackages <= set(packages)
+
+
 # -- examples -------------------------------------------------------------------------------------
 
 

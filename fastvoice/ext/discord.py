@@ -151,8 +151,8 @@ class _PipeReader:
         self._reading = False
         self.ended = False
         self.error: BaseException | None = None
+        self._start_reading()  # first: a loop without add_reader (Windows' proactor) raises here
         os.set_blocking(self._fd, False)
-        self._start_reading()
         source.read = self.read  # type: ignore[method-assign]
         source._fastvoice_reader = self  # type: ignore[attr-defined]
 
@@ -296,10 +296,13 @@ def _attach_reader(source: FFmpegAudio, loop: asyncio.AbstractEventLoop) -> _Pip
     if not hasattr(process, "poll") or not hasattr(stdout, "fileno"):
         return None  # already cleaned up: read() will end the playback
     kind = type(source).read
-    if kind is FFmpegOpusAudio.read:
-        return _PipeReader(source, ogg=True, loop=loop)
-    if kind is FFmpegPCMAudio.read:
-        return _PipeReader(source, ogg=False, loop=loop)
+    if kind is FFmpegOpusAudio.read or kind is FFmpegPCMAudio.read:
+        try:
+            return _PipeReader(source, ogg=kind is FFmpegOpusAudio.read, loop=loop)
+        except NotImplementedError:
+            _log.warning("this event loop cannot watch pipes (add_reader): %s is read from the send clock "
+                         "and may block it", type(source).__name__)
+            return None
     _log.debug("%s overrides read(): it is called from the send clock and must not block", type(source).__name__)
     return None
 
