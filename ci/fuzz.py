@@ -2,7 +2,8 @@
 
 Targets (pick with ``--target``; ``all`` cycles through them):
 
-- ``rtp``: ``Depacketizer.depacketize`` on raw datagrams AND on datagrams that pass
+- ``rtp``: ``Depacketizer.depacketize`` and ``dispatch`` (SSRC routing and the duplicate
+  window, twins compared) on raw datagrams AND on datagrams that pass
   authentication (the input chooses header bits, CSRCs, extension and padding lengths,
   and the bytes are sealed with the key), for every mode, differentially: the compiled and
   the pure twin must return the same packet or both raise ``DecryptionFailedError``;
@@ -67,17 +68,24 @@ def _init() -> None:
     TWINS = [t for t in (C, PY) if t is not None]
     MODES = [m for m in MODES if m != "aead_aes256_gcm_rtpsize" or PY.aes256gcm_available()]
     DEPACKETIZERS = {m: [t.Depacketizer(m, KEY) for t in TWINS] for m in MODES}
+    # Dispatch tables live across inputs, so each twin's duplicate window sees the same history.
+    TABLES[:] = [t.SSRCTable() for t in TWINS]
+    for table in TABLES:
+        table.set(0xCAFEBABE, 42)
 
 
-def _outcome(depacketizer, data):
+TABLES: list = []
+
+
+def _outcome(depacketizer, data, table=None):
     try:
-        p = depacketizer.depacketize(data)
+        p = depacketizer.depacketize(data) if table is None else depacketizer.dispatch(data, table)
     except DecryptionFailedError as exc:
         return ("failed", str(exc))
     if p is None:
         return None
     return (p.sequence, p.timestamp, p.ssrc, p.opus, p.marker, p.payload_type, p.csrcs, p.extension_profile,
-            p.extension)
+            p.extension, p.user_id)
 
 
 def _seal(mode: str, data: bytes) -> bytes:
@@ -123,6 +131,9 @@ def fuzz_rtp(data: bytes) -> None:
         results = [_outcome(d, datagram) for d in DEPACKETIZERS[mode]]
         if len(results) == 2 and results[0] != results[1]:
             raise AssertionError(f"twins disagree in {mode}: {results[0]!r} != {results[1]!r}")
+        routed = [_outcome(d, datagram, t) for d, t in zip(DEPACKETIZERS[mode], TABLES)]
+        if len(routed) == 2 and routed[0] != routed[1]:
+            raise AssertionError(f"twins route differently in {mode}: {routed[0]!r} != {routed[1]!r}")
     try:
         parse_ip_discovery_response(payload, 0xCAFEBABE)
     except IPDiscoveryError:
