@@ -21,8 +21,10 @@ With --discord it connects to Discord's real main gateway with the bot token rea
 environment variable named by --token-env (never from the command line) and joins the given
 voice channels (one per guild; the bot must be in those guilds). Its main gateway client is
 deliberately small: one shard, no resume; if Discord asks it to reconnect the run stops.
-Joins are paced to stay under the main gateway's limit of 120 commands per minute, so 500
-calls take about five minutes to open.
+Joins and leaves are paced to stay under the main gateway's limit of 120 commands per minute,
+so 500 calls take about five minutes to open, and as long to leave. Discord's calls are
+end-to-end encrypted (DAVE) and fastvoice never sends plaintext into them: a call whose DAVE
+group is not ready holds its audio, which the report shows as calls that sent nothing.
 
 Jitter is measured where the clock hands each connection its next frame: the gap between
 two consecutive frame requests of a connection, minus 20 ms. Each request happens right
@@ -468,6 +470,10 @@ async def stream_and_report(conns: list, seconds: float, interval: float, server
     silent = [c.guild_id for c in conns if c.sender is None or c.sender.stats.sent == c.sender.stats.silence]
     if silent:
         print(f"{len(silent)} call(s) sent no audio, e.g. guilds {silent[:5]}", file=sys.stderr)
+        held = sum(c.dave.stats.frames_held for c in conns if c.dave is not None)
+        if held:
+            print(f"DAVE held {held} frames: an end-to-end encrypted call's group was not ready "
+                  "(fastvoice never sends plaintext into such a call)", file=sys.stderr)
     return not silent
 
 

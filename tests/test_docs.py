@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import pkgutil
@@ -216,6 +217,40 @@ async def test_testing_guide_example_passes(tmp_path):
     report = out.decode(errors="replace")
     assert proc.returncode == 0, report
     assert f"{expected} passed" in report, report
+
+
+def _knob_tables() -> str:
+    text = (DOCS / "testing.md").read_text(encoding="utf-8")
+    start = text.index("## Fault knobs")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_testing_guide_lists_every_knob_of_the_server():
+    from fastvoice.testing import VoiceServer
+
+    doc = VoiceServer.__doc__
+    knobs = doc[doc.index("Knobs"):doc.index("Recordings")]
+    names = {name.split(".")[-1] for name in re.findall(r"``([A-Za-z_][\w.]*)", knobs)}
+    names |= set(re.findall(r":meth:`([A-Za-z_]\w*)`", knobs))
+    assert len(names) > 15
+    guide = (DOCS / "testing.md").read_text(encoding="utf-8")
+    missing = sorted(n for n in names if not re.search(rf"`[^`\n]*\b{n}\b[^`\n]*`", guide))
+    assert not missing, f"docs/testing.md does not mention these VoiceServer knobs: {missing}"
+
+
+def test_knobs_in_the_testing_guide_exist():
+    from fastvoice.testing import ServerConnection, ServerSession, VoiceServer, _server
+
+    source = Path(_server.__file__).read_text(encoding="utf-8")
+    rows = [line for line in _knob_tables().splitlines() if line.startswith("| `")]
+    assert len(rows) > 20
+    for row in rows:
+        for cell_name in re.findall(r"`(?:await )?([A-Za-z_]\w*)", row.split("|")[1]):
+            exists = any(hasattr(cls, cell_name) for cls in (VoiceServer, ServerSession, ServerConnection))
+            exists = exists or cell_name in inspect.signature(VoiceServer).parameters
+            assert exists or f"self.{cell_name} =" in source or f"self.{cell_name}:" in source, (
+                f"docs/testing.md lists a knob {cell_name!r} the local voice server does not have"
+            )
 
 
 # -- 4. relative links --------------------------------------------------------------------------
