@@ -272,6 +272,27 @@ async def test_pause_resume_stop_and_after_called_once(server, bot):
     assert calls == [None]
 
 
+async def test_setting_source_swaps_it_in_place(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    ssrc = vc.conn.udp.ssrc
+    first, second = Frames(), Frames([b"\xfcB"] * 3)
+    ended = []
+    vc.play(first, after=ended.append)
+    await server.wait_for(lambda: len(server.packets(ssrc)) >= 3)
+    vc.source = second
+    assert vc.source is second and vc.is_playing()
+    await wait_until(lambda: ended)
+    await server.wait_for(lambda: [p.opus for p in server.packets(ssrc)][-5:] == [SILENCE] * 5)
+    sent = [p.opus for p in server.packets(ssrc)]
+    assert sent[-8:] == [b"\xfcB"] * 3 + [SILENCE] * 5 and sent[0] == b"\xfc" + struct.pack(">I", 1)
+    # as in discord.py: the replaced source is not cleaned up (it may be wrapped by the new one)
+    assert ended == [None] and second.cleanups == 1 and first.cleanups == 0
+    with pytest.raises(TypeError, match="expected a discord.AudioSource"):
+        vc.source = "song.mp3"
+    await vc.disconnect()
+
+
 async def test_a_failing_source_ends_with_after_error_and_the_clock_goes_on(server, bot):
     _, guild = bot
     vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
