@@ -1,6 +1,7 @@
 """The documentation cannot fall behind the code.
 
-* every public name (each public module's ``__all__``) has an entry in docs/api.md;
+* every public name (each public module's ``__all__``) has an entry in docs/api.md, and the
+  parameters of every signature shown in an entry heading are the code's;
 * every seed name of tests/test_seed_api.py's map has a row in docs/api.md's seed map,
   next to its Python name;
 * the example test file in docs/testing.md runs and passes, in a pytest of its own;
@@ -79,6 +80,66 @@ def test_every_public_name_has_an_entry(module_name, name):
     if name is None:
         pytest.skip(f"{module_name} cannot be imported here (its framework is not installed)")
     assert _entry_pattern(name).search(_api_text()), f"docs/api.md has no heading entry for {module_name}.{name}"
+
+
+def _split_params(text: str) -> list[str]:
+    """Top-level comma-separated parts of a parameter list (defaults may hold commas)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        parts.append(current)
+    return [part.strip() for part in parts]
+
+
+def _documented_signatures() -> list[tuple[str, list[str]]]:
+    """(name, parameter names) of every ``Name(params)`` in an entry heading of docs/api.md."""
+    found = []
+    for heading in re.findall(r"^#+ (.*)$", _api_text(), re.MULTILINE):
+        for name, params in re.findall(r"`([A-Za-z_][\w.]*)\((.*?)\)`", heading):
+            names = []
+            for part in _split_params(params):
+                if part == "*":
+                    continue
+                names.append(re.match(r"\**([A-Za-z_]\w*)", part).group(1))
+            found.append((name.split(".")[-1], names))
+    return found
+
+
+def _find_callable(name: str):
+    for module_name in _public_modules() + ["fastvoice._rtp_py"]:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, name):
+            return getattr(module, name)
+    return None
+
+
+@pytest.mark.parametrize("name, documented", _documented_signatures(), ids=lambda v: v if isinstance(v, str) else "")
+def test_documented_signature_matches_the_code(name, documented):
+    obj = _find_callable(name)
+    assert obj is not None, f"docs/api.md documents {name}(...), which no public module has"
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        # A compiled class: its pure-Python twin is the typed source of truth.
+        signature = inspect.signature(getattr(importlib.import_module("fastvoice._rtp_py"), name))
+    actual = [p for p in signature.parameters if p != "self"]
+    assert documented == actual, f"docs/api.md: {name}({', '.join(documented)}); the code: {name}({', '.join(actual)})"
+
+
+def test_signatures_are_checked():
+    assert len(_documented_signatures()) > 60
 
 
 def test_entry_pattern_needs_a_heading():
