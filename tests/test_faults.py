@@ -205,11 +205,15 @@ async def loop_errors():
 # -- 1. and 5. a resumable outage: websocket dropped (no close frame), voice server crashed (4015) ------------
 
 
-@pytest.mark.parametrize("how", ["drop", 4015], ids=["ws-dropped", "server-crash-4015"])
-async def test_resumable_outage_resumes_with_seq_ack_and_audio_never_stops(how):
-    async with VoiceServer() as server:
+@pytest.mark.parametrize(
+    "how, dave", [("drop", 0), (4015, 0), ("drop", 1)], ids=["ws-dropped", "server-crash-4015", "ws-dropped-dave"]
+)
+async def test_resumable_outage_resumes_with_seq_ack_and_audio_never_stops(how, dave):
+    async with VoiceServer(dave_protocol_version=dave) as server:
         call = await open_call(server, backoff=0.25)  # away for 0.125-0.25 s
         try:
+            if dave:
+                await wait_until(lambda: call.speaker.dave.e2ee and call.listener.dave.e2ee, what="DAVE group")
             provider = CounterProvider(limit=80)
             call.speaker.set_opus_frame_provider(provider)
             await wait_until(lambda: len(call.sink.counters()) >= 15, what="audio before the outage")
@@ -251,6 +255,9 @@ async def test_resumable_outage_resumes_with_seq_ack_and_audio_never_stops(how):
             during = provider.taken_between(*outage)
             assert len(during) >= 3, f"only {len(during)} frames were taken during the outage"
             assert {f.ssrc for f in call.sink.frames} == {udp.ssrc}
+            if dave:  # the end-to-end encryption survived the resume: no frame crossed in plaintext
+                assert session.dave_plaintext_packets == 0 and call.speaker.dave.e2ee
+                assert call.listener.dave.stats.frames_decrypted >= 80
         finally:
             await call.close()
 
@@ -484,19 +491,23 @@ async def test_withheld_heartbeat_acks_are_detected_within_two_intervals_then_re
             await wait_until(lambda: len(call.sink.counters()) >= 10, what="audio before the fault")
             session = server.session_for_ssrc(call.speaker.udp.ssrc)
             zombie = session.connection
+            connections = len(session.connections)
             await server.wait_for(lambda: zombie.messages_out(Opcode.HEARTBEAT_ACK))
             zombie.withhold_heartbeat_acks = True
             withheld_at = time.monotonic()
+            beats_before = len(zombie.messages_in(Opcode.HEARTBEAT))
             await server.wait_for(lambda: zombie.closed, timeout=2.0)
-            detected = [r for r in caplog.records if "zombie" in r.getMessage()]
-            assert detected, "the client never reported the zombie connection"
-            detected_after = detected[0].created - (time.time() - time.monotonic() + withheld_at)
-            assert detected_after <= 2 * interval + 0.03, f"zombie detected after {detected_after * 1000:.0f} ms"
-            assert zombie.closed_at - withheld_at <= 2 * interval + 0.1
+            assert any("zombie" in r.getMessage() for r in caplog.records), "the zombie was not reported"
+            # The client gave up on the first heartbeat left without an ACK, when the next one was
+            # due: detected within two intervals of the ACKs stopping, whatever the load.
+            unacknowledged = zombie.messages_in(Opcode.HEARTBEAT)[beats_before:]
+            assert len(unacknowledged) == 1, f"{len(unacknowledged)} heartbeats went unacknowledged"
+            took = zombie.closed_at - withheld_at
+            assert took <= 2 * interval + 0.15, f"zombie connection closed {took * 1000:.0f} ms after the last ACK"
             assert zombie.close_code == 4000  # closed by the client, resumable
-            await server.wait_for(lambda: len(session.connections) == 2 and session.connections[1].messages_out(
-                Opcode.RESUMED))
-            assert session.connections[1].messages_in(Opcode.RESUME)
+            await server.wait_for(lambda: len(session.connections) > connections
+                                  and session.connections[connections].messages_out(Opcode.RESUMED))
+            assert session.connections[connections].messages_in(Opcode.RESUME)
             assert not session.ended and call.speaker.gateway.status is Status.READY
 
             await wait_until(lambda: not call.speaker.sender.live and call.sink.silence >= 5, what="end of stream")
