@@ -484,6 +484,20 @@ async def test_disconnect_releases_everything(server, bot):
     assert guild.voice_client is None and vc2.conn is None
 
 
+async def test_an_async_after_may_disconnect(server, bot):
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    done = []
+
+    async def leave_when_done(error):
+        await vc.disconnect()
+        done.append(error)
+
+    vc.play(Frames([b"\xfc1"] * 3), after=leave_when_done)
+    await wait_until(lambda: done, timeout=5)
+    assert done == [None] and guild.voice_client is None and not vc.is_connected()
+
+
 async def test_kicked_from_voice_disconnects_the_client(server, bot):
     client, guild = bot
     vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)

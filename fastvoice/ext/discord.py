@@ -587,9 +587,11 @@ class VoiceClient(_VoiceProtocol):
                     await self.guild.change_voice_state(channel=None)
                 except Exception as exc:
                     _log.warning("guild %d: could not leave the voice channel: %s", self._guild_id, exc)
-            if self._endings:
-                await asyncio.gather(*self._endings, return_exceptions=True)
             current = asyncio.current_task()
+            # (an async after() may be the one disconnecting: it cannot wait for itself)
+            endings = [task for task in self._endings if task is not current]
+            if endings:
+                await asyncio.gather(*endings, return_exceptions=True)
             for task in list(self._tasks):
                 if task is not current:
                     task.cancel()
