@@ -93,13 +93,13 @@ def test_command_line_defaults():
 def test_command_line_options():
     provider = FFmpegOpusProvider(
         "https://example.com/a.ogg", executable="/opt/ff/ffmpeg", bitrate=64, volume=0.25, seek=90.5,
-        before_options="-reconnect 1 -user_agent 'a b'", options=["-af", "aecho"], read_ahead=10,
+        before_options="-reconnect 1 -headers 'X-Test: a b'", options=["-af", "aecho"], read_ahead=10,
     )
     args = provider.args
     assert args[0] == "/opt/ff/ffmpeg"
     i = args.index("-i")
     assert args[i - 2 : i] == ["-ss", "90.500"]  # input seeking: before -i
-    assert args.index("-reconnect") < i and "a b" in args[:i]
+    assert args.index("-reconnect") < i and "X-Test: a b" in args[:i]  # split like a shell
     assert args[args.index("-filter:a") + 1] == "volume=0.25"
     assert args[args.index("-b:a") + 1] == "64k"
     assert args.index("-af") > args.index("-frame_duration")  # user options may override ours
