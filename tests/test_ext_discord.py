@@ -434,6 +434,33 @@ async def test_move_to_another_channel_keeps_streaming(server, bot):
     assert guild.voice_client is None and not vc.is_connected()
 
 
+async def test_move_to_when_discord_keeps_the_voice_session(server, bot):
+    client, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    stand_in, session = client.ws.stand_in, server.session_for_user(BOT)
+
+    async def only_the_voice_state(guild_id, channel_id, self_mute=False, self_deaf=False):
+        # Discord answering a move with a VOICE_STATE_UPDATE alone (same voice server and token)
+        state, _ = server.voice_updates(guild_id, BOT, channel_id, session_id=stand_in.session_id,
+                                        token=session.token)
+        asyncio.get_running_loop().call_soon(client._connection.parse_voice_state_update, state)
+
+    client.ws.voice_state = only_the_voice_state
+    started = time.monotonic()
+    await vc.move_to(guild.get_channel(VOICE_B), timeout=5)
+    assert 0.9 <= time.monotonic() - started < 3
+    assert vc.conn.channel_id == VOICE_B and vc.channel.id == VOICE_B and vc.is_connected()
+    assert server.session_for_user(BOT) is session and not session.ended
+
+    # and a move_to() cut short by a disconnect says so at once
+    client.ws.voice_state = _never_answer
+    mover = asyncio.ensure_future(vc.move_to(guild.get_channel(VOICE_A), timeout=10))
+    await asyncio.sleep(0.1)
+    await vc.disconnect()
+    with pytest.raises(discord.ClientException, match="disconnected while moving"):
+        await asyncio.wait_for(mover, 2)
+
+
 async def test_moved_by_someone_else_follows_the_channel(server, bot):
     client, guild = bot
     vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)

@@ -73,6 +73,8 @@ READ_AHEAD_FRAMES = 100
 #: How long a finished ffmpeg gets to exit on its own before it is killed, and then to die.
 _EXIT_GRACE = 2.0
 _KILL_WAIT = 5.0
+#: After a move, how long to wait for a new voice session before taking the current one as moved.
+_MOVE_SETTLE = 1.0
 
 _managers: weakref.WeakKeyDictionary[Any, Manager] = weakref.WeakKeyDictionary()
 
@@ -598,6 +600,7 @@ class VoiceClient(_VoiceProtocol):
         finally:
             self.cleanup()
             self._closed.set()
+            self._notify()  # wakes a move_to() in progress
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -668,8 +671,10 @@ class VoiceClient(_VoiceProtocol):
     async def move_to(self, channel: Any, *, timeout: float | None = 30.0) -> None:
         """Move to ``channel`` (``None`` disconnects) and return once audio flows there.
 
-        What is playing keeps playing. Raises ``asyncio.TimeoutError`` if the new voice session
-        is not ready within ``timeout`` seconds (the move may still complete later).
+        What is playing keeps playing. Returns once Discord confirmed the new channel and the new
+        voice session is ready (or, when Discord keeps the voice session, after a second without
+        one). Raises ``asyncio.TimeoutError`` if that takes more than ``timeout`` seconds (the
+        move may still complete later), ``ClientException`` if the client disconnects meanwhile.
         """
         if channel is None:
             await self.disconnect()
@@ -685,11 +690,25 @@ class VoiceClient(_VoiceProtocol):
         sessions = self._sessions
         await self.guild.change_voice_state(channel=channel, self_mute=self._self_mute, self_deaf=self._self_deaf)
 
+        async def changed(seconds: float | None = None) -> None:
+            if self._conn is not conn:
+                raise ClientException("the voice client was disconnected while moving")
+            try:
+                await asyncio.wait_for(self._changed.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
+
         async def arrived() -> None:
-            while not (self._sessions > sessions and conn.channel_id == channel_id and self.is_connected()):
-                if self._conn is not conn:
-                    raise ClientException("the voice client was disconnected while moving")
-                await self._changed.wait()
+            while conn.channel_id != channel_id:  # Discord's VOICE_STATE_UPDATE for the new channel
+                await changed()
+            # A new voice server/session normally follows (VOICE_SERVER_UPDATE, then a new
+            # Session Description); a move that keeps the voice session is done once it settled.
+            settled = asyncio.get_running_loop().time() + _MOVE_SETTLE
+            while not (self._sessions > sessions and self.is_connected()):
+                remaining = settled - asyncio.get_running_loop().time()
+                if remaining <= 0 and self.is_connected() and conn.channel_id == channel_id:
+                    return
+                await changed(max(remaining, 0.05))
 
         await asyncio.wait_for(arrived(), timeout)
 
