@@ -566,6 +566,7 @@ class VoiceClient(_VoiceProtocol):
 
         Returns once every task and socket of the connection is released and ``after`` of the
         current playback ran. Calling it again (or concurrently) waits for the first call.
+        ``force`` is accepted for compatibility: every disconnect is a complete one.
         """
         if self._closing:
             await self._closed.wait()
