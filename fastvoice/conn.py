@@ -156,6 +156,8 @@ class Conn:
         self._remove = remove_conn_func
         self._event_handler = self._config.event_handler_func
         self._channel_id: int | None = None
+        self._self_mute = False
+        self._self_deaf = False
         self._session_id: str | None = None
         self._token: str | None = None
         self._endpoint: str | None = None
@@ -356,6 +358,7 @@ class Conn:
         self._channel_id = channel_id
         self._session_id = self._token = self._endpoint = None
         try:
+            self._self_mute, self._self_deaf = bool(self_mute), bool(self_deaf)
             await self._call_state_update(channel_id, self_mute, self_deaf)
             state = await self._wait_for_state(deadline - loop.time())
             await self._connect(state, deadline - loop.time())
@@ -388,7 +391,7 @@ class Conn:
     async def _new_session_state(self) -> State:
         """The gateway needs a new session (4006, 4009...): ask the main gateway again."""
         self._session_id = self._token = None
-        await self._call_state_update(self._channel_id, False, False)
+        await self._call_state_update(self._channel_id, self._self_mute, self._self_deaf)
         return await self._wait_for_state(self._config.open_timeout)
 
     async def _reconnect(self) -> None:

@@ -138,14 +138,14 @@ class Call:
 
 
 async def open_call(server, *, listener=True, sink=None, backoff=0.02, guild=GUILD, channel=CHANNEL,
-                    speaker_id=SPEAKER, listener_id=LISTENER) -> Call:
+                    speaker_id=SPEAKER, listener_id=LISTENER, self_deaf=False) -> Call:
     events: list = []
     speaker_main, speaker_bots = make_manager(
         server, speaker_id, gateway_config=gateway_config(backoff),
         event_handler_func=lambda op, data: events.append((op, data)),
     )
     call = Call(server, speaker_main, speaker_bots, speaker_bots.create_conn(guild), events=events)
-    opens = [call.speaker.open(channel)]
+    opens = [call.speaker.open(channel, self_deaf=self_deaf)]
     if listener:
         call.listener_main, call.listener_bots = make_manager(server, listener_id, gateway_config=gateway_config(backoff))
         call.listener = call.listener_bots.create_conn(guild)
@@ -437,7 +437,7 @@ async def test_a_stop_code_followed_by_a_move_connects_to_the_new_channel(code, 
 
 async def test_refused_resume_identifies_a_new_session_and_audio_continues():
     async with VoiceServer() as server:
-        call = await open_call(server, backoff=0.05)
+        call = await open_call(server, backoff=0.05, self_deaf=True)
         try:
             provider = CounterProvider(limit=100)
             call.speaker.set_opus_frame_provider(provider)
@@ -459,7 +459,8 @@ async def test_refused_resume_identifies_a_new_session_and_audio_continues():
             assert identified.messages_in(Opcode.IDENTIFY) and not identified.messages_in(Opcode.RESUME)
             # op 4 went out again through the state-update function, for the same channel
             assert len(call.speaker_main.requests) == requests + 1
-            assert call.speaker_main.requests[-1][:2] == (GUILD, CHANNEL)
+            # ... for the same channel, keeping the mute/deafen state the bot joined with
+            assert call.speaker_main.requests[-1] == (GUILD, CHANNEL, False, True)
             new_ssrc = call.speaker.udp.ssrc
             assert new_ssrc != old_udp.ssrc and old_session.ended
             assert not old_udp.is_open  # the audio now goes out on the new socket only
