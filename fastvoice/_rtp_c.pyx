@@ -29,6 +29,7 @@ __all__ = [
     "SSRCTable",
     "aes256gcm_available",
     "send_prepared",
+    "DatagramRouter",
 ]
 
 IMPLEMENTATION = "c"
@@ -533,17 +534,18 @@ cdef class Depacketizer:
         Raises ``DecryptionFailedError`` like :meth:`depacketize`.
         """
         cdef Py_buffer view
-        cdef Packet pkt
-        cdef object result
-        cdef SSRCEntry entry
         if PyBytes_CheckExact(datagram):
-            result = self._depacketize(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram))
-        else:
-            PyObject_GetBuffer(datagram, &view, PyBUF_SIMPLE)
-            try:
-                result = self._depacketize(<const unsigned char *>view.buf, view.len)
-            finally:
-                PyBuffer_Release(&view)
+            return self.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram), table)
+        PyObject_GetBuffer(datagram, &view, PyBUF_SIMPLE)
+        try:
+            return self.c_dispatch(<const unsigned char *>view.buf, view.len, table)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object c_dispatch(self, const unsigned char *data, Py_ssize_t n, SSRCTable table):
+        cdef Packet pkt
+        cdef SSRCEntry entry
+        cdef object result = self._depacketize(data, n)
         if result is None:
             return None
         pkt = <Packet>result
@@ -580,6 +582,7 @@ cdef class Depacketizer:
         cdef const unsigned char *csrc_src
         cdef ull out_len = 0
         cdef object profile = None
+        cdef object direct = None
         cdef Packet pkt
         if self._wiped:
             raise _c.wiped_error("Depacketizer")
@@ -603,7 +606,13 @@ cdef class Depacketizer:
                 raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
             memcpy(nonce, data + n - 4, 4)
             box_len = n - 4 - hlen
-            plain = self._buffer(box_len)
+            if b0 & 0x30:
+                plain = self._buffer(box_len)
+            else:
+                # No extension and no padding: the plaintext is the payload, so decrypt
+                # straight into the bytes object handed out (no copy).
+                direct = PyBytes_FromStringAndSize(NULL, box_len - TAG)
+                plain = <unsigned char *>PyBytes_AS_STRING(direct)
             if mode == MODE_AES:
                 if self._aes.ctx != NULL:
                     rc = _aes_decrypt_afternm(plain, &out_len, NULL, data + hlen, box_len, data, hlen, nonce, self._aes.ctx)
@@ -654,7 +663,11 @@ cdef class Depacketizer:
         if end - start < ext_len:
             raise DecryptionFailedError("malformed packet: header extension longer than the packet")
         pkt = Packet.__new__(Packet)
-        pkt.extension = PyBytes_FromStringAndSize(<char *>plain + start, ext_len)
+        if direct is not None:
+            pkt.extension = b""
+            pkt.opus = direct
+        else:
+            pkt.extension = PyBytes_FromStringAndSize(<char *>plain + start, ext_len)
         start += ext_len
         if b0 & 0x20:
             if end == start:
@@ -666,7 +679,8 @@ cdef class Depacketizer:
         pkt._sequence = _get_u16(data + 2)
         pkt._timestamp = _get_u32(data + 4)
         pkt._ssrc = _get_u32(data + 8)
-        pkt.opus = PyBytes_FromStringAndSize(<char *>plain + start, end - start)
+        if direct is None:
+            pkt.opus = PyBytes_FromStringAndSize(<char *>plain + start, end - start)
         pkt._marker = (b1 & 0x80) != 0
         pkt._payload_type = b1 & 0x7F
         if cc:
@@ -905,6 +919,90 @@ cdef class SSRCTable:
         return f"SSRCTable({self._count} entries)"
 
 
+@cython.final
+cdef class DatagramRouter:
+    """A UDP socket's per-datagram entry point (see ``fastvoice._rtp_py.DatagramRouter``)."""
+
+    cdef object _remote
+    cdef object _remote_host
+    cdef long _remote_port
+    cdef public object slow_path
+    cdef public object logger
+    cdef public unsigned long long ignored
+    cdef public unsigned long long decrypt_failures
+    cdef public unsigned long long duplicates
+    cdef Py_ssize_t _max_size
+    cdef Depacketizer _dep
+    cdef SSRCTable _table
+    cdef object _handler
+
+    def __init__(self, slow_path, max_size, logger):
+        self.slow_path = slow_path
+        self._max_size = max_size
+        self.logger = logger
+        self.remote = None
+
+    @property
+    def remote(self):
+        """``(host, port)`` of the voice server; datagrams from elsewhere are ignored."""
+        return self._remote
+
+    @remote.setter
+    def remote(self, value):
+        if value is None:
+            self._remote, self._remote_host, self._remote_port = None, None, -1
+            return
+        host, port = value[0], value[1]
+        if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}")
+        self._remote, self._remote_host, self._remote_port = (host, port), host, port
+
+    def route(self, depacketizer, table, handler):
+        """Route through ``depacketizer`` and ``table`` to ``handler`` in the fast path, or
+        (with any of them ``None``) send every datagram to ``slow_path``."""
+        if depacketizer is None or table is None or handler is None:
+            self._dep, self._table, self._handler = None, None, None
+            return
+        if not isinstance(depacketizer, Depacketizer) or not isinstance(table, SSRCTable):
+            raise TypeError("route() takes this twin's Depacketizer and SSRCTable")
+        self._dep, self._table, self._handler = depacketizer, table, handler
+
+    @property
+    def fast(self):
+        """True while datagrams take the fast path."""
+        return self._dep is not None
+
+    def datagram_received(self, data, addr):
+        """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
+        cdef object packet
+        cdef object port
+        if self._dep is None:
+            self.slow_path(data, addr)
+            return
+        if self._remote is not None:
+            # The port first (a C comparison), then the host; IPv6 addresses are 4-tuples.
+            port = addr[1]
+            if type(port) is not int or <long>port != self._remote_port or addr[0] != self._remote_host:
+                self.ignored += 1
+                return
+        if not PyBytes_CheckExact(data) or PyBytes_GET_SIZE(data) > self._max_size:
+            self.ignored += 1
+            return
+        try:
+            packet = self._dep.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), self._table)
+        except DecryptionFailedError as exc:
+            self.decrypt_failures += 1
+            self.logger.debug("dropped a voice packet: %s", exc)
+            return
+        if packet is None:
+            if self._dep.depacketize(data) is not None:
+                self.duplicates += 1  # a repeat (slow only for repeats): told apart from non-audio
+            else:
+                self.ignored += 1
+            return
+        self._handler(packet)
+
+
 cdef extern from *:
     """
     #ifdef _WIN32
@@ -1006,6 +1104,14 @@ def _native_reference_loop(mode, secret_key, bytes payload, long count, bint dec
         _aes_state_free(&aes)
         free(pkt)
         free(plain)
+
+
+def _call_from_c(func, list items, arg):
+    """Benchmark harness: ``func(item, arg)`` for each item, called from C the way an event
+    loop's transport calls its protocol (no interpreter loop around the calls).  Not part
+    of the API."""
+    for item in items:
+        func(item, arg)
 
 
 def _uses_precomputed_aes():

@@ -31,6 +31,7 @@ __all__ = [
     "SSRCTable",
     "aes256gcm_available",
     "send_prepared",
+    "DatagramRouter",
 ]
 
 IMPLEMENTATION = "py"
@@ -592,3 +593,85 @@ def send_prepared(senders: Iterable[Any]) -> list[tuple[Any, bytes]]:
                 pass
         fallback.append((sender, datagram))
     return fallback
+
+
+class DatagramRouter:
+    """A UDP socket's per-datagram entry point: what the asyncio datagram protocol calls.
+
+    In the fast path (after :meth:`route`) each datagram from ``remote`` is depacketized,
+    routed through the SSRC table and handed to the handler in one call; datagrams from
+    another address, oversized ones, non-audio, repeats and forgeries are dropped and
+    counted (``ignored``, ``duplicates``, ``decrypt_failures``; forgeries logged at debug).
+    Until routed, every datagram goes to ``slow_path(data, addr)`` (IP discovery, raw
+    handlers, queued reads).
+    """
+
+    __slots__ = ("_remote", "slow_path", "logger", "ignored", "decrypt_failures", "duplicates",
+                 "_max_size", "_dep", "_table", "_handler")
+
+    def __init__(self, slow_path: Any, max_size: int, logger: Any) -> None:
+        self.slow_path = slow_path
+        self._max_size = max_size
+        self.logger = logger
+        self._remote: tuple[Any, int] | None = None
+        self.ignored = self.decrypt_failures = self.duplicates = 0
+        self._dep: Depacketizer | None = None
+        self._table: SSRCTable | None = None
+        self._handler: Any = None
+
+    @property
+    def remote(self) -> tuple[Any, int] | None:
+        """``(host, port)`` of the voice server; datagrams from elsewhere are ignored."""
+        return self._remote
+
+    @remote.setter
+    def remote(self, value: Any) -> None:
+        if value is None:
+            self._remote = None
+            return
+        host, port = value[0], value[1]
+        if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}")
+        self._remote = (host, port)
+
+    def route(self, depacketizer: Depacketizer | None, table: SSRCTable | None, handler: Any) -> None:
+        """Route through ``depacketizer`` and ``table`` to ``handler`` in the fast path, or
+        (with any of them ``None``) send every datagram to ``slow_path``."""
+        if depacketizer is None or table is None or handler is None:
+            self._dep = self._table = self._handler = None
+            return
+        if not isinstance(depacketizer, Depacketizer) or not isinstance(table, SSRCTable):
+            raise TypeError("route() takes this twin's Depacketizer and SSRCTable")
+        self._dep, self._table, self._handler = depacketizer, table, handler
+
+    @property
+    def fast(self) -> bool:
+        """True while datagrams take the fast path."""
+        return self._dep is not None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
+        dep = self._dep
+        if dep is None:
+            self.slow_path(data, addr)
+            return
+        remote = self._remote
+        if remote is not None and (addr[1] != remote[1] or addr[0] != remote[0]):
+            self.ignored += 1
+            return
+        if type(data) is not bytes or len(data) > self._max_size:
+            self.ignored += 1
+            return
+        try:
+            packet = dep.dispatch(data, self._table)  # type: ignore[arg-type]
+        except DecryptionFailedError as exc:
+            self.decrypt_failures += 1
+            self.logger.debug("dropped a voice packet: %s", exc)
+            return
+        if packet is None:
+            if dep.depacketize(data) is not None:
+                self.duplicates += 1  # a repeat (slow only for repeats): told apart from non-audio
+            else:
+                self.ignored += 1
+            return
+        self._handler(packet)

@@ -21,6 +21,7 @@ __all__ = [
     "SSRCTable",
     "aes256gcm_available",
     "send_prepared",
+    "DatagramRouter",
     "speedups_enabled",
 ]
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         SSRCTable,
         aes256gcm_available,
         send_prepared,
+        DatagramRouter,
     )
 else:
     try:
@@ -46,6 +48,7 @@ else:
             SSRCTable,
             aes256gcm_available,
             send_prepared,
+            DatagramRouter,
         )
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
@@ -62,6 +65,7 @@ else:
             SSRCTable,
             aes256gcm_available,
             send_prepared,
+            DatagramRouter,
         )
 
 

@@ -14,7 +14,7 @@ from .constants import UDP_TIMEOUT
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError, IPDiscoveryError, VoiceError
 from .ipdiscovery import build_ip_discovery_request, is_ip_discovery_response, parse_ip_discovery_response
-from .rtp import Depacketizer, Packet, Packetizer, SSRCTable
+from .rtp import DatagramRouter, Depacketizer, Packet, Packetizer, SSRCTable
 
 __all__ = ["UDPConn", "UDPConnConfig", "UDPConnCreateFunc", "UDPNotReadyError"]
 
@@ -47,8 +47,8 @@ class UDPConnConfig:
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, conn: UDPConn) -> None:
         self._conn = conn
-        # The per-datagram entry point goes straight to the connection (one call less).
-        self.datagram_received = conn._datagram_received  # type: ignore[method-assign]
+        # The per-datagram entry point is the connection's router (compiled in the fast path).
+        self.datagram_received = conn._router.datagram_received  # type: ignore[method-assign]
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable while the server restarts, ...) are transient for voice.
@@ -86,14 +86,34 @@ class UDPConn:
         self._raw_handler: Callable[[bytes], None] | None = None
         self._read_timeout: float | None = None
         self._closed = False
-        #: Datagrams that failed decryption (forged, corrupted or for another key).
-        self.decrypt_failures = 0
-        #: Datagrams ignored: not audio, oversized, or from an unexpected address.
-        self.ignored = 0
-        #: Repeated packets dropped (with a dispatch table, see ``set_packet_handler``).
-        self.duplicates = 0
+        # Every datagram enters through the router: depacketize + SSRC routing + handler in
+        # one compiled call once a key, a handler and a table are set, else _datagram_received.
+        self._router = DatagramRouter(self._datagram_received, MAX_DATAGRAM, self._config.logger)
 
     # -- properties -----------------------------------------------------------------
+
+    @property
+    def decrypt_failures(self) -> int:
+        """Datagrams that failed decryption (forged, corrupted or for another key)."""
+        return self._router.decrypt_failures
+
+    @property
+    def ignored(self) -> int:
+        """Datagrams ignored: not audio, oversized, or from an unexpected address."""
+        return self._router.ignored
+
+    @property
+    def duplicates(self) -> int:
+        """Repeated packets dropped (with a dispatch table, see ``set_packet_handler``)."""
+        return self._router.duplicates
+
+    def _update_route(self) -> None:
+        # The fast path needs the whole pipeline and nothing pending on the slow path.
+        discovering = self._discovery is not None and not self._discovery.done()
+        if self._closed or discovering or self._raw_handler is not None or self._handler is None:
+            self._router.route(None, None, None)
+        else:
+            self._router.route(self._depacketizer, self._table, self._handler)
 
     @property
     def config(self) -> UDPConnConfig:
@@ -155,6 +175,7 @@ class UDPConn:
         )
         self._transport = transport  # type: ignore[assignment]
         self._remote = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
+        self._router.remote = self._remote
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1
         self._ssrc = ssrc
@@ -170,6 +191,7 @@ class UDPConn:
         deadline = loop.time() + self._config.discovery_timeout
         while True:
             self._discovery = loop.create_future()
+            self._update_route()
             assert self._transport is not None
             self._transport.sendto(request)
             wait = min(self._config.discovery_retry, deadline - loop.time())
@@ -184,6 +206,7 @@ class UDPConn:
                 continue
             finally:
                 self._discovery = None
+                self._update_route()
             address = parse_ip_discovery_response(reply, ssrc)
             self._config.logger.debug("IP discovery: external address %s:%d", *address)
             return address
@@ -209,11 +232,13 @@ class UDPConn:
             self._depacketizer.wipe()
         self._packetizer = packetizer
         self._depacketizer = Depacketizer(mode, secret_key)
+        self._update_route()
 
     def close(self) -> None:
         """Close the socket and wipe the session's secret key (see ``Packetizer.wipe``);
         pending ``read_packet`` calls raise ``ConnectionError``."""
         self._closed = True
+        self._update_route()
         self._fd = -1  # before the descriptor can be closed and its number reused
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -261,18 +286,20 @@ class UDPConn:
         """
         self._handler = handler
         self._table = table if handler is not None else None
+        self._update_route()
 
     def set_raw_handler(self, handler: Callable[[bytes], None] | None) -> None:
         """Push every raw datagram from the server to ``handler`` (before any decryption)."""
         self._raw_handler = handler
+        self._update_route()
 
     def _datagram_received(self, data: bytes, addr: Any) -> None:
         remote = self._remote
         if remote is not None and (addr[0], addr[1]) != remote:
-            self.ignored += 1
+            self._router.ignored += 1
             return
         if len(data) > MAX_DATAGRAM:
-            self.ignored += 1
+            self._router.ignored += 1
             return
         discovery = self._discovery
         if discovery is not None and not discovery.done() and is_ip_discovery_response(data):
@@ -283,7 +310,7 @@ class UDPConn:
             return
         depacketizer = self._depacketizer
         if depacketizer is None:
-            self.ignored += 1
+            self._router.ignored += 1
             return
         table = self._table
         try:
@@ -292,14 +319,14 @@ class UDPConn:
             else:
                 packet = depacketizer.depacketize(data)
         except DecryptionFailedError as exc:
-            self.decrypt_failures += 1
+            self._router.decrypt_failures += 1
             self._config.logger.debug("dropped a voice packet: %s", exc)
             return
         if packet is None:
             if table is not None and depacketizer.depacketize(data) is not None:
-                self.duplicates += 1  # slow path, repeats only: told apart from non-audio
+                self._router.duplicates += 1  # slow path, repeats only: told apart from non-audio
             else:
-                self.ignored += 1
+                self._router.ignored += 1
             return
         if self._handler is not None:
             self._handler(packet)
@@ -310,6 +337,7 @@ class UDPConn:
     def _connection_lost(self) -> None:
         self._fd = -1
         self._closed = True
+        self._update_route()
         self._readable.set()
 
     def set_deadline(self, timeout: float | None) -> None:

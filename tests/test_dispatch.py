@@ -198,3 +198,78 @@ def test_compiled_aes_uses_the_precomputed_key_api(rtp_c):
     # PyNaCl >= 1.6 wheels export libsodium's *_afternm functions; if a build ever stops
     # doing so the one-shot path is used, and this test says so.
     assert rtp_c._uses_precomputed_aes()
+
+
+# ---------------------------------------------------------------- the datagram router
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def debug(self, fmt, *args):
+        self.lines.append(fmt % args)
+
+
+def test_router_fast_path_drops_and_counts_what_it_must(rtp):
+    slow, delivered, log = [], [], _Log()
+    router = rtp.DatagramRouter(lambda d, a: slow.append((d, a)), 4096, log)
+    server = ("10.0.0.1", 50000)
+    router.remote = server
+    table = rtp.SSRCTable()
+    table.set(1111, 42)
+    dep = rtp.Depacketizer(XCHACHA, KEY)
+    a, b = _stream(rtp, XCHACHA, 1111, [5, 6])
+
+    router.datagram_received(a, server)  # not routed yet: everything goes to the slow path
+    assert slow == [(a, server)] and not router.fast
+    router.route(dep, table, delivered.append)
+    assert router.fast
+
+    forged = bytearray(b)
+    forged[15] ^= 0x40
+    for datagram, addr in [
+        (a, server),                       # delivered
+        (a, server),                       # a repeat: duplicates
+        (b, ("10.0.0.2", 50000)),          # another address: ignored
+        (b, (server[0], 50001)),           # another port: ignored
+        (bytes(forged), server),           # forged: decrypt_failures, logged
+        (b"\x81\xc8" + bytes(30), server),  # RTCP: ignored
+        (b + bytes(5000), server),         # oversized: ignored
+        (bytearray(b), server),            # not bytes (never from a transport): ignored
+        (b, server),                       # delivered
+    ]:
+        router.datagram_received(datagram, addr)
+    assert [(p.sequence, p.user_id) for p in delivered] == [(5, 42), (6, 42)]
+    assert (router.ignored, router.duplicates, router.decrypt_failures) == (5, 1, 1)
+    assert len(log.lines) == 1 and "authentication failed" in log.lines[0] and KEY.hex() not in log.lines[0]
+    assert len(slow) == 1
+
+    router.route(None, table, delivered.append)  # any part missing: back to the slow path
+    router.datagram_received(b, server)
+    assert not router.fast and slow[-1] == (b, server)
+    with pytest.raises(TypeError):
+        router.route(dep, {1111: 42}, delivered.append)
+
+
+def test_router_twins_agree(rtp_c, rtp_py):
+    import random
+
+    results = []
+    for twin in (rtp_c, rtp_py):
+        table = twin.SSRCTable()
+        table.set(1111, 42)
+        got = []
+        router = twin.DatagramRouter(lambda d, a: got.append(("slow", d)), 4096, _Log())
+        router.route(twin.Depacketizer(XCHACHA, KEY), table, lambda p: got.append((p.sequence, p.user_id, p.opus)))
+        datagrams = _stream(rtp_py, XCHACHA, 1111, range(300))
+        r = random.Random(3)
+        for _ in range(600):
+            d = r.choice(datagrams)
+            if r.random() < 0.1:
+                d = bytearray(d)
+                d[r.randrange(len(d))] ^= 1 << r.randrange(8)
+                d = bytes(d)
+            router.datagram_received(d, ("h", 1))
+        results.append((got, router.ignored, router.duplicates, router.decrypt_failures))
+    assert results[0] == results[1] and results[0][2] > 0
