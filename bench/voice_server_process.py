@@ -1,8 +1,9 @@
 """A VoiceServer in its own process for the connection benchmarks.
 
 Prints its URL (and, with ``--tls``, its endpoint and CA file on the same line), serves
-until a line arrives on stdin, then prints one JSON line: per SSRC, the packet count and
-the gaps between consecutive arrivals (ms), as the server saw them.
+until a line arrives on stdin, then prints one JSON line: per SSRC, the packet count, the
+gaps (ms) between arrivals of consecutive sequence numbers, as the server saw them, and the
+number of breaks in the sequence (losses, reordering).
 
 The full server decrypts, records and forwards every packet in Python (~20 us each),
 which caps what it can receive near 12,000 packets/s. For the benchmark the audio path
@@ -60,14 +61,29 @@ def kernel_clock(server: VoiceServer):
     return stamp
 
 
+def enlarge_receive_buffer(server: VoiceServer, size: int = 32 << 20) -> None:
+    """A deep socket buffer, so a descheduled server process loses no datagram."""
+    sock = socket.socket(fileno=server._udp.get_extra_info("socket").fileno())
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), size)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:
+            pass
+    finally:
+        sock.detach()
+
+
 def record_only(server: VoiceServer, clock) -> dict:
-    arrivals: dict[int, list[float]] = defaultdict(list)
+    arrivals: dict[int, list[tuple[int, float]]] = defaultdict(list)
     full_path = server._on_datagram
-    ssrc_of = struct.Struct(">I").unpack_from
+    seq_ssrc = struct.Struct(">HxxxxI").unpack_from
 
     def on_datagram(data: bytes, addr) -> None:
         if len(data) > 12 and data[0] >> 6 == 2 and data[1] & 0x7F == 0x78:
-            arrivals[ssrc_of(data, 8)[0]].append(clock())
+            seq, ssrc = seq_ssrc(data, 2)
+            arrivals[ssrc].append((seq, clock()))
             return
         full_path(data, addr)
 
@@ -80,15 +96,20 @@ async def main() -> None:
     async with VoiceServer(heartbeat_interval=30000, tls=tls) as server:
         clock = kernel_clock(server)
         print("clock: kernel receive timestamps" if clock else "clock: time.monotonic at delivery", file=sys.stderr)
+        enlarge_receive_buffer(server)
         arrivals = record_only(server, clock or time.monotonic)
         print(server.url if not tls else f"{server.url} {server.endpoint} {server.ca_file}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        # Gaps between consecutive sequence numbers only: a datagram lost on the way (or
+        # reordered) says nothing about pacing, and is counted apart.
         result = {
             ssrc: {
-                "packets": len(times),
-                "gaps_ms": [round((b - a) * 1000, 3) for a, b in zip(times, times[1:])],
+                "packets": len(seen),
+                "gaps_ms": [round((b - a) * 1000, 3) for (sa, a), (sb, b) in zip(seen, seen[1:])
+                            if (sb - sa) & 0xFFFF == 1],
+                "breaks": sum(1 for (sa, _), (sb, _) in zip(seen, seen[1:]) if (sb - sa) & 0xFFFF != 1),
             }
-            for ssrc, times in arrivals.items()
+            for ssrc, seen in arrivals.items()
         }
         print(json.dumps(result), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
