@@ -31,6 +31,8 @@ FAULT_KINDS = {"drop", "close_4015", "refuse_resume", "udp_burst", "zombie"}
 
 @pytest.fixture(scope="module")
 def soak() -> dict:
+    if NO_EXTENSIONS:
+        pytest.skip("the soak exercises the connection lifecycle, shared by both twins: run once per CI")
     argv = [
         sys.executable, CLIENT, "--connections", str(CONNECTIONS), "--seconds", str(SECONDS),
         "--fault-interval", "10", "--sample-interval", "10", "--warmup", "20", "--recover-timeout", "90",
@@ -38,11 +40,6 @@ def soak() -> dict:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"soak client failed:\n{out.stderr[-4000:]}"
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-pytestmark = pytest.mark.skipif(
-    NO_EXTENSIONS, reason="the soak exercises the connection lifecycle, shared by both twins; run once per CI"
-)
 
 
 def _samples(result: dict) -> str:
