@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -69,6 +70,19 @@ async def main(n: int, seconds: float) -> dict:
     open_seconds = time.monotonic() - opened_at
     opened = sum(1 for c in conns if c.udp is not None and c.udp.packetizer is not None)
     frames = int(seconds * 50)
+    if os.environ.get("FASTVOICE_BENCH_GC_FREEZE", "1") == "1":
+        gc.collect()
+        gc.freeze()  # what a long-running bot does after start-up (see bench/README.md)
+    gc_pauses: list[float] = []
+    gc_started = [0.0]
+
+    def gc_timer(phase, info):
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append(time.perf_counter() - gc_started[0])
+
+    gc.callbacks.append(gc_timer)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     wall_before = time.monotonic()
     for c in conns:
@@ -79,6 +93,7 @@ async def main(n: int, seconds: float) -> dict:
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     rss_after = rss_kib()
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    gc.callbacks.remove(gc_timer)
     stats = [c.sender.stats for c in conns]
     await asyncio.sleep(0.2)
     server.stdin.write(b"report\n")
@@ -108,6 +123,9 @@ async def main(n: int, seconds: float) -> dict:
         "jitter_p50_ms": round(pct(0.50), 3),
         "jitter_p99_ms": round(pct(0.99), 3),
         "jitter_mean_ms": round(statistics.fmean(jitter), 3) if jitter else None,
+        "gc_collections": len(gc_pauses),
+        "gc_pause_max_ms": round(max(gc_pauses, default=0.0) * 1000, 2),
+        "gc_frozen": os.environ.get("FASTVOICE_BENCH_GC_FREEZE", "1") == "1",
     }
 
 
