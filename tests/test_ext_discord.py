@@ -786,3 +786,15 @@ def test_examples_compile_and_import(name, tmp_path, monkeypatch):
     module = __import__(name[:-3])  # importing must not start a bot
     assert module.__doc__ and "DISCORD_TOKEN" in module.__doc__
     sys.modules.pop(name[:-3], None)
+
+
+def test_the_readme_bot_compiles_against_the_adapter():
+    import pathlib
+
+    import fastvoice.ext.discord as ext
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("A whole bot", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    compile(block, "README.md (bot example)", "exec")
+    assert "connect(cls=fastvoice.ext.discord.VoiceClient)" in block
+    assert issubclass(ext.VoiceClient, discord.VoiceProtocol)
