@@ -509,7 +509,9 @@ async def test_withheld_heartbeat_acks_are_detected_within_two_intervals_then_re
             await server.wait_for(lambda: len(session.connections) > connections
                                   and session.connections[connections].messages_out(Opcode.RESUMED))
             assert session.connections[connections].messages_in(Opcode.RESUME)
-            assert not session.ended and call.speaker.gateway.status is Status.READY
+            # RESUMED is on the wire: the client reads it on its next loop turn.
+            await wait_until(lambda: call.speaker.gateway.status is Status.READY, what="the client back to READY")
+            assert not session.ended
 
             await wait_until(lambda: not call.speaker.sender.live and call.sink.silence >= 5, what="end of stream")
             assert call.sink.counters() == list(range(60))  # audio never stopped
