@@ -245,7 +245,8 @@ async def test_resumable_outage_resumes_with_seq_ack_and_audio_never_stops(how, 
             assert [d.user_ids for op, d in call.events if op == Opcode.CLIENTS_CONNECT].count([STRANGER]) == 1
             assert STRANGER in call.speaker.connected_users
             # Same session, same socket, no op 4 on the main gateway.
-            assert call.speaker.gateway is gateway and gateway.status is Status.READY
+            await wait_until(lambda: gateway.status is Status.READY, what="the client back to READY")
+            assert call.speaker.gateway is gateway
             assert call.speaker.udp is udp and udp.is_open
             assert len(call.speaker_main.requests) == 1
 
