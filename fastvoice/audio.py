@@ -312,7 +312,9 @@ class AudioSender:
             self._pack(SILENCE_AUDIO_FRAME, silence=True)
             return
         self.stats.nulled += 1
-        if self._ended:
+        if self._ended or self._provider is None:
+            # Nothing left to play (end of stream, or the provider was removed): off the clock
+            # until set_provider gives it something again.
             self._go_idle()
 
     def _next_frame(self) -> bytes | None:

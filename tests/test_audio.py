@@ -161,6 +161,27 @@ async def test_pause_resume_and_provider_errors(link):
     assert script.closed
 
 
+async def test_removing_the_provider_takes_the_sender_off_the_clock(link):
+    # Idle connections cost nothing per tick: after the silence tail a sender without a
+    # provider leaves the clock, and a new provider brings it back.
+    sender = link.sender = AudioSender(Script([b"a"] * 1000), link)
+    sender.open()
+    await wait_until(lambda: len(link.server.packets) >= 3)
+    clock = sender._clock
+    sender.set_provider(None)
+    await wait_until(lambda: not sender.live)
+    assert clock.live_senders == 0 and not sender.speaking
+    sent = len(link.server.packets)
+    assert [p.opus for _, p in link.server.packets][-5:] == [SILENCE] * 5
+    await asyncio.sleep(0.1)
+    assert len(link.server.packets) == sent  # nothing more, and no tick works for it
+    sender.set_provider(Script([b"z"]))
+    assert sender.live
+    await wait_until(lambda: not sender.live)
+    assert [p.opus for _, p in link.server.packets][sent:] == [b"z"] + [SILENCE] * 5
+    sender.close()
+
+
 async def test_no_key_means_nothing_sent(link):
     link.udp._packetizer = None  # as before Session Description
     sender = AudioSender(Script([b"x"] * 5), link)
