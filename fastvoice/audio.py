@@ -240,7 +240,7 @@ class AudioSender:
     def _go_idle(self) -> None:
         if self._live:
             self._live = False
-            self._prepared = None
+            self._prepared = self._prepared_udp = None
             if self._clock is not None:
                 self._clock._remove(self)
 
@@ -261,7 +261,7 @@ class AudioSender:
 
     def reset_session(self) -> None:
         """The voice session changed (reconnect): announce Speaking again before the next frame."""
-        self._prepared = None
+        self._prepared = self._prepared_udp = None
         self._speaking = False
         self._tail_sent = False
         self._silence_left = 0

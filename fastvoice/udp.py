@@ -312,21 +312,16 @@ class UDPConn:
         if depacketizer is None:
             self._router.ignored += 1
             return
-        table = self._table
+        # Routed traffic (handler + table) takes the router's fast path; what reaches this
+        # slow path is depacketized alone (a handler with a table looks users up itself).
         try:
-            if table is not None:
-                packet = depacketizer.dispatch(data, table)
-            else:
-                packet = depacketizer.depacketize(data)
+            packet = depacketizer.depacketize(data)
         except DecryptionFailedError as exc:
             self._router.decrypt_failures += 1
             self._config.logger.debug("dropped a voice packet: %s", exc)
             return
         if packet is None:
-            if table is not None and depacketizer.depacketize(data) is not None:
-                self._router.duplicates += 1  # slow path, repeats only: told apart from non-audio
-            else:
-                self._router.ignored += 1
+            self._router.ignored += 1
             return
         if self._handler is not None:
             self._handler(packet)
