@@ -26,7 +26,6 @@ import pytest
 discord = pytest.importorskip("discord")
 
 import fastvoice.ext.discord as fvd  # noqa: E402
-from fastvoice.audio import SendClock  # noqa: E402
 from fastvoice.conn import ConnConfig  # noqa: E402
 from fastvoice.gateway import GatewayConfig  # noqa: E402
 from fastvoice.manager import Manager, ManagerConfig  # noqa: E402
@@ -682,10 +681,12 @@ async def test_ffmpeg_opus_source_is_read_without_blocking_the_loop(server, bot)
     source = ffmpeg_tone(1, opus=True)
     process = source._process
     ended = []
-    clock = SendClock.for_loop()
-    late, resyncs = clock.late_ticks, clock.resyncs
     vc.play(source, after=ended.append)
-    assert source.read.__self__.__class__.__name__ == "_PipeReader"  # stdout is read by the loop
+    # stdout is read by the loop: the source's read is the buffered reader's and the pipe can
+    # no longer block (a blocking read would stall every call's clock; the loop-stall tests
+    # measure that, this one checks the mechanism without timing anything)
+    assert source.read.__self__.__class__.__name__ == "_PipeReader"
+    assert os.get_blocking(process.stdout.fileno()) is False
     await wait_until(lambda: ended, timeout=10)
     await server.wait_for(lambda: [p.opus for p in server.packets(ssrc)][-5:] == [SILENCE] * 5)
     frames = [p.opus for p in server.packets(ssrc)]
@@ -693,7 +694,6 @@ async def test_ffmpeg_opus_source_is_read_without_blocking_the_loop(server, bot)
     assert 49 <= len(frames) - 5 <= 51 and frames[-5:] == [SILENCE] * 5  # 1 s of 20 ms frames
     assert not any(f.startswith((b"OpusHead", b"OpusTags")) for f in frames)
     assert process.returncode == 0 and process.stdout.closed
-    assert clock.resyncs == resyncs and clock.late_ticks - late <= 3
     await vc.disconnect()
 
 
