@@ -1,6 +1,12 @@
 """Print the table of bench/test_bench_connections.py results from its pytest-benchmark JSON.
 
     python bench/report_connections.py bench/connections.json
+
+"stream s" is the wall time the client took to play SECONDS of audio on every connection
+(a client that falls behind its 20 ms clock takes longer; its CPU per connection-second is
+then spread over more seconds). The peers (discord.py, discord.js) leave the fastvoice-only
+columns empty; discord.js's "sent" counts the frames it was asked to play, without the
+silence frames it appends.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import sys
 COLUMNS = [
     ("connections", "N"),
     ("twin", "twin"),
+    ("stream_seconds", "stream s"),
     ("cpu_share_of_one_core", "CPU (cores)"),
     ("cpu_us_per_connection_second", "CPU us per conn-second"),
     ("rss_kib_per_connection", "RSS KiB/conn"),
