@@ -8,7 +8,8 @@ system libsodium is needed and no Python wrapper runs per packet.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, PyObject
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -542,10 +543,10 @@ cdef class Depacketizer:
         finally:
             PyBuffer_Release(&view)
 
-    cdef object c_dispatch(self, const unsigned char *data, Py_ssize_t n, SSRCTable table):
+    cdef object c_dispatch(self, const unsigned char *data, Py_ssize_t n, SSRCTable table, Packet spare=None):
         cdef Packet pkt
         cdef SSRCEntry entry
-        cdef object result = self._depacketize(data, n)
+        cdef object result = self._depacketize(data, n, spare)
         if result is None:
             return None
         pkt = <Packet>result
@@ -554,6 +555,8 @@ cdef class Depacketizer:
             if not entry.c_accept(pkt._sequence):
                 return None
             pkt.user_id = entry.user_id
+        elif spare is not None:
+            pkt.user_id = None
         return pkt
 
     cdef unsigned char *_buffer(self, Py_ssize_t size) except NULL:
@@ -571,7 +574,7 @@ cdef class Depacketizer:
             self._scratch_size = size
         return self._scratch
 
-    cdef object _depacketize(self, const unsigned char *data, Py_ssize_t n):
+    cdef object _depacketize(self, const unsigned char *data, Py_ssize_t n, Packet spare=None):
         cdef uint32_t b0, b1, cc, words
         cdef Py_ssize_t hlen, box_len, plain_len, start, end, ext_len = 0, i
         cdef int mode = self._mode_no
@@ -662,7 +665,10 @@ cdef class Depacketizer:
         end = plain_len
         if end - start < ext_len:
             raise DecryptionFailedError("malformed packet: header extension longer than the packet")
-        pkt = Packet.__new__(Packet)
+        if spare is not None:
+            pkt = spare  # every field is set below (user_id by c_dispatch)
+        else:
+            pkt = Packet.__new__(Packet)
         if direct is not None:
             pkt.extension = b""
             pkt.opus = direct
@@ -935,6 +941,7 @@ cdef class DatagramRouter:
     cdef Depacketizer _dep
     cdef SSRCTable _table
     cdef object _handler
+    cdef Packet _spare
 
     def __init__(self, slow_path, max_size, logger):
         self.slow_path = slow_path
@@ -976,20 +983,31 @@ cdef class DatagramRouter:
         """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
         cdef object packet
         cdef object port
+        cdef object host
+        cdef Packet spare
         if self._dep is None:
             self.slow_path(data, addr)
             return
         if self._remote is not None:
             # The port first (a C comparison), then the host; IPv6 addresses are 4-tuples.
-            port = addr[1]
-            if type(port) is not int or <long>port != self._remote_port or addr[0] != self._remote_host:
+            # The event loop hands a tuple: its items are read without the generic indexing.
+            if PyTuple_CheckExact(addr) and PyTuple_GET_SIZE(addr) >= 2:
+                port = <object>PyTuple_GET_ITEM(addr, 1)
+                host = <object>PyTuple_GET_ITEM(addr, 0)
+            else:
+                self.ignored += 1  # not an (host, port, ...) address: not the voice server
+                return
+            if type(port) is not int or <long>port != self._remote_port or (
+                    host is not self._remote_host and host != self._remote_host):
                 self.ignored += 1
                 return
         if not PyBytes_CheckExact(data) or PyBytes_GET_SIZE(data) > self._max_size:
             self.ignored += 1
             return
+        spare, self._spare = self._spare, None
         try:
-            packet = self._dep.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), self._table)
+            packet = self._dep.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                                          self._table, spare)
         except DecryptionFailedError as exc:
             self.decrypt_failures += 1
             self.logger.debug("dropped a voice packet: %s", exc)
@@ -1000,7 +1018,12 @@ cdef class DatagramRouter:
             else:
                 self.ignored += 1
             return
+        spare = None
         self._handler(packet)
+        if Py_REFCNT(packet) == 1:
+            # Nobody kept the packet: the next datagram is parsed into it (no allocation).
+            # Only this frame refers to it, and Packet has no weak references.
+            self._spare = <Packet>packet
 
 
 cdef extern from *:

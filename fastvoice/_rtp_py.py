@@ -656,7 +656,8 @@ class DatagramRouter:
             self.slow_path(data, addr)
             return
         remote = self._remote
-        if remote is not None and (addr[1] != remote[1] or addr[0] != remote[0]):
+        if remote is not None and (type(addr) is not tuple or len(addr) < 2
+                                   or addr[1] != remote[1] or addr[0] != remote[0]):
             self.ignored += 1
             return
         if type(data) is not bytes or len(data) > self._max_size:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import reference as ref
 from fastvoice.errors import DecryptionFailedError
 
 XCHACHA = "aead_xchacha20_poly1305_rtpsize"
@@ -273,3 +274,55 @@ def test_router_twins_agree(rtp_c, rtp_py):
             router.datagram_received(d, ("h", 1))
         results.append((got, router.ignored, router.duplicates, router.decrypt_failures))
     assert results[0] == results[1] and results[0][2] > 0
+
+
+def _fields(p):
+    return (p.sequence, p.timestamp, p.ssrc, p.marker, p.payload_type, p.csrcs,
+            p.extension_profile, p.extension, p.opus, p.user_id)
+
+
+def test_router_packets_are_whole_whether_or_not_the_handler_keeps_them(rtp):
+    # The compiled router parses the next datagram into the previous Packet when the handler
+    # kept no reference to it; every field must still be the new datagram's (user_id
+    # included: an unmapped SSRC after a mapped one is None), and a kept packet never changes.
+    def table():  # a fresh one per pass: the duplicate window lives in the table's entries
+        t = rtp.SSRCTable()
+        t.set(1111, 42)
+        return t
+
+    datagrams = [  # built by the rules of PROTOCOL.md, not by the code under test
+        ref.build_packet(XCHACHA, KEY, seq, 960 * seq, ssrc, b"payload%d" % seq, counter=seq, marker=marker,
+                         csrcs=csrcs, ext_profile=profile, ext_body=body, padding=padding)
+        for ssrc, seq, marker, csrcs, profile, body, padding in [
+            (1111, 1, True, (), None, b"", 0), (2222, 2, False, (7, 8), None, b"", 3),
+            (1111, 3, False, (), 0xBEDE, b"\x10\xaa\x00\x00", 0), (2222, 4, True, (9,), 0x1000, b"abcd", 0),
+            (1111, 5, False, (), None, b"", 0)]
+    ]
+    reference_table = table()
+    expected = [_fields(rtp.Depacketizer(XCHACHA, KEY).dispatch(d, reference_table)) for d in datagrams]
+    assert [e[-1] for e in expected] == [42, None, 42, None, 42]
+
+    seen, kept = [], []
+    for handler in (lambda p: seen.append(_fields(p)), kept.append):
+        router = rtp.DatagramRouter(None, 4096, _Log())
+        router.remote = ("10.0.0.1", 1)
+        router.route(rtp.Depacketizer(XCHACHA, KEY), rtp.SSRCTable(), handler)
+        router.route(rtp.Depacketizer(XCHACHA, KEY), table(), handler)
+        for d in datagrams:
+            router.datagram_received(d, ("10.0.0.1", 1))
+    assert seen == expected
+    assert [_fields(p) for p in kept] == expected and len({id(p) for p in kept}) == len(kept)
+
+
+def test_router_ignores_an_address_that_is_not_a_host_port_tuple(rtp):
+    got = []
+    router = rtp.DatagramRouter(None, 4096, _Log())
+    router.remote = ("10.0.0.1", 1)
+    table = rtp.SSRCTable()
+    router.route(rtp.Depacketizer(XCHACHA, KEY), table, got.append)
+    d = _stream(rtp, XCHACHA, 1111, [1])[0]
+    for addr in (None, ("10.0.0.1",), ["10.0.0.1", 1], "10.0.0.1:1"):
+        router.datagram_received(d, addr)
+    assert got == [] and router.ignored == 4
+    router.datagram_received(d, ("10.0.0.1", 1))
+    assert len(got) == 1
