@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._timer import DeadlineTimer
 from .constants import OPUS_FRAME_SIZE_MS, SILENCE_AUDIO_FRAME
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
 from .rtp import Packet, SSRCTable, send_prepared
@@ -72,16 +73,22 @@ class FrameStats:
 class SendClock:
     """The one 20 ms clock of an event loop; use :meth:`for_loop` to get it.
 
-    Tests can drive ticks deterministically
-    with :meth:`run_tick` on a clock made with ``autostart=False``.
+    Ticks follow an absolute schedule. On Linux a timerfd wakes the loop at each deadline
+    (uvloop's own timers only count whole milliseconds); ``precise=False``, or a loop that
+    cannot watch file descriptors, uses the loop's timers. Tests can drive ticks
+    deterministically with :meth:`run_tick` on a clock made with ``autostart=False``.
     """
 
     _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SendClock] = weakref.WeakKeyDictionary()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, frame: float = FRAME_SECONDS, autostart: bool = True) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, frame: float = FRAME_SECONDS, autostart: bool = True,
+                 precise: bool = True) -> None:
         self._loop = loop
         self._frame = frame
         self._autostart = autostart
+        self._precise = precise
+        #: True while a timerfd wakes the loop for ticks (Linux), False with the loop's timers.
+        self.precise = False
         self._live: dict[AudioSender, None] = {}
         self._task: asyncio.Task[None] | None = None
         #: Ticks run, and ticks skipped by resynchronisation, since the clock was made.
@@ -117,15 +124,17 @@ class SendClock:
         self._live.pop(sender, None)
 
     async def _run(self) -> None:
-        loop = self._loop
         frame = self._frame
-        next_tick = loop.time()
+        timer = DeadlineTimer(self._loop, precise=self._precise)
+        self.precise = timer.precise
+        clock = timer.now
+        next_tick = clock()
         try:
             while self._live:
-                now = loop.time()
+                now = clock()
                 if now < next_tick:
-                    await asyncio.sleep(next_tick - now)
-                    now = loop.time()
+                    await timer.sleep_until(next_tick)
+                    now = clock()
                 behind = now - next_tick
                 if behind > RESYNC_FRAMES * frame:
                     # The loop was blocked: skip the missed ticks rather than burst them out.
@@ -139,6 +148,7 @@ class SendClock:
                 self.run_tick()
                 next_tick += frame
         finally:
+            timer.close()
             self._task = None
 
     def run_tick(self) -> None:
