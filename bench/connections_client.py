@@ -22,6 +22,67 @@ def rss_kib() -> int:
     return 0
 
 
+class TickTimer:
+    """Times the send clock's ticks from inside the client (``time.perf_counter``).
+
+    The server's jitter figure is what arrived; these say what the sender did: the
+    start-to-start interval of ticks (|interval - 20 ms|, the same statistic), how long
+    each tick ran, and how long its send phase (the datagrams prepared the tick before,
+    back to back) took. A late tick with a short run means the loop woke late; a long run
+    means the tick's own work (or the process being descheduled in it) was the delay.
+    """
+
+    def __init__(self, audio_module, clock) -> None:
+        self.starts: list[float] = []
+        self.runs: list[float] = []
+        self.sends: list[float] = []
+        self._audio = audio_module
+        self._clock = clock
+        self._send_prepared = audio_module.send_prepared
+        run_tick = clock.run_tick
+        clock_now = time.perf_counter
+
+        def timed_send(senders):
+            t = clock_now()
+            try:
+                return self._send_prepared(senders)
+            finally:
+                self.sends.append(clock_now() - t)
+
+        def timed_tick():
+            t = clock_now()
+            self.starts.append(t)
+            run_tick()
+            self.runs.append(clock_now() - t)
+
+        audio_module.send_prepared = timed_send
+        clock.run_tick = timed_tick
+
+    def undo(self) -> None:
+        self._audio.send_prepared = self._send_prepared
+        del self._clock.run_tick
+
+    def summary(self, frame_ms: float = 20.0) -> dict:
+        def pct(values, p):
+            values = sorted(values)
+            return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None
+
+        interval_jitter = [abs((b - a) * 1000 - frame_ms) for a, b in zip(self.starts, self.starts[1:])]
+        runs = [r * 1000 for r in self.runs]
+        sends = [r * 1000 for r in self.sends]
+        return {
+            "ticks": len(self.starts),
+            "tick_jitter_p50_ms": pct(interval_jitter, 0.50),
+            "tick_jitter_p99_ms": pct(interval_jitter, 0.99),
+            "tick_jitter_max_ms": round(max(interval_jitter), 3) if interval_jitter else None,
+            "tick_run_p50_ms": pct(runs, 0.50),
+            "tick_run_p99_ms": pct(runs, 0.99),
+            "tick_run_max_ms": round(max(runs), 3) if runs else None,
+            "send_phase_p50_ms": pct(sends, 0.50),
+            "send_phase_p99_ms": pct(sends, 0.99),
+        }
+
+
 class Frames:
     """An endless provider of a fixed 120-byte frame for ``count`` frames."""
 
@@ -60,6 +121,11 @@ async def main(n: int, seconds: float) -> dict:
         loop.call_soon(manager.handle_voice_server_update, {
             "guild_id": str(guild_id), "token": f"t{guild_id}", "endpoint": url})
 
+    if os.environ.get("FASTVOICE_BENCH_PRECISE_TIMER", "1") == "0":
+        from fastvoice.audio import SendClock
+
+        # The loop's own timers instead of the timerfd (to measure what the timerfd gives).
+        SendClock._clocks[asyncio.get_running_loop()] = SendClock(asyncio.get_running_loop(), precise=False)
     manager = Manager(update_voice_state, 1, conn_config=ConnConfig(
         open_timeout=120, gateway_config=GatewayConfig(open_timeout=120, connect_timeout=60)))
     rss_before = rss_kib()
@@ -83,6 +149,9 @@ async def main(n: int, seconds: float) -> dict:
             gc_pauses.append(time.perf_counter() - gc_started[0])
 
     gc.callbacks.append(gc_timer)
+    from fastvoice import audio
+
+    ticks = TickTimer(audio, audio.SendClock.for_loop())
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     wall_before = time.monotonic()
     for c in conns:
@@ -94,6 +163,7 @@ async def main(n: int, seconds: float) -> dict:
     rss_after = rss_kib()
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     gc.callbacks.remove(gc_timer)
+    ticks.undo()
     stats = [c.sender.stats for c in conns]
     await asyncio.sleep(0.2)
     server.stdin.write(b"report\n")
@@ -126,6 +196,8 @@ async def main(n: int, seconds: float) -> dict:
         "gc_collections": len(gc_pauses),
         "gc_pause_max_ms": round(max(gc_pauses, default=0.0) * 1000, 2),
         "gc_frozen": os.environ.get("FASTVOICE_BENCH_GC_FREEZE", "1") == "1",
+        "precise_timer": audio.SendClock.for_loop().precise,
+        **ticks.summary(),
     }
 
 

@@ -10,14 +10,14 @@ which caps what it can receive near 12,000 packets/s. For the benchmark the audi
 is replaced by a record-only one (SSRC and arrival time, no decryption): the gateway,
 IP discovery and everything else stay the VoiceServer's.
 
-Arrival times are the kernel's receive timestamps where Linux gives them (SO_TIMESTAMPNS,
-read back per datagram with the SIOCGSTAMPNS ioctl right after the event loop received
-it), so the jitter figure is the sender's, not this process's scheduling delay. The
-first output line says which clock was used.
+Arrival times are the kernel's receive timestamps where Linux gives them (read back per
+datagram with the SIOCGSTAMPNS ioctl right after the event loop received it, see
+``fastvoice.testing.kernel_receive_clock``), so the jitter figure is the sender's, not this
+process's scheduling delay. The first output line (stderr) says which clock was used, and
+the report counts datagrams that had no kernel stamp.
 """
 
 import asyncio
-import fcntl
 import json
 import socket
 import struct
@@ -25,40 +25,26 @@ import sys
 import time
 from collections import defaultdict
 
-from fastvoice.testing import VoiceServer
-
-
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-SIOCGSTAMPNS = 0x8907  # Linux: timestamp of the last datagram read from the socket
+from fastvoice.testing import VoiceServer, kernel_receive_clock
 
 
 def kernel_clock(server: VoiceServer):
     """A function returning the kernel receive time of the datagram just read, or None."""
-    if not sys.platform.startswith("linux"):
+    stamp = kernel_receive_clock(server._udp)
+    if stamp is None:
         return None
-    fd = server._udp.get_extra_info("socket").fileno()
-    try:
-        sock = socket.socket(fileno=fd)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        finally:
-            sock.detach()  # the server's transport owns the descriptor
-    except OSError:
-        return None
-    buf = bytearray(16)
-    unpack = struct.Struct("=qq").unpack
-    ioctl = fcntl.ioctl
-    wall = time.time  # same clock (CLOCK_REALTIME) as the kernel's stamps
+    wall = time.time  # the same clock (CLOCK_REALTIME) as the kernel's stamps
+    missing = [0]
 
-    def stamp() -> float:
-        try:
-            ioctl(fd, SIOCGSTAMPNS, buf)
-        except OSError:  # no stamp for this datagram
+    def arrival() -> float:
+        t = stamp()
+        if t is None:  # no stamp for this datagram: counted and reported
+            missing[0] += 1
             return wall()
-        sec, nsec = unpack(buf)
-        return sec + nsec * 1e-9
+        return t
 
-    return stamp
+    arrival.missing = missing
+    return arrival
 
 
 def enlarge_receive_buffer(server: VoiceServer, size: int = 32 << 20) -> None:
@@ -111,6 +97,8 @@ async def main() -> None:
             }
             for ssrc, seen in arrivals.items()
         }
+        if clock is not None and clock.missing[0]:
+            print(f"kernel stamps missing for {clock.missing[0]} datagrams (wall clock used)", file=sys.stderr)
         print(json.dumps(result), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 

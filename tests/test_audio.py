@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import io
 import os
-import socket
 import struct
 import sys
 import time
@@ -17,6 +15,7 @@ from fastvoice.audio import AudioReceiver, AudioSender, SendClock
 from fastvoice.ipdiscovery import build_ip_discovery_response
 from fastvoice.opus import OpusReader
 from fastvoice.rtp import Depacketizer, Packet, Packetizer, SSRCTable
+from fastvoice.testing import kernel_receive_clock
 from fastvoice.udp import UDPConn
 
 MODE = "aead_xchacha20_poly1305_rtpsize"
@@ -29,33 +28,15 @@ class Server(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.packets: list[tuple[float, Packet]] = []
-        #: Kernel receive time of each packet where Linux gives it (SO_TIMESTAMPNS), so the
-        #: pacing figure is the sender's and not this loop's delay in reading the socket.
+        #: Kernel receive time of each packet where Linux gives it, so the pacing figure
+        #: is the sender's and not this loop's delay in reading the socket.
         self.kernel_arrivals: list[float] = []
         self.client = None
-        self._fd = -1
+        self._stamp = None
 
     def connection_made(self, transport):
         self.transport = transport
-        if sys.platform.startswith("linux"):
-            fd = transport.get_extra_info("socket").fileno()
-            sock = socket.socket(fileno=fd)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMPNS", 35), 1)
-                self._fd = fd
-            except OSError:
-                pass
-            finally:
-                sock.detach()
-
-    def _kernel_stamp(self):
-        buf = bytearray(16)
-        try:
-            fcntl.ioctl(self._fd, 0x8907, buf)  # SIOCGSTAMPNS: the datagram just read
-        except OSError:
-            return None
-        sec, nsec = struct.unpack("=qq", buf)
-        return sec + nsec * 1e-9
+        self._stamp = kernel_receive_clock(transport)
 
     def datagram_received(self, data, addr):
         self.client = addr
@@ -63,8 +44,8 @@ class Server(asyncio.DatagramProtocol):
             ssrc = struct.unpack_from(">I", data, 4)[0]
             self.transport.sendto(build_ip_discovery_response(ssrc, addr[0], addr[1]), addr)
             return
-        if self._fd >= 0:
-            stamp = self._kernel_stamp()
+        if self._stamp is not None:
+            stamp = self._stamp()
             if stamp is not None:
                 self.kernel_arrivals.append(stamp)
         self.packets.append((time.monotonic(), Depacketizer(MODE, KEY).depacketize(data)))
@@ -273,6 +254,8 @@ async def test_pacing_of_one_connection(link):
     await wait_until(lambda: not sender.live, timeout=10)
     arrivals = [t for t, p in link.server.packets]
     assert len(arrivals) == 255
+    if sys.platform.startswith("linux"):
+        assert len(link.server.kernel_arrivals) == len(arrivals)  # every packet has its kernel stamp
     if len(link.server.kernel_arrivals) == len(arrivals):
         arrivals = link.server.kernel_arrivals  # when the socket received them, not when we read them
     deviations = sorted(abs((b - a) - 0.020) for a, b in zip(arrivals, arrivals[1:]))

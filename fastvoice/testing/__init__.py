@@ -46,3 +46,8 @@ __all__ = [
 from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, is_dave_frame  # noqa: E402
 
 __all__ += ["DaveCallGroup", "DaveExternalSender", "MLSDecodeError", "is_dave_frame"]
+
+# Pacing measurements: when the kernel received a datagram, not when the loop read it.
+from ._stamps import kernel_receive_clock  # noqa: E402
+
+__all__ += ["kernel_receive_clock"]
