@@ -19,6 +19,7 @@ from collections.abc import Callable
 __all__ = ["kernel_receive_clock"]
 
 _SIOCGSTAMPNS = 0x8907
+_STAMP_OPTIONS = (("SO_TIMESTAMP", 29), ("SO_TIMESTAMPNS", 35))
 
 
 def kernel_receive_clock(transport) -> Callable[[], float | None] | None:
@@ -44,9 +45,9 @@ def kernel_receive_clock(transport) -> Callable[[], float | None] | None:
     except OSError:
         return None
     try:
-        for option in ("SO_TIMESTAMPNS", "SO_TIMESTAMP"):
-            if hasattr(socket, option):
-                raw.setsockopt(socket.SOL_SOCKET, getattr(socket, option), 0)
+        # Python's socket module does not always name them; these are Linux's (asm-generic).
+        for option, number in _STAMP_OPTIONS:
+            raw.setsockopt(socket.SOL_SOCKET, getattr(socket, option, number), 0)
     except OSError:
         return None
     finally:
