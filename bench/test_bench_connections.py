@@ -87,5 +87,5 @@ def test_live_connections(benchmark, n, twin):
             pytest.skip(f"@discordjs/voice is measured up to {DISCORDJS_MAX} connections (FASTVOICE_BENCH_DISCORDJS_MAX)")
     benchmark.group = f"{n} connections"
     result = benchmark.pedantic(run_client, args=(n, SECONDS, twin), rounds=1, iterations=1)
-    benchmark.extra_info.update(result, twin=twin, connections=n)
+    benchmark.extra_info.update(result, twin=twin, connections=n, audio_seconds=SECONDS)
     assert result["opened"] == n
