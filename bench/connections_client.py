@@ -62,6 +62,10 @@ class TickTimer:
         self._audio.send_prepared = self._send_prepared
         del self._clock.run_tick
 
+    def dump(self, path: str) -> None:
+        with open(path, "w") as fh:
+            json.dump({"starts": self.starts, "runs": self.runs, "sends": self.sends}, fh)
+
     def summary(self, frame_ms: float = 20.0) -> dict:
         def pct(values, p):
             values = sorted(values)
@@ -164,6 +168,8 @@ async def main(n: int, seconds: float) -> dict:
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     gc.callbacks.remove(gc_timer)
     ticks.undo()
+    if os.environ.get("FASTVOICE_BENCH_TICKS_FILE"):
+        ticks.dump(os.environ["FASTVOICE_BENCH_TICKS_FILE"])  # per-tick times, for a closer look
     stats = [c.sender.stats for c in conns]
     await asyncio.sleep(0.2)
     server.stdin.write(b"report\n")
