@@ -8,6 +8,7 @@ import os
 import struct
 import time
 
+from _calls import Collect
 from fastvoice.conn import ConnConfig
 from fastvoice.gateway import GatewayConfig
 from fastvoice.manager import Manager
@@ -25,20 +26,6 @@ def make_manager(server, user_id, **gateway_options):
     manager = Manager(main.update_voice_state, user_id, conn_config=config)
     main.attach(manager)
     return main, manager
-
-
-class Collect:
-    def __init__(self):
-        self.frames = []
-
-    def receive_opus_frame(self, user_id, packet):
-        self.frames.append((user_id, packet.opus))
-
-    def cleanup_user(self, user_id):
-        pass
-
-    def close(self):
-        pass
 
 
 class Endless:

@@ -16,25 +16,12 @@ pytest.importorskip("davey")
 
 from test_voice_server_discordpy import BOT, CHANNEL, GUILD, OTHER, make_discordpy_voice_client  # noqa: E402
 
+from _calls import Collect  # noqa: E402
 from fastvoice.conn import ConnConfig  # noqa: E402
 from fastvoice.gateway import GatewayConfig  # noqa: E402
 from fastvoice.manager import Manager  # noqa: E402
 from fastvoice.testing import MainGatewayStandIn, VoiceServer  # noqa: E402
 from fastvoice.testing._dave import is_dave_frame  # noqa: E402
-
-
-class Collect:
-    def __init__(self):
-        self.frames = []
-
-    def receive_opus_frame(self, user_id, packet):
-        self.frames.append((user_id, packet.opus))
-
-    def cleanup_user(self, user_id):
-        pass
-
-    def close(self):
-        pass
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from _calls import Collect
 from fastvoice import FFmpegError, FFmpegNotFoundError, FFmpegOpusProvider, OpusFrameProvider
 from fastvoice.conn import ConnConfig
 from fastvoice.gateway import GatewayConfig
@@ -261,20 +262,6 @@ class Recorder:
 
     def close(self):
         self.provider.close()
-
-
-class Collect:
-    def __init__(self):
-        self.frames = []
-
-    def receive_opus_frame(self, user_id, packet):
-        self.frames.append((user_id, packet.opus))
-
-    def cleanup_user(self, user_id):
-        pass
-
-    def close(self):
-        pass
 
 
 async def test_ffmpeg_stream_through_a_real_connection(ffmpeg):
