@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import VoiceError
+from .opus import _ReadAhead
 
 __all__ = [
     "OggError",
@@ -517,22 +518,17 @@ class OggOpusReader:
         self.close()
 
 
-class _OggReadAhead:
+class _OggReadAhead(_ReadAhead):
     """A bounded buffer of demuxed packets filled by one task, emptied by the send clock."""
 
+    _end_message = "end of Ogg Opus stream"
+
     def __init__(self, *, buffer_frames: int, chunk_size: int, max_packet_size: int) -> None:
-        if buffer_frames < 1:
-            raise ValueError(f"buffer_frames must be >= 1, got {buffer_frames}")
+        super().__init__(buffer_frames)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._demuxer = OggOpusDemuxer(max_packet_size=max_packet_size)
-        self._frames: deque[bytes] = deque()
-        self._limit = buffer_frames
         self._chunk = chunk_size
-        self._space = asyncio.Event()
-        self._space.set()
-        self._ended = False
-        self._error: BaseException | None = None
 
     @property
     def head(self) -> OpusHead | None:
@@ -553,10 +549,7 @@ class _OggReadAhead:
         """Demux ``reader`` into the buffer until the end of the stream; waits while it is full."""
         demuxer, frames = self._demuxer, self._frames
         while True:
-            if len(frames) >= self._limit:
-                self._space.clear()
-                await self._space.wait()
-                continue
+            await self._wait_for_space()
             try:
                 packet = demuxer.read_packet()
             except EOFError:
@@ -569,21 +562,6 @@ class _OggReadAhead:
                     demuxer.feed_eof()
             else:
                 frames.append(packet)
-
-    def provide_opus_frame(self) -> bytes | None:
-        """Return a buffered frame, ``None`` if none is ready, ``EOFError`` at the end."""
-        frames = self._frames
-        if frames:
-            frame = frames.popleft()
-            if len(frames) < self._limit:
-                self._space.set()
-            return frame
-        if self._ended:
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            raise EOFError("end of Ogg Opus stream")
-        return None
 
 
 class AsyncOggOpusReader(_OggReadAhead):
@@ -625,7 +603,4 @@ class AsyncOggOpusReader(_OggReadAhead):
 
     def close(self) -> None:
         """Stop the read-ahead task and drop buffered frames (the reader's owner closes it)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._frames.clear()
-        self._ended = True
+        self._stop(self._task)

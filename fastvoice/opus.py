@@ -99,7 +99,56 @@ class OpusReader:
         self._stream.close()
 
 
-class AsyncOpusReader:
+class _ReadAhead:
+    """A bounded buffer of Opus frames filled by one task and emptied by the send clock.
+
+    The filling task awaits :meth:`_wait_for_space` before adding a frame and sets
+    ``_ended`` (and ``_error`` for a failure to report) when it stops;
+    :meth:`provide_opus_frame` never waits.
+    """
+
+    #: The message of the ``EOFError`` raised once the stream ended and the buffer is empty.
+    _end_message = "end of Opus stream"
+
+    def __init__(self, buffer_frames: int) -> None:
+        if buffer_frames < 1:
+            raise ValueError(f"buffer_frames must be >= 1, got {buffer_frames}")
+        self._frames: deque[bytes] = deque()
+        self._limit = buffer_frames
+        self._space = asyncio.Event()
+        self._space.set()
+        self._ended = False
+        self._error: BaseException | None = None
+
+    async def _wait_for_space(self) -> None:
+        if len(self._frames) >= self._limit:
+            self._space.clear()
+            await self._space.wait()  # set again by provide_opus_frame once a frame is taken
+
+    def provide_opus_frame(self) -> bytes | None:
+        """Return a buffered frame, ``None`` if none is ready, ``EOFError`` at the end."""
+        frames = self._frames
+        if frames:
+            frame = frames.popleft()
+            if len(frames) < self._limit:
+                self._space.set()
+            return frame
+        if self._ended:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            raise EOFError(self._end_message)
+        return None
+
+    def _stop(self, task: asyncio.Task[None] | None) -> None:
+        """Cancel the filling ``task`` and drop buffered frames."""
+        if task is not None and not task.done():
+            task.cancel()
+        self._frames.clear()
+        self._ended = True
+
+
+class AsyncOpusReader(_ReadAhead):
     """An :class:`OpusFrameProvider` fed from an ``asyncio.StreamReader`` by a read-ahead task.
 
     ``start()`` begins reading ahead into a bounded buffer of ``buffer_frames`` frames;
@@ -108,16 +157,9 @@ class AsyncOpusReader:
     """
 
     def __init__(self, reader: asyncio.StreamReader, *, buffer_frames: int = 50) -> None:
-        if buffer_frames < 1:
-            raise ValueError(f"buffer_frames must be >= 1, got {buffer_frames}")
+        super().__init__(buffer_frames)
         self._reader = reader
-        self._frames: deque[bytes] = deque()
-        self._limit = buffer_frames
-        self._space = asyncio.Event()
-        self._space.set()
         self._task: asyncio.Task[None] | None = None
-        self._ended = False
-        self._error: BaseException | None = None
 
     def start(self) -> None:
         """Start the read-ahead task on the running loop."""
@@ -127,9 +169,7 @@ class AsyncOpusReader:
     async def _read_ahead(self) -> None:
         try:
             while True:
-                if len(self._frames) >= self._limit:
-                    self._space.clear()
-                    await self._space.wait()
+                await self._wait_for_space()
                 try:
                     head = await self._reader.readexactly(4)
                 except asyncio.IncompleteReadError as exc:
@@ -148,26 +188,9 @@ class AsyncOpusReader:
         finally:
             self._ended = True
 
-    def provide_opus_frame(self) -> bytes | None:
-        """Return a buffered frame, ``None`` if none is ready, ``EOFError`` at the end."""
-        if self._frames:
-            frame = self._frames.popleft()
-            if len(self._frames) < self._limit:
-                self._space.set()
-            return frame
-        if self._ended:
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            raise EOFError("end of Opus stream")
-        return None
-
     def close(self) -> None:
         """Stop the read-ahead task and drop buffered frames."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._frames.clear()
-        self._ended = True
+        self._stop(self._task)
 
 
 class OpusWriter:
