@@ -331,11 +331,14 @@ cdef class Packetizer:
         self._ssrc = _c.check_uint("ssrc", ssrc, 32)
         self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
         key = _c.check_key(secret_key)
-        self._sequence = _c.check_uint("sequence", sequence, 16)
-        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-        self._nonce = _c.check_uint("nonce", nonce, 32)
-        _aes_state_free(&self._aes)
-        memcpy(self._key, PyBytes_AS_STRING(key), 32)
+        try:
+            self._sequence = _c.check_uint("sequence", sequence, 16)
+            self._timestamp = _c.check_uint("timestamp", timestamp, 32)
+            self._nonce = _c.check_uint("nonce", nonce, 32)
+            _aes_state_free(&self._aes)
+            memcpy(self._key, PyBytes_AS_STRING(key), 32)
+        finally:
+            _c.scrub(key)
         if self._mode_no == MODE_AES:
             _aes_state_init(&self._aes, self._key)
         self._wiped = False
@@ -485,6 +488,7 @@ cdef class Depacketizer:
         key = _c.check_key(secret_key)
         _aes_state_free(&self._aes)
         memcpy(self._key, PyBytes_AS_STRING(key), 32)
+        _c.scrub(key)
         if self._mode_no == MODE_AES:
             _aes_state_init(&self._aes, self._key)
         self._wiped = False

@@ -5,6 +5,8 @@ Only construction-time work lives here; nothing in this module runs per packet.
 
 from __future__ import annotations
 
+import nacl._sodium as _sodium
+
 from .encryption import EncryptionMode
 
 # Internal mode numbers (the compiled twin switches on them).
@@ -47,9 +49,13 @@ def resolve_mode(mode: object, aes_available: bool) -> tuple[EncryptionMode, int
 
 
 def check_key(secret_key: object) -> bytes:
-    """Return the 32-byte key as ``bytes`` (accepts bytes-like or a list of 32 ints, as in op 4)."""
+    """Return a private 32-byte copy of the key (bytes-like, or a list of 32 ints as in op 4).
+
+    The copy is a new object that nothing else references, never ``secret_key`` itself, so
+    the packet core may zero it with :func:`scrub` without touching the caller's key.
+    """
     if isinstance(secret_key, (bytes, bytearray, memoryview)):
-        key = bytes(secret_key)
+        key = bytes(memoryview(secret_key))
     elif isinstance(secret_key, (list, tuple)):
         try:
             key = bytes(secret_key)
@@ -58,8 +64,20 @@ def check_key(secret_key: object) -> bytes:
     else:
         raise TypeError(f"secret_key must be 32 bytes or a list of 32 ints, not {type(secret_key).__name__}")
     if len(key) != KEY_SIZE:
+        scrub(key)
         raise ValueError(f"secret_key must be {KEY_SIZE} bytes, got {len(key)}")
     return key
+
+
+def scrub(key: bytes) -> None:
+    """Overwrite with zeros, in place, a key copy made by :func:`check_key`.
+
+    Only for those private copies: ``bytes`` are immutable to Python code, and zeroing one
+    that someone else holds would change their value. ``sodium_memzero`` is a store the
+    compiler cannot drop.
+    """
+    if len(key) > 1:  # the empty and one-byte objects are shared singletons
+        _sodium.lib.sodium_memzero(_sodium.ffi.from_buffer(key), len(key))
 
 
 def check_uint(name: str, value: object, bits: int) -> int:

@@ -214,14 +214,18 @@ class Packetizer:
         self._wiped = False
 
     def wipe(self) -> None:
-        """Forget the secret key now; later ``packetize`` calls raise.
+        """Zero the secret key now; later ``packetize`` calls raise.
 
-        The compiled twin zeroes its copy of the key. This pure-Python twin can only drop
-        its reference: Python ``bytes`` are immutable and PyNaCl copies keys per call, so
-        copies may remain in freed memory until it is reused.
+        Both twins hold a private copy of the key (never the caller's object) and overwrite
+        it with zeros here, and when the object is freed.
         """
-        self._key = b""
+        _c.scrub(self._key)
         self._wiped = True
+
+    def __del__(self) -> None:
+        key = getattr(self, "_key", None)
+        if key is not None:
+            _c.scrub(key)
 
     @property
     def wiped(self) -> bool:
@@ -317,9 +321,14 @@ class Depacketizer:
         self._wiped = False
 
     def wipe(self) -> None:
-        """Forget the secret key now; later calls raise (see :meth:`Packetizer.wipe`)."""
-        self._key = b""
+        """Zero the secret key now; later calls raise (see :meth:`Packetizer.wipe`)."""
+        _c.scrub(self._key)
         self._wiped = True
+
+    def __del__(self) -> None:
+        key = getattr(self, "_key", None)
+        if key is not None:
+            _c.scrub(key)
 
     @property
     def wiped(self) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -175,6 +177,42 @@ def test_wipe_stops_packetizer_and_depacketizer(rtp):
     # Counters stay readable for stream continuity; the key does not show up anywhere.
     assert sender.sequence == 0
     assert KEY.hex() not in repr(receiver)
+
+
+def _memory_of(obj) -> bytes:
+    """The raw memory where a twin keeps its key: the object itself (the compiled twin's
+    inline array) and every bytes object in its slots (the pure twin's private copy)."""
+    regions = [ctypes.string_at(id(obj), type(obj).__basicsize__)]
+    for name in getattr(type(obj), "__slots__", ()):
+        value = getattr(obj, name, None)
+        if type(value) is bytes:
+            regions.append(ctypes.string_at(id(value), sys.getsizeof(value)))
+    return b"".join(regions)
+
+
+@pytest.mark.parametrize("given", [bytes, bytearray, list], ids=["bytes", "bytearray", "list"])
+@pytest.mark.parametrize("kind", ["Packetizer", "Depacketizer"])
+def test_wipe_zeroes_the_key_in_memory_and_leaves_the_callers_key_alone(rtp, kind, given):
+    key = os.urandom(32)
+    callers_key = given(key)
+    for mode in (XCHACHA, "aead_aes256_gcm_rtpsize"):
+        if "aes" in mode and not rtp.aes256gcm_available():
+            continue
+        obj = rtp.Packetizer(7, mode, callers_key) if kind == "Packetizer" else rtp.Depacketizer(mode, callers_key)
+        assert key in _memory_of(obj)  # the probe sees the key where the twin keeps it
+        obj.wipe()
+        assert key not in _memory_of(obj)
+        assert bytes(callers_key) == key  # the copy was private: the caller's key is untouched
+
+
+def test_a_rejected_key_leaves_the_callers_object_untouched(rtp):
+    short = os.urandom(31)
+    with pytest.raises(ValueError, match="32 bytes, got 31"):
+        rtp.Depacketizer(XCHACHA, short)
+    with pytest.raises(ValueError, match="sequence"):
+        rtp.Packetizer(1, XCHACHA, KEY, sequence=-1)
+    assert len(short) == 31 and any(short)
+    assert KEY == bytes(range(32))
 
 
 async def test_udp_close_wipes_the_session_keys(rtp):
