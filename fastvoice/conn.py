@@ -467,7 +467,9 @@ class Conn:
                 dave = self._dave_manager()
                 if dave is not None:
                     await dave.on_session_description(data.dave_protocol_version or 0)
-                self._on_session_description(data)
+                refused = self._on_session_description(data)
+                if refused is not None:
+                    await self._end_session(refused)
             elif isinstance(data, GatewayMessageDataSpeaking):
                 if data.user_id:
                     self._ssrcs.set(data.ssrc, data.user_id)
@@ -520,12 +522,19 @@ class Conn:
             if self._audio_ready is not None and not self._audio_ready.done():
                 self._audio_ready.set_exception(ConnOpenError(f"guild {self._guild_id}: voice UDP setup failed: {exc}"))
 
-    def _on_session_description(self, data: GatewayMessageDataSessionDescription) -> None:
+    def _on_session_description(self, data: GatewayMessageDataSessionDescription) -> ConnOpenError | None:
+        """Key the UDP connection; returns the error that ends the session when the
+        description cannot be used (a mode other than the one selected, or unsupported)."""
         udp = self._udp
         if udp is None:
             self._log.warning("guild %d: Session Description before Ready; ignored", self._guild_id)
-            return
-        udp.set_secret_key(data.mode, data.secret_key, counters=self._counters)
+            return None
+        try:
+            if str(data.mode) != self._mode:
+                raise ValueError(f"it names encryption mode {str(data.mode)!r}, but {self._mode!r} was selected")
+            udp.set_secret_key(data.mode, data.secret_key, counters=self._counters)
+        except (ValueError, TypeError) as exc:
+            return ConnOpenError(f"guild {self._guild_id}: the voice server's Session Description is unusable: {exc}")
         self._dave_protocol_version = data.dave_protocol_version or 0
         if self._dave_protocol_version and self._dave is None:
             # The server chose DAVE although we did not offer it: hold every frame rather
@@ -582,6 +591,16 @@ class Conn:
             )
         self._audio_receiver.frame_hook = self._dave.decrypt_frame if self._dave is not None else None
         self._audio_receiver.attach(self._udp)
+
+    async def _end_session(self, error: ConnOpenError) -> None:
+        """End a voice session the server made unusable: close its gateway (no reconnect)
+        and release it as a stop close code would; ``open()`` raises ``error`` at once."""
+        gateway = self._gateway
+        self._log.error("%s; closing the voice connection", error)
+        if gateway is None:
+            return
+        await gateway.close()
+        await self._on_gateway_closed(gateway, error)
 
     async def _on_gateway_closed(self, gateway: Gateway, error: BaseException) -> None:
         if gateway is not self._gateway:

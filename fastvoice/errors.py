@@ -41,8 +41,11 @@ class GatewayDecodeError(VoiceError, ValueError):
     """A voice gateway frame could not be decoded: invalid JSON, or a known op whose payload is malformed.
 
     The message names the field and what was expected.  The gateway catches it,
-    logs it and drops the frame.
+    logs it and drops the frame.  ``seq`` is the frame's sequence number when it could
+    be read before the payload failed (the gateway still acknowledges it), else ``None``.
     """
+
+    seq: int | None = None
 
 
 class GatewayClosedError(VoiceError):

@@ -628,6 +628,8 @@ class Gateway:
             message = decode_message(text)
         except GatewayDecodeError as exc:
             self._log.warning("voice gateway dropped an undecodable frame: %s", exc)
+            if exc.seq is not None:
+                self._seq_ack = exc.seq  # seen, though unusable: a resume need not replay it
             return
         if message.seq is not None:
             self._seq_ack = message.seq
@@ -638,6 +640,8 @@ class Gateway:
             message = decode_server_binary(data)
         except GatewayDecodeError as exc:
             self._log.warning("voice gateway dropped an undecodable binary frame: %s", exc)
+            if exc.seq is not None:
+                self._seq_ack = exc.seq
             return
         if message.seq is not None:
             self._seq_ack = message.seq

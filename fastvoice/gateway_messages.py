@@ -140,6 +140,24 @@ def _where(cls: type, name: str) -> str:
     return f"{cls.__name__} field {name!r}"
 
 
+# Fields whose value is never shown in an error, whatever it is.
+_SECRET_FIELDS = frozenset({"token", "session_id", "secret_key"})
+_SHOWN_MAX = 60
+
+
+def _brief(value: Any, name: str = "") -> str:
+    """A rejected value as shown in an error: bounded in length (a hostile frame may be
+    megabytes, and errors are logged), and never the value of a secret field."""
+    if name in _SECRET_FIELDS:
+        return f"a {type(value).__name__}"
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, str) and len(value) > _SHOWN_MAX:
+        return f"{value[:_SHOWN_MAX]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_MAX else f"{text[:_SHOWN_MAX]}... ({len(text)} characters)"
+
+
 def _require(cls: type, d: dict[str, Any], name: str) -> Any:
     if name not in d:
         raise GatewayDecodeError(f"{_where(cls, name)} is missing")
@@ -148,13 +166,13 @@ def _require(cls: type, d: dict[str, Any], name: str) -> Any:
 
 def _int(cls: type, name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise GatewayDecodeError(f"{_where(cls, name)} must be an integer in {lo}..{hi}, got {value!r}")
+        raise GatewayDecodeError(f"{_where(cls, name)} must be an integer in {lo}..{hi}, got {_brief(value, name)}")
     return value
 
 
 def _str(cls: type, name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise GatewayDecodeError(f"{_where(cls, name)} must be a string, got {value!r}")
+        raise GatewayDecodeError(f"{_where(cls, name)} must be a string, got {_brief(value, name)}")
     return value
 
 
@@ -165,9 +183,9 @@ def _snowflake(cls: type, name: str, value: Any) -> int:
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
-        raise GatewayDecodeError(f"{_where(cls, name)} must be a snowflake (decimal string), got {value!r}")
+        raise GatewayDecodeError(f"{_where(cls, name)} must be a snowflake (decimal string), got {_brief(value, name)}")
     if not 0 <= number <= _MAX_SNOWFLAKE:
-        raise GatewayDecodeError(f"{_where(cls, name)} snowflake {value!r} is out of range")
+        raise GatewayDecodeError(f"{_where(cls, name)} snowflake {_brief(value, name)} is out of range")
     return number
 
 
@@ -337,7 +355,7 @@ class GatewayMessageDataReady(GatewayMessageData):
         d = _dict(cls, d)
         modes = _require(cls, d, "modes")
         if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
-            raise GatewayDecodeError(f"{_where(cls, 'modes')} must be a list of strings, got {modes!r}")
+            raise GatewayDecodeError(f"{_where(cls, 'modes')} must be a list of strings, got {_brief(modes)}")
         return cls(
             ssrc=_int(cls, "ssrc", _require(cls, d, "ssrc"), 0, _MAX_U32),
             ip=_str(cls, "ip", _require(cls, d, "ip")),
@@ -527,7 +545,7 @@ class GatewayMessageDataHello(GatewayMessageData):
         d = _dict(cls, d)
         value = _require(cls, d, "heartbeat_interval")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise GatewayDecodeError(f"{_where(cls, 'heartbeat_interval')} must be a positive number, got {value!r}")
+            raise GatewayDecodeError(f"{_where(cls, 'heartbeat_interval')} must be a positive number, got {_brief(value)}")
         return cls(heartbeat_interval=float(value))
 
 
@@ -564,7 +582,7 @@ class GatewayMessageDataClientsConnect(GatewayMessageData):
         d = _dict(cls, d)
         ids = _require(cls, d, "user_ids")
         if not isinstance(ids, list):
-            raise GatewayDecodeError(f"{_where(cls, 'user_ids')} must be a list, got {ids!r}")
+            raise GatewayDecodeError(f"{_where(cls, 'user_ids')} must be a list, got {_brief(ids)}")
         return cls(user_ids=[_snowflake(cls, "user_ids", u) for u in ids])
 
 
@@ -962,11 +980,18 @@ def decode_message(frame: str | bytes | bytearray) -> GatewayMessage:
         raise GatewayDecodeError(f"frame must be a JSON object with 'op' and 'd', got {type(obj).__name__}")
     op = obj.get("op")
     if isinstance(op, bool) or not isinstance(op, int) or not 0 <= op <= 255:
-        raise GatewayDecodeError(f"frame 'op' must be an integer in 0..255, got {op!r}")
+        raise GatewayDecodeError(f"frame 'op' must be an integer in 0..255, got {_brief(op)}")
     seq = obj.get("seq")
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= 2**63 - 1):
-        raise GatewayDecodeError(f"frame 'seq' must be a non-negative integer, got {seq!r}")
-    d = obj.get("d")
+        raise GatewayDecodeError(f"frame 'seq' must be a non-negative integer, got {_brief(seq)}")
+    try:
+        return _decode_json_payload(op, obj.get("d"), seq)
+    except GatewayDecodeError as exc:
+        exc.seq = seq
+        raise
+
+
+def _decode_json_payload(op: int, d: Any, seq: int | None) -> GatewayMessage:
     cls = _TYPES.get(op)
     if cls is None:
         return GatewayMessage(op, GatewayMessageDataUnknown(op, d), seq)
@@ -999,7 +1024,11 @@ def decode_server_binary(frame: bytes | bytearray | memoryview) -> GatewayMessag
     if len(data) < 3:
         raise GatewayDecodeError(f"binary frame is {len(data)} bytes; expected at least 3 (seq u16, op u8)")
     seq = (data[0] << 8) | data[1]
-    return _decode_binary(data[2], data[3:], seq)
+    try:
+        return _decode_binary(data[2], data[3:], seq)
+    except GatewayDecodeError as exc:
+        exc.seq = seq
+        raise
 
 
 def decode_client_binary(frame: bytes | bytearray | memoryview) -> GatewayMessage:

@@ -248,3 +248,47 @@ async def test_refused_resume_gets_a_new_session_and_audio_continues():
         old_last = server.packets(first_ssrc)[-1].sequence
         assert server.packets(conn.udp.ssrc)[0].sequence > old_last
         await bots.close()
+
+
+@pytest.mark.parametrize("mode", ["no_such_mode", "xsalsa20_poly1305"])
+async def test_an_unusable_session_description_fails_open_at_once(monkeypatch, caplog, mode):
+    # The server answers Select Protocol with a mode the client cannot use: one it does not
+    # know, or a discontinued one it did not select.
+    import fastvoice.testing._server as server_module
+
+    real = server_module.GatewayMessageDataSessionDescription
+    monkeypatch.setattr(
+        server_module, "GatewayMessageDataSessionDescription", lambda _mode, key, dave: real(mode, key, dave)
+    )
+    async with VoiceServer() as server:
+        _, bots = make_manager(server, 5, open_timeout=10)
+        conn = bots.create_conn(9)
+        started = time.monotonic()
+        with pytest.raises(ConnOpenError, match=f"Session Description is unusable: .*{mode}"):
+            await conn.open(500)
+        assert time.monotonic() - started < 3
+        assert conn.udp is None  # the socket was released
+        await wait_until(lambda: server.session_for_user(5) is None or server.session_for_user(5).connection is None)
+        assert not [r for r in caplog.records if r.exc_info]  # an error logged, not an exception raised
+        await bots.close()
+
+
+async def test_an_unusable_session_description_mid_call_ends_the_session(caplog):
+    from fastvoice.gateway_messages import GatewayMessageDataSessionDescription, Opcode
+
+    async with VoiceServer() as server:
+        _, bots = make_manager(server, 5)
+        conn = bots.create_conn(9)
+        await conn.open(500)
+        udp = conn.udp
+        conn.set_opus_frame_provider(opus_stream([b"\x01" * 20] * 500))
+        await wait_until(lambda: server.packets(udp.ssrc), what="audio at the server")
+        session = server.session_for_user(5)
+        await session.send(Opcode.SESSION_DESCRIPTION, GatewayMessageDataSessionDescription("no_such_mode", bytes(32), 0))
+        await wait_until(lambda: not udp.is_open, what="the socket closed")
+        assert conn.udp is None
+        sent = len(server.packets(udp.ssrc))
+        await asyncio.sleep(0.1)
+        assert len(server.packets(udp.ssrc)) == sent  # nothing is sent into the ended session
+        assert any("unusable" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+        await bots.close()

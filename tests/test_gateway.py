@@ -559,6 +559,32 @@ async def test_bad_input_from_the_server_is_survived(server, caplog):
         await gw.close()
 
 
+async def test_undecodable_frames_are_acknowledged_and_logged_in_bounded_lines(server, caplog):
+    rec = Recorder()
+    gw = make_gateway(rec)
+    await gw.open(server.make_state(GUILD, USER))
+    try:
+        conn = server.session_for_user(USER).connection
+        with caplog.at_level(logging.WARNING, logger="fastvoice.gateway"):
+            # A frame whose payload is unusable was still seen: its seq is acknowledged, so a
+            # resume does not replay it.
+            await conn.send_raw('{"op": 5, "d": {"speaking": "loud"}, "seq": 21}')
+            await rec.wait(lambda: gw.seq_ack == 21)
+            await conn.send_raw(b"\x00\x16\x1b")  # binary op 27 with no payload, seq 22
+            await rec.wait(lambda: gw.seq_ack == 22)
+            # A hostile value of megabytes ends as a short log line.
+            await conn.send_raw('{"op": 11, "d": {"user_ids": "' + "x" * 3_000_000 + '"}}')
+            await conn.send_raw('{"op": 8, "d": {"heartbeat_interval": "' + "y" * 100_000 + '"}}')
+            await rec.wait(lambda: sum("undecodable" in r.getMessage() for r in caplog.records) == 4)
+        lines = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+        assert max(len(line) for line in lines) < 300, lines
+        assert "'user_ids' must be a list, got 'xxx" in lines[2] and "(3000000 characters)" in lines[2]
+        assert "(100000 characters)" in lines[3]
+        assert gw.seq_ack == 22 and gw.status is Status.READY
+    finally:
+        await gw.close()
+
+
 async def test_oversized_frame_drops_the_connection_and_resumes(server, caplog):
     rec = Recorder()
     gw = make_gateway(rec)

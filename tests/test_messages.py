@@ -287,6 +287,29 @@ def test_decode_errors_do_not_echo_secrets():
     assert "SECRET" not in str(info.value) and "got a str" in str(info.value)
 
 
+@pytest.mark.parametrize("op, field", [(0, "token"), (0, "session_id"), (7, "token"), (7, "session_id")])
+def test_a_malformed_secret_field_is_named_but_its_value_never_shown(op, field):
+    d = {"server_id": "1", "user_id": "2", "session_id": "s", "token": "t", "seq_ack": 3}
+    d[field] = ["SECRET-VALUE-1234"]  # the wrong type, so the reader rejects it
+    with pytest.raises(GatewayDecodeError) as info:
+        decode_message(json.dumps({"op": op, "d": d}))
+    assert repr(field) in str(info.value) and "got a list" in str(info.value)
+    assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("z" * 5000, "(5000 characters)"),
+    (list(range(10_000)), "got a list of 10000 items"),
+    ({str(i): i for i in range(300)}, "got a dict of 300 items"),
+    (10**1000, "(1001 characters)"),
+])
+def test_a_rejected_value_is_shown_in_bounded_length(value, shown):
+    frame = json.dumps({"op": 5, "d": {"speaking": value, "ssrc": 1, "user_id": "2"}})
+    with pytest.raises(GatewayDecodeError) as info:
+        decode_message(frame)
+    assert shown in str(info.value) and len(str(info.value)) < 200
+
+
 def test_encode_rejects_mismatched_ops_and_bad_values():
     with pytest.raises(ValueError, match="belongs to op 8"):
         encode_message(2, GatewayMessageDataHello(1.0))
