@@ -49,6 +49,7 @@ from .opus import (
     OpusFrameReceiver,
     OpusReader,
     OpusWriter,
+    ThreadedOpusFrameReceiver,
     UserFilterFunc,
 )
 from .rtp import Depacketizer, Packet, Packetizer, SSRCEntry, SSRCTable, speedups_enabled
@@ -84,6 +85,7 @@ __all__ = [
     "OpusFrameReceiver",
     "OpusReader",
     "OpusWriter",
+    "ThreadedOpusFrameReceiver",
     "UserFilterFunc",
     "UDPConn",
     "UDPConnConfig",

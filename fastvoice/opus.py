@@ -7,7 +7,11 @@ prefixed by its length as a 4-byte little-endian unsigned integer.
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import struct
+import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -21,8 +25,11 @@ __all__ = [
     "OpusReader",
     "AsyncOpusReader",
     "OpusWriter",
+    "ThreadedOpusFrameReceiver",
     "MAX_OPUS_FRAME",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: Largest frame the readers accept (an Opus packet is at most 1275 bytes per frame, 120 ms max).
 MAX_OPUS_FRAME = 8 * 1275
@@ -54,7 +61,8 @@ class OpusFrameReceiver(Protocol):
     """Receives the Opus frames of each user of a call (seed: ``OpusFrameReceiver``).
 
     Called synchronously on the event loop for every packet; a slow receiver delays every
-    connection on the loop, so hand heavy work to a task or a queue.
+    connection on the loop, so hand heavy work to a task or a queue, or wrap the receiver in
+    a :class:`ThreadedOpusFrameReceiver`.
     """
 
     def receive_opus_frame(self, user_id: int, packet: Packet) -> None: ...
@@ -221,3 +229,146 @@ class OpusWriter:
         flush = getattr(self._stream, "flush", None)
         if flush is not None:
             flush()
+
+
+# Work items of ThreadedOpusFrameReceiver's queue.
+_FRAME, _CLEANUP, _STOP = 0, 1, 2
+
+# Receivers whose worker still runs. At interpreter exit they are closed before the
+# interpreter joins their (non-daemon) threads, so an exiting program neither hangs on a
+# receiver nobody closed nor cuts off the frames still queued. ``threading._register_atexit``
+# is what concurrent.futures uses for the same purpose; without it the workers are daemons.
+_live_receivers: weakref.WeakSet[ThreadedOpusFrameReceiver] = weakref.WeakSet()
+_register_atexit = getattr(threading, "_register_atexit", None)
+_atexit_registered = False
+
+
+def _close_live_receivers() -> None:
+    for receiver in list(_live_receivers):
+        receiver.close()
+
+
+class ThreadedOpusFrameReceiver:
+    """Runs another :class:`OpusFrameReceiver` in a thread of its own, off the event loop.
+
+    For receivers that block: writing files, encoding, network calls. Each call made on
+    the loop only queues the frame (a few hundred nanoseconds), so a receiver that takes
+    10 ms per frame no longer delays the sending of every connection on the loop. The
+    wrapped receiver's methods are called in order, from the worker thread only.
+
+    At most ``max_pending`` frames wait in the queue; a frame arriving when it is full is
+    dropped and counted in :attr:`dropped` (a receiver slower than the audio cannot keep
+    everything, and the queue must not grow without bound). ``cleanup_user`` calls are
+    never dropped. Exceptions of the wrapped receiver are logged and counted in
+    :attr:`errors`.
+
+    :meth:`close` queues the wrapped receiver's ``close()`` after the frames already
+    queued and returns at once; :meth:`join` (or ``await`` :meth:`wait_closed`) waits for
+    the worker to finish them. A connection closes its receiver when it closes. At
+    interpreter exit a receiver still open is closed and its queued frames are handed over
+    before the program ends, so a recording is not cut short.
+
+    The worker holds the GIL while it runs Python code; a receiver that computes (rather
+    than waits on I/O) still competes with the loop for it in 5 ms slices.
+    """
+
+    def __init__(self, receiver: OpusFrameReceiver, *, max_pending: int = 500, name: str | None = None) -> None:
+        if not isinstance(receiver, OpusFrameReceiver):
+            raise TypeError(
+                f"receiver must be an OpusFrameReceiver (receive_opus_frame, cleanup_user, close), "
+                f"not {type(receiver).__name__}"
+            )
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        self._receiver = receiver
+        self._max_pending = max_pending
+        self._queue: queue.SimpleQueue[tuple[int, int, Packet | None]] = queue.SimpleQueue()
+        self._closed = False
+        self._done = threading.Event()
+        #: Frames handed to the wrapped receiver, frames dropped because the queue was full,
+        #: and exceptions raised by the wrapped receiver.
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+        global _atexit_registered
+        if _register_atexit is not None and not _atexit_registered:
+            _register_atexit(_close_live_receivers)
+            _atexit_registered = True
+        self._thread = threading.Thread(
+            target=self._run, name=name or f"fastvoice-receiver-{id(self):x}", daemon=_register_atexit is None
+        )
+        _live_receivers.add(self)
+        self._thread.start()
+
+    @property
+    def receiver(self) -> OpusFrameReceiver:
+        """The wrapped receiver."""
+        return self._receiver
+
+    @property
+    def pending(self) -> int:
+        """Frames and calls queued and not yet handed to the wrapped receiver."""
+        return self._queue.qsize()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def receive_opus_frame(self, user_id: int, packet: Packet) -> None:
+        """Queue the frame for the worker (dropped and counted when the queue is full or closed)."""
+        if self._closed or self._queue.qsize() >= self._max_pending:
+            self.dropped += 1
+            return
+        self._queue.put((_FRAME, user_id, packet))
+
+    def cleanup_user(self, user_id: int) -> None:
+        """Queue ``cleanup_user`` after the user's frames already queued."""
+        if not self._closed:
+            self._queue.put((_CLEANUP, user_id, None))
+
+    def close(self) -> None:
+        """Queue the wrapped receiver's ``close()`` behind the queued frames; returns at once."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put((_STOP, 0, None))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until the worker has closed the wrapped receiver; False if ``timeout`` passed first."""
+        return self._done.wait(timeout)
+
+    async def wait_closed(self, timeout: float | None = None) -> bool:
+        """Like :meth:`join`, without blocking the event loop."""
+        if self._done.is_set():
+            return True
+        return await asyncio.to_thread(self._done.wait, timeout)
+
+    def _run(self) -> None:
+        receiver = self._receiver
+        get = self._queue.get
+        try:
+            while True:
+                kind, user_id, packet = get()
+                try:
+                    if kind == _FRAME:
+                        receiver.receive_opus_frame(user_id, packet)  # type: ignore[arg-type]
+                        self.delivered += 1
+                    elif kind == _CLEANUP:
+                        receiver.cleanup_user(user_id)
+                    else:
+                        receiver.close()
+                        return
+                except Exception:
+                    self.errors += 1
+                    if self.errors <= 3 or self.errors % 1000 == 0:
+                        _log.exception("threaded Opus frame receiver failed (%d errors so far)", self.errors)
+                    if kind == _STOP:
+                        return
+        finally:
+            self._done.set()
+
+    def __repr__(self) -> str:
+        return (
+            f"ThreadedOpusFrameReceiver({self._receiver!r}, pending={self.pending}, "
+            f"dropped={self.dropped}, closed={self._closed})"
+        )

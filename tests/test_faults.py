@@ -24,6 +24,7 @@ from fastvoice.audio import SendClock
 from fastvoice.close_codes import GATEWAY_CLOSE_EVENT_CODE_SESSION_NO_LONGER_VALID, gateway_close_event_code_by_code
 from fastvoice.gateway import GatewayConfig, Status
 from fastvoice.gateway_messages import GatewayMessageDataClientsConnect, Opcode
+from fastvoice.opus import ThreadedOpusFrameReceiver
 from fastvoice.rtp import Packetizer
 from fastvoice.testing import VoiceServer
 
@@ -578,6 +579,49 @@ async def test_voice_server_change_moves_the_call_and_the_old_socket_is_never_re
             await call.close()
 
 
+async def test_a_crashed_voice_server_replaced_by_a_new_endpoint_moves_the_call():
+    """4015 from a server that then stays down: the resume cannot reach it, Discord names a new
+    endpoint, and audio continues there; the old sockets are closed and never read again."""
+    async with VoiceServer() as first, VoiceServer() as second:
+        call = await open_call(first, backoff=0.05)
+        try:
+            provider = CounterProvider(limit=150)
+            call.speaker.set_opus_frame_provider(provider)
+            await wait_until(lambda: len(call.sink.counters()) >= 15, what="audio on the first server")
+            old_udps = (call.speaker.udp, call.listener.udp)
+            old_ssrc = old_udps[0].ssrc
+            crashed_at = time.monotonic()
+            for conn in (call.speaker, call.listener):
+                await first.session_for_ssrc(conn.udp.ssrc).close(4015, "voice server crashed")
+            await first.close()  # and it stays down: every resume attempt fails to connect
+            await asyncio.sleep(0.15)
+            for main, bots, user in ((call.speaker_main, call.speaker_bots, SPEAKER),
+                                     (call.listener_main, call.listener_bots, LISTENER)):
+                state, server_update = second.voice_updates(GUILD, user, CHANNEL, session_id=main.session_id)
+                bots.handle_voice_state_update(state)
+                bots.handle_voice_server_update(server_update)
+            await wait_until(
+                lambda: call.speaker.udp is not None and call.speaker.udp is not old_udps[0]
+                and any(f.ssrc == call.speaker.udp.ssrc for f in call.sink.frames), what="audio via the new server",
+            )
+            new_ssrc = call.speaker.udp.ssrc
+            back_at = next(f.time for f in call.sink.frames if f.ssrc == new_ssrc)
+            assert all(not udp.is_open for udp in old_udps)
+            reads_before = [(u.ignored, u.decrypt_failures, u.duplicates, len(u._queue)) for u in old_udps]
+            await wait_until(lambda: not call.speaker.sender.live and call.sink.silence >= 5, timeout=8,
+                             what="end of stream")
+            assert [(u.ignored, u.decrypt_failures, u.duplicates, len(u._queue)) for u in old_udps] == reads_before
+            assert second.session_for_ssrc(new_ssrc).user_id == SPEAKER
+            received = call.sink.counters()
+            assert_stream_integrity(received, provider, (crashed_at - PREPARED_AHEAD, back_at))
+            assert received[-1] == 149
+            after = [f for f in call.sink.frames if f.tag == b"A" and f.time > back_at]
+            assert len(after) >= 50 and {f.ssrc for f in after} == {new_ssrc}
+            assert first.packets(old_ssrc)[-1].sequence < second.packets(new_ssrc)[0].sequence
+        finally:
+            await call.close()
+
+
 # -- 6. UDP loss, duplication, reordering and stalls ---------------------------------------------------------
 
 _UDP_FAULT_RUN: dict = {}
@@ -721,6 +765,50 @@ async def test_a_slow_frame_receiver_does_not_disturb_other_connections_pacing()
         finally:
             await other.close()
             await slow_call.close()
+
+
+async def test_a_slow_receiver_run_in_its_own_thread_leaves_the_loop_free_even_when_it_cannot_keep_up():
+    """Three speakers into a receiver taking 10 ms a frame: 1.5 s of work per second. Inline it
+    would take the whole loop (another call's packets then leave up to 31 ms apart and a third of
+    them overflow the server's socket); in a ThreadedOpusFrameReceiver it only queues."""
+    calls_made = []
+
+    def slow(n: int) -> None:
+        calls_made.append(n)
+        time.sleep(0.01)
+
+    async with VoiceServer(kernel_stamps=True) as server:
+        sink = CounterSink(on_frame=slow)
+        threaded = ThreadedOpusFrameReceiver(sink, max_pending=1000)
+        slow_call = await open_call(server, sink=threaded)
+        more = [make_manager(server, uid, gateway_config=gateway_config()) for uid in (3001, 3002)]
+        speakers = [slow_call.speaker] + [bots.create_conn(GUILD) for _, bots in more]
+        await asyncio.gather(*(conn.open(CHANNEL) for conn in speakers[1:]))
+        other = await open_call(server, listener=False, guild=GUILD + 1, channel=CHANNEL + 1, speaker_id=2001)
+        try:
+            for conn, tag in zip(speakers, (b"A", b"C", b"D")):
+                conn.set_opus_frame_provider(CounterProvider(limit=100, tag=tag))
+            other.speaker.set_opus_frame_provider(CounterProvider(limit=100, tag=b"B"))
+            await wait_until(lambda: not other.speaker.sender.live and not any(c.sender.live for c in speakers),
+                             timeout=15, what="end of streams")
+            intervals = intervals_ms([p for p in server.packets(other.speaker.udp.ssrc) if p.opus != SILENCE])
+            assert len(intervals) == 99  # every packet reached the server (its loop kept up)
+            assert 19.0 <= statistics.median(intervals) <= 21.0, statistics.median(intervals)
+            assert percentile(intervals, 0.95) <= 25.0, sorted(intervals)[-10:]
+            assert max(intervals) < 45.0, max(intervals)
+            assert other.speaker.sender.stats.deficit == 0
+        finally:
+            await other.close()
+            for _, bots in more:
+                await bots.close()
+            await slow_call.close()
+        assert await threaded.wait_closed(20)  # closing the call closed the receiver, after its queue
+        # The receiver could not keep up with the audio, yet every frame it got arrived whole, in
+        # order per speaker (a queued packet is never reused for the next datagram).
+        assert len(calls_made) >= 200 and threaded.delivered >= 200
+        for tag in (b"A", b"C", b"D"):
+            counters = sink.counters(tag)
+            assert counters == sorted(set(counters)) and len(counters) >= 60, (tag, counters[:10])
 
 
 # -- hostile peers ---------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from ..gateway_messages import (
 )
 
 from ._dave import is_dave_frame
+from ._stamps import kernel_receive_clock
 
 if TYPE_CHECKING:
     from ._dave import DaveCallGroup
@@ -378,10 +379,19 @@ class ServerSession:
 class _UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: VoiceServer) -> None:
         self.server = server
+        self._stamp: Callable[[], float | None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._stamp = kernel_receive_clock(transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        stamp = self._stamp() if self.server.kernel_stamps and self._stamp is not None else None
         try:
-            self.server._on_datagram(data, addr)
+            if stamp is None:
+                self.server._on_datagram(data, addr)
+            else:
+                # The kernel's receive time, moved from the wall clock to the monotonic one.
+                self.server._on_datagram(data, addr, time.monotonic() - (time.time() - stamp))
         except Exception:  # the server must survive whatever arrives
             _log.exception("voice server failed on a datagram from %s", addr)
 
@@ -426,7 +436,9 @@ class VoiceServer:
 
     Recordings: ``connections`` (every frame both ways), ``sessions``,
     :meth:`packets` (per SSRC, arrival time and decrypted payload) and
-    ``rejected_datagrams``.
+    ``rejected_datagrams``. With ``kernel_stamps`` on (Linux), a packet's arrival is the
+    time the kernel received it rather than the time the server's loop read it, so pacing
+    measured at the server excludes the server's own delays (it shares the loop under test).
 
     The main gateway's part: :meth:`voice_updates` returns the VOICE_STATE_UPDATE
     and VOICE_SERVER_UPDATE payloads for a guild/user/channel, and
@@ -445,8 +457,10 @@ class VoiceServer:
         strict_auth: bool = False,
         session_timeout: float = 30.0,
         seed: int | None = None,
+        kernel_stamps: bool = False,
     ) -> None:
         self.host = host
+        self.kernel_stamps = kernel_stamps
         self.tls = tls
         self.heartbeat_interval = heartbeat_interval
         self.modes: list[str] = [str(m) for m in (modes if modes is not None else AVAILABLE_MODES)]
@@ -1171,8 +1185,9 @@ class VoiceServer:
         self.rejected_datagrams.append(RejectedDatagram(addr, reason, data[:2048], time.monotonic()))
         self._notify()
 
-    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        now = time.monotonic()
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> None:
+        if now is None:
+            now = time.monotonic()
         if len(data) == 74 and data[0:4] == b"\x00\x01\x00\x46":
             ssrc = struct.unpack_from(">I", data, 4)[0]
             session = self._by_ssrc.get(ssrc)
