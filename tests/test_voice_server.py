@@ -502,6 +502,67 @@ async def test_random_client_frames_never_break_the_server(server, caplog):
     await alice.close()
 
 
+#: The largest frame the server accepts (``max_msg_size`` of its websocket); larger ones close 1009.
+SERVER_MAX_MESSAGE = 1024 * 1024
+
+
+def masked_frame_header(length: int, *, binary: bool) -> bytes:
+    """The header of a final, masked client frame announcing ``length`` payload bytes."""
+    return struct.pack(">BBQ", 0x82 if binary else 0x81, 0x80 | 127, length) + os.urandom(4)
+
+
+def raw_transport(ws: aiohttp.ClientWebSocketResponse) -> asyncio.Transport:
+    """The TCP transport under an aiohttp client websocket: aiohttp has no public way to write raw bytes."""
+    transport = ws._response.connection.transport
+    assert transport is not None and not transport.is_closing()
+    return transport
+
+
+@pytest.mark.parametrize("how", ["binary header only", "text header only", "whole frame"])
+async def test_an_oversized_client_frame_closes_1009_at_once_and_the_server_serves_on(server, caplog, how):
+    import logging
+
+    state_update, server_update = server.voice_updates(GUILD, ALICE)
+    with caplog.at_level(logging.ERROR, logger="fastvoice.testing"):
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as bystander:
+            # A member of a call, connected before the hostile client and still there after it.
+            await bystander.receive_json()  # Hello
+            await bystander.send_json({"op": 0, "d": {"server_id": str(GUILD), "user_id": str(ALICE),
+                                                      "session_id": state_update["session_id"],
+                                                      "token": server_update["token"]}})
+            ready = await bystander.receive_json()
+            assert ready["op"] == Opcode.READY
+            async with http.ws_connect(server.url) as hostile:
+                await hostile.receive_json()  # Hello
+                hostile_conn = server.connections[-1]
+                sent_at = time.monotonic()
+                if how == "whole frame":
+                    await hostile.send_bytes(bytes(SERVER_MAX_MESSAGE + 1))
+                else:
+                    # 1 TiB announced and no payload: only a server that refuses from the header
+                    # alone closes now; one that waits for (or buffers) the payload never does.
+                    raw_transport(hostile).write(masked_frame_header(1 << 40, binary=how.startswith("binary")))
+                msg = await asyncio.wait_for(hostile.receive(), 2.0)
+                assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009  # message too big
+                assert time.monotonic() - sent_at < 2.0
+                await server.wait_for(lambda: hostile_conn.closed, timeout=2.0)
+                assert hostile_conn.closed_at - sent_at < 0.5
+                assert hostile_conn.messages_in() == []  # nothing of the frame reached the handlers
+            # The bystander's session goes on: its heartbeats are still acknowledged.
+            await bystander.send_json({"op": 3, "d": {"t": 1234, "seq_ack": ready["seq"]}})
+            ack = await asyncio.wait_for(bystander.receive_json(), 2.0)
+            assert ack == {"op": Opcode.HEARTBEAT_ACK, "d": {"t": 1234}}
+        assert server.session_for_user(ALICE).connections[0].close_code == 1000  # closed by the bystander
+        # And a new client connects, gets its key and streams.
+        bob = await Client(server, BOB).connect()
+        try:
+            bob.send_audio(b"\xf8\xff\xfe")
+            await server.wait_for(lambda: server.packets(bob.gateway.ssrc))
+        finally:
+            await bob.close()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 def test_server_knobs_reject_bad_values_by_name():
     with pytest.raises(ValueError, match="heartbeat_interval"):
         VoiceServer(heartbeat_interval=0)
