@@ -9,8 +9,12 @@ burst of UDP loss/duplication/reordering); before the next one, the previous fau
 survived: every connection streaming again (gateway ready, sender live, the server seeing
 its packets) and every touched connection reconnected. Every ``--sample-interval`` seconds
 the process samples its RSS, open fds, asyncio tasks, live objects and the connections'
-counters. The warm-up sample (after ``--warmup`` seconds, taken once every connection
-streams) and the end sample (after the last fault is survived) are compared for growth.
+counters: the totals, and per connection what it sent, received and lost since the previous
+sample and its state (spooled to a temporary file during the run, so that the samples do
+not grow the process they measure), summed up per sample as the least, median and most
+frames one connection sent and received and how many sent or received nothing. The warm-up
+sample (after ``--warmup`` seconds, taken once every connection streams) and the end sample
+(after the last fault is survived) are compared for growth.
 
     python bench/soak_client.py --connections 200 --seconds 600
 
@@ -27,7 +31,9 @@ import gc
 import json
 import logging
 import os
+import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from typing import Any
@@ -47,6 +53,21 @@ _COMMANDS: dict[str, dict[str, Any]] = {
 
 #: A connection counts as streaming if the server saw one of its packets this recently (s).
 FRESH_SECONDS = 3.0
+
+#: The per-connection counters of a sample, each the change since the previous sample.
+CONN_FIELDS = ("sent", "silence", "nulled", "deficit", "received", "resumes", "new_sessions")
+
+#: A connection's state at a sample, one character per connection (the first that applies).
+CONN_STATUS = {
+    ".": "streaming (gateway ready, UDP keyed, sender live)",
+    "g": "voice gateway not ready",
+    "u": "UDP not keyed",
+    "x": "sender not live",
+}
+
+#: Intervals shorter than this (s) are not judged for stalled connections: the warm-up
+#: sample can land milliseconds after a periodic one, before a connection's next 20 ms tick.
+MIN_STALL_INTERVAL = 1.0
 
 
 def rss_kib() -> int:
@@ -164,6 +185,14 @@ class Soak:
         self.faults: list[dict[str, Any]] = []
         self.started = 0.0
         self.status: dict[str, Any] = {}
+        #: The per-connection part of each sample, one JSON line per sample, read back at the end.
+        self.spool: Any = None
+        #: Cumulative per-connection counters at the last sample and the one before it (an
+        #: end sample that is taken again replaces the last one), with their times.
+        self.base: tuple[float | None, dict[str, list[int]] | None] = (None, None)
+        self.prev_base: tuple[float | None, dict[str, list[int]] | None] = (None, None)
+        #: False once the periodic samples stop (before the end sample).
+        self.sampling = True
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -249,42 +278,116 @@ class Soak:
                 down.append(conn.guild_id)
         return down, status
 
-    def sample(self, label: str = "") -> dict[str, Any]:
+    def conn_status(self, conn: Any) -> str:
+        """One character of ``CONN_STATUS``."""
+        from fastvoice.gateway import Status
+
+        gateway, udp, sender = conn.gateway, conn.udp, conn.sender
+        if gateway is None or gateway.status is not Status.READY:
+            return "g"
+        if udp is None or udp.packetizer is None:
+            return "u"
+        if sender is None or not sender.live:
+            return "x"
+        return "."
+
+    def conn_counters(self) -> dict[str, list[int]]:
+        """Cumulative counters per connection (aligned with ``self.conns``)."""
+        last = self.base[1]
+        counts: dict[str, list[int]] = {name: [] for name in CONN_FIELDS}
+        for i, conn in enumerate(self.conns):
+            stats = conn.sender.stats if conn.sender is not None else None
+            for name in ("sent", "silence", "nulled", "deficit"):
+                if stats is not None:
+                    counts[name].append(getattr(stats, name))
+                else:  # no sender (only while closing): nothing new since the last sample
+                    counts[name].append(last[name][i] if last is not None else 0)
+            ready, resumed = self.sessions[conn.guild_id]
+            counts["received"].append(self.receivers[conn.guild_id].frames if self.receivers else 0)
+            counts["resumes"].append(resumed)
+            counts["new_sessions"].append(max(0, ready - 1))
+        return counts
+
+    def sample(self, label: str = "", *, replace: bool = False) -> dict[str, Any]:
+        """Take a sample; ``replace`` takes the last one again (its interval grows)."""
+        if replace:
+            self.samples.pop()
+            self.base = self.prev_base
         # Count what is alive, not garbage that is merely waiting for the cycle collector
         # (an exception's traceback and its frames form a cycle until then).
         gc.collect()
-        senders = [c.sender for c in self.conns if c.sender is not None]
+        now = self.now()
+        counts = self.conn_counters()
+        last_t, last = self.base
+        if last is None:  # the first sample: everything since the connections opened
+            deltas = counts
+        else:  # a counter that went back (a replaced sender) started again from zero
+            deltas = {name: [c - b if c >= b else c for c, b in zip(counts[name], last[name])]
+                      for name in CONN_FIELDS}
+        dt = None if last_t is None else now - last_t
+        sent, received = sorted(deltas["sent"]), sorted(deltas["received"])
+        judged = dt is not None and dt >= MIN_STALL_INTERVAL
         entry = {
-            "t": round(self.now(), 1),
+            "t": round(now, 1),
             "label": label,
             "rss_kib": rss_kib(),
             "fds": open_fds(),
             "tasks": len(asyncio.all_tasks()),
             "gc_objects": len(gc.get_objects()),
             "open": sum(1 for c in self.conns if self.client_streaming(c)),
-            "sent": sum(s.stats.sent for s in senders),
-            "deficit": sum(s.stats.deficit for s in senders),
-            "nulled": sum(s.stats.nulled for s in senders),
-            "received": sum(r.frames for r in self.receivers.values()),
-            "resumes": sum(v[1] for v in self.sessions.values()),
-            "new_sessions": sum(v[0] - 1 for v in self.sessions.values()),
+            "sent": sum(counts["sent"]),
+            "deficit": sum(counts["deficit"]),
+            "nulled": sum(counts["nulled"]),
+            "received": sum(counts["received"]),
+            "resumes": sum(counts["resumes"]),
+            "new_sessions": sum(counts["new_sessions"]),
+            # The interval since the previous sample, summed up across the connections.
+            "dt": None if dt is None else round(dt, 1),
+            "sent_min": sent[0] if sent else 0,
+            "sent_med": statistics.median_low(sent) if sent else 0,
+            "sent_max": sent[-1] if sent else 0,
+            "recv_min": received[0] if received else 0,
+            "recv_med": statistics.median_low(received) if received else 0,
+            "recv_max": received[-1] if received else 0,
+            "stalled_send": sum(1 for v in sent if v == 0) if judged else None,
+            "stalled_recv": sum(1 for v in received if v == 0) if judged else None,
         }
+        if self.spool is not None:
+            conns: dict[str, str] = {name: " ".join(map(str, deltas[name])) for name in CONN_FIELDS}
+            conns["status"] = "".join(self.conn_status(c) for c in self.conns)
+            self.spool.write(json.dumps({"i": len(self.samples), "conns": conns}) + "\n")
+            self.spool.flush()
         self.samples.append(entry)
+        self.prev_base, self.base = self.base, (now, counts)
         print(
             f"[soak t={entry['t']:6.1f}s{' ' + label if label else ''}] rss={entry['rss_kib']} KiB "
             f"fds={entry['fds']} tasks={entry['tasks']} objects={entry['gc_objects']} open={entry['open']}/{self.n} "
             f"sent={entry['sent']} received={entry['received']} deficit={entry['deficit']} "
-            f"resumes={entry['resumes']} new_sessions={entry['new_sessions']}",
+            f"resumes={entry['resumes']} new_sessions={entry['new_sessions']} | per connection: "
+            f"sent {entry['sent_min']}/{entry['sent_med']}/{entry['sent_max']} "
+            f"received {entry['recv_min']}/{entry['recv_med']}/{entry['recv_max']} "
+            f"stalled {_dash(entry['stalled_send'])}/{_dash(entry['stalled_recv'])}",
             file=sys.stderr, flush=True,
         )
         return entry
+
+    def read_spool(self) -> list[dict[str, str]]:
+        """The per-connection part of every sample, in order (a retaken sample's last version)."""
+        assert self.spool is not None
+        self.spool.seek(0)
+        by_index: dict[int, dict[str, str]] = {}
+        for line in self.spool:
+            record = json.loads(line)
+            by_index[record["i"]] = record["conns"]
+        return [by_index[i] for i in range(len(self.samples))]
 
     async def sampler(self) -> None:
         interval = self.args.sample_interval
         k = 1
         while True:
             await asyncio.sleep(max(0.0, self.started + k * interval - time.monotonic()))
-            self.sample()
+            if self.sampling:
+                self.sample()
             k += 1
 
     # -- faults ------------------------------------------------------------------------
@@ -352,6 +455,11 @@ class Soak:
     # -- the run -----------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
+        # Opened before the first sample, so that every sample counts its fd.
+        with tempfile.TemporaryFile("w+", encoding="ascii") as self.spool:
+            return await self._run()
+
+    async def _run(self) -> dict[str, Any]:
         from fastvoice import speedups_enabled
 
         args = self.args
@@ -383,6 +491,9 @@ class Soak:
                     await self.judge(await self.inject(what))
             await asyncio.sleep(max(0.0, self.started + args.seconds - time.monotonic()))
             down = await self.wait_streaming()
+            # No periodic sample from here on: the end sample's interval spans the check below
+            # (the sampler task stays, as it was in every sample).
+            self.sampling = False
             # Streaming at the end: every sender still sends and every receiver still receives.
             sent_before = {c.guild_id: c.sender.stats.sent for c in self.conns if c.sender is not None}
             received_before = {g: r.frames for g, r in self.receivers.items()}
@@ -398,8 +509,7 @@ class Soak:
                     if end["fds"] <= warm["fds"] and end["tasks"] <= warm["tasks"]:
                         break
                     await asyncio.sleep(1.0)
-                    self.samples.remove(end)
-                    end = self.sample("end")
+                    end = self.sample("end", replace=True)
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
             status = self.status
@@ -410,6 +520,8 @@ class Soak:
                 {
                     "guild": c.guild_id,
                     "sent": c.sender.stats.sent if c.sender is not None else 0,
+                    "silence": c.sender.stats.silence if c.sender is not None else 0,
+                    "nulled": c.sender.stats.nulled if c.sender is not None else 0,
                     "deficit": c.sender.stats.deficit if c.sender is not None else 0,
                     "received": self.receivers[c.guild_id].frames,
                     "new_sessions": self.sessions[c.guild_id][0] - 1,
@@ -417,6 +529,8 @@ class Soak:
                 }
                 for c in self.conns
             ]
+            for entry, conns in zip(self.samples, self.read_spool()):
+                entry["conns"] = conns
         finally:
             if hasattr(self, "manager"):
                 await self.manager.close()
@@ -436,9 +550,17 @@ class Soak:
             "sample_interval": args.sample_interval,
             "warmup": args.warmup,
             "open_seconds": round(open_seconds, 2),
+            # Each sample's "conns" holds, per field of "conn_fields", one number per connection
+            # (space-separated, in the order of "guilds"): the change since the previous sample;
+            # and "status", one character per connection (see "conn_status").
+            "guilds": [c.guild_id for c in self.conns],
+            "conn_fields": list(CONN_FIELDS),
+            "conn_status": CONN_STATUS,
+            "min_stall_interval": MIN_STALL_INTERVAL,
             "samples": self.samples,
             "faults": [{k: v for k, v in f.items() if k in ("kind", "t", "survived", "recovery_s", "detail")}
-                       | {"connections": len(f["guilds"])} for f in self.faults],
+                       | {"connections": len(f["guilds"]), "guilds": sorted(int(g) for g in f["guilds"])}
+                       for f in self.faults],
             "start": {k: start[k] for k in ("t", "rss_kib", "fds", "tasks", "gc_objects")},
             "after_warmup": {k: warm[k] for k in ("t", "rss_kib", "fds", "tasks", "gc_objects")},
             "end": {k: end[k] for k in ("t", "rss_kib", "fds", "tasks", "gc_objects")},
@@ -468,6 +590,37 @@ class Soak:
             if not down or time.monotonic() > deadline:
                 return down
             await asyncio.sleep(0.5)
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_samples(result: dict[str, Any]) -> str:
+    """The table of every sample (Markdown): the process, and each interval per connection.
+
+    "stalled" counts the connections that sent (received) nothing in the interval ("-" for
+    an interval too short to tell); "sent" and "received" are the least / median / most
+    frames one connection sent (received) in it. Results saved before the per-connection
+    samples existed give only the process columns.
+    """
+    lines = [
+        ("| t (s) | sample | interval (s) | RSS (KiB) | fds | tasks | objects | open "
+         "| stalled send | stalled recv | sent per conn (min / med / max) | received per conn (min / med / max) |"),
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in result["samples"]:
+        if "sent_min" in entry:
+            sent = f"{entry['sent_min']} / {entry['sent_med']} / {entry['sent_max']}"
+            received = f"{entry['recv_min']} / {entry['recv_med']} / {entry['recv_max']}"
+        else:
+            sent = received = "-"
+        lines.append(
+            f"| {entry['t']:.1f} | {entry.get('label') or ''} | {_dash(entry.get('dt'))} | {entry['rss_kib']:,} "
+            f"| {entry['fds']} | {entry['tasks']} | {entry['gc_objects']:,} | {entry['open']}/{result['connections']} "
+            f"| {_dash(entry.get('stalled_send'))} | {_dash(entry.get('stalled_recv'))} | {sent} | {received} |"
+        )
+    return "\n".join(lines)
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -505,6 +658,7 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("growing_types"):
         lines.append("Object types that grew between warm-up and end: "
                      + ", ".join(f"{name} +{count}" for name, count in result["growing_types"].items()) + ".")
+    lines += ["", format_samples(result)]
     return "\n".join(lines)
 
 

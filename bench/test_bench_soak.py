@@ -1,7 +1,8 @@
 """Soak: N connections streaming for T seconds against a VoiceServer in another process,
 with a fault injected every 30 s (rotating: websocket drop, close 4015, refused resume, a
 UDP loss/duplication burst, withheld heartbeat ACKs), sampled every 10 s for growth of RSS,
-open fds, asyncio tasks and live objects (``bench/soak_client.py``, ``bench/soak_server.py``).
+open fds, asyncio tasks and live objects and, per connection, for what each sent and
+received since the previous sample (``bench/soak_client.py``, ``bench/soak_server.py``).
 
     python -m pytest bench/test_bench_soak.py -s --benchmark-json=bench/soak.json
     python bench/soak_client.py --table bench/soak.json
@@ -56,3 +57,5 @@ def test_soak(benchmark, capsys):
     assert result["faults_survived"] == result["faults_injected"], [f for f in result["faults"] if not f["survived"]]
     assert result["not_streaming_at_end"] == [] and result["not_sending_at_end"] == []
     assert result["not_receiving_at_end"] == []
+    end = result["samples"][-1]
+    assert end["stalled_send"] == 0 and end["stalled_recv"] == 0, end

@@ -4,8 +4,11 @@ a UDP loss/duplication burst, withheld heartbeat ACKs). Between the sample after
 (20 s, once every connection streams) and the end (once the last fault is survived), the
 client process may not grow: open fds +0 and asyncio tasks at most +2 (the bounds of
 bench/README.md, "Soak"). Every fault must be survived and every connection must be open,
-sending and receiving at the end. Timing is not asserted: on a loaded machine recoveries
-are only slower. The long run is ``bench/test_bench_soak.py``.
+sending and receiving at the end. Per connection, every sample holds what it sent and
+received since the previous one: every connection sent and received in the last interval,
+and none sent (or received) nothing in two consecutive samples outside the faults that hit
+it. Timing is not asserted: on a loaded machine recoveries are only slower. The long run is
+``bench/test_bench_soak.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench",
 #: Growth allowed between the warm-up sample and the end sample.
 MAX_FD_GROWTH = 0
 MAX_TASK_GROWTH = 2
+#: Consecutive samples in which one connection may have sent (or received) nothing outside
+#: the windows of the faults that hit it. A sample's interval is judged only if it is at
+#: least ``min_stall_interval`` (1 s, 50 ticks) long; most are the 10 s sample interval.
+#: A streaming connection sends and is echoed at every 20 ms tick, so a stalled interval
+#: outside its faults means that a process (the client or the server) did not run for the
+#: whole interval: on a 2-core machine shared with other jobs that may happen once, in a
+#: short interval, but not twice in a row. A connection that stops sending or receiving
+#: is stalled in every sample after that (at least three in this run).
+MAX_STALLED_SAMPLES = 1
+#: A fault's window runs from its injection to its recovery, plus the 0.5 s the client
+#: takes between two checks of it.
+FAULT_WINDOW_SLACK = 0.5
 CONNECTIONS = 50
 SECONDS = 60
 FAULT_KINDS = {"drop", "close_4015", "refuse_resume", "udp_burst", "zombie"}
@@ -43,7 +58,55 @@ def soak() -> dict:
 
 
 def _samples(result: dict) -> str:
-    return "\n".join(json.dumps(s) for s in result["samples"])
+    """The samples without their per-connection part, for assertion messages."""
+    return "\n".join(json.dumps({k: v for k, v in s.items() if k != "conns"}) for s in result["samples"])
+
+
+def _per_connection(sample: dict, field: str) -> list[int]:
+    return [int(v) for v in sample["conns"][field].split()]
+
+
+def longest_stalls(result: dict) -> dict[str, tuple[int, int | None, list[float]]]:
+    """Per direction ("sent", "received"): the longest run of consecutive judged samples in
+    which one connection moved no frame, outside the windows of the faults that hit it, as
+    (samples, guild, times of those samples).
+
+    Judged samples are those whose interval is at least ``min_stall_interval`` long. A
+    sample whose interval overlaps a window of a fault that hit the connection is excused:
+    it neither extends nor ends a run. A UDP burst hits every connection, on the receive
+    side only (the server's datagrams to the clients are lost). A fault that was not
+    survived lasts until the next one (the client gave up on it) or the end.
+    """
+    guilds = result["guilds"]
+    windows: dict[str, dict[int, list[tuple[float, float]]]] = {"sent": {}, "received": {}}
+    faults = result["faults"]
+    for k, fault in enumerate(faults):
+        if fault["survived"]:
+            until = fault["t"] + fault["recovery_s"] + FAULT_WINDOW_SLACK
+        else:
+            until = faults[k + 1]["t"] if k + 1 < len(faults) else float("inf")
+        for direction in (("received",) if fault["kind"] == "udp_burst" else ("sent", "received")):
+            for guild in fault["guilds"]:
+                windows[direction].setdefault(guild, []).append((fault["t"], until))
+    longest: dict[str, tuple[int, int | None, list[float]]] = {}
+    for direction in ("sent", "received"):
+        best: tuple[int, int | None, list[float]] = (0, None, [])
+        runs: dict[int, list[float]] = {g: [] for g in guilds}
+        for sample in result["samples"]:
+            if sample["dt"] is None or sample["dt"] < result["min_stall_interval"]:
+                continue
+            begin, end = sample["t"] - sample["dt"], sample["t"]
+            for guild, moved in zip(guilds, _per_connection(sample, direction)):
+                if any(begin < until and end >= at for at, until in windows[direction].get(guild, ())):
+                    continue
+                if moved:
+                    runs[guild] = []
+                    continue
+                runs[guild].append(sample["t"])
+                if len(runs[guild]) > best[0]:
+                    best = (len(runs[guild]), guild, list(runs[guild]))
+        longest[direction] = best
+    return longest
 
 
 def test_soak_every_fault_is_survived(soak):
@@ -61,6 +124,66 @@ def test_soak_every_connection_streams_at_the_end(soak):
     assert soak["not_sending_at_end"] == []
     assert soak["not_receiving_at_end"] == []
     assert all(c["sent"] > 0 and c["received"] > 0 for c in soak["per_connection"])
+
+
+def test_soak_samples_every_connection(soak):
+    assert soak["guilds"] == list(range(1, CONNECTIONS + 1))
+    periodic = [s for s in soak["samples"] if not s["label"]]
+    assert len(periodic) >= SECONDS // 10 - 1, _samples(soak)
+    for sample in soak["samples"]:
+        for field in soak["conn_fields"]:
+            assert len(_per_connection(sample, field)) == CONNECTIONS, (sample["t"], field)
+        assert len(sample["conns"]["status"]) == CONNECTIONS
+        sent, received = sorted(_per_connection(sample, "sent")), sorted(_per_connection(sample, "received"))
+        assert (sample["sent_min"], sample["sent_max"]) == (sent[0], sent[-1])
+        assert (sample["recv_min"], sample["recv_max"]) == (received[0], received[-1])
+    # The per-connection changes add up to the totals.
+    for before, after in zip(soak["samples"], soak["samples"][1:]):
+        for field in ("sent", "received", "resumes", "new_sessions"):
+            assert sum(_per_connection(after, field)) == after[field] - before[field], (after["t"], field)
+
+
+def test_soak_every_connection_sent_and_received_in_the_last_interval(soak):
+    end = soak["samples"][-1]
+    assert end["label"] == "end" and end["dt"] >= soak["min_stall_interval"], _samples(soak)
+    assert end["stalled_send"] == 0 and end["stalled_recv"] == 0, _samples(soak)
+    assert min(_per_connection(end, "sent")) > 0 and min(_per_connection(end, "received")) > 0
+    assert end["conns"]["status"] == "." * CONNECTIONS
+
+
+def test_soak_no_connection_stays_stalled(soak):
+    longest = longest_stalls(soak)
+    assert longest["sent"][0] <= MAX_STALLED_SAMPLES, (longest["sent"], _samples(soak))
+    assert longest["received"][0] <= MAX_STALLED_SAMPLES, (longest["received"], _samples(soak))
+
+
+def _fake_result(sent: list[list[int]], received: list[list[int]], faults: list[dict]) -> dict:
+    """A soak result of len(sent[0]) connections with one 10 s sample per row."""
+    samples = [
+        {"t": 10.0 * (i + 1), "dt": 10.0, "conns": {"sent": " ".join(map(str, s)), "received": " ".join(map(str, r))}}
+        for i, (s, r) in enumerate(zip(sent, received))
+    ]
+    return {"guilds": list(range(1, len(sent[0]) + 1)), "min_stall_interval": 1.0, "samples": samples,
+            "faults": faults}
+
+
+def test_longest_stalls_finds_a_connection_that_stops():
+    # Guild 2 stops sending after 20 s, guild 3 stops receiving after 40 s.
+    sent = [[500, 500, 500], [500, 500, 500], [500, 0, 500], [500, 0, 500], [500, 0, 500]]
+    received = [[500, 500, 500], [500, 500, 500], [500, 0, 500], [500, 0, 500], [500, 0, 0]]
+    longest = longest_stalls(_fake_result(sent, received, []))
+    assert longest["sent"] == (3, 2, [30.0, 40.0, 50.0])
+    assert longest["received"][:2] == (3, 2)
+    # A fault on guild 2 at 35 s excuses the sample of 40 s, which does not end the run.
+    drop = {"kind": "drop", "t": 35.0, "survived": True, "recovery_s": 1.0, "guilds": [2]}
+    assert longest_stalls(_fake_result(sent, received, [drop]))["sent"] == (2, 2, [30.0, 50.0])
+    # A UDP burst excuses the receive side only.
+    burst = {"kind": "udp_burst", "t": 25.0, "survived": True, "recovery_s": 4.5, "guilds": [1, 2, 3]}
+    longest = longest_stalls(_fake_result(sent, received, [burst]))
+    assert longest["sent"][0] == 3 and longest["received"] == (2, 2, [40.0, 50.0])
+    # One stalled interval, then streaming again: a run of one.
+    sent = [[500, 500], [0, 500], [500, 500]]
+    assert longest_stalls(_fake_result(sent, sent, []))["sent"] == (1, 1, [20.0])
 
 
 def test_soak_no_fd_or_task_growth(soak):
