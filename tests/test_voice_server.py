@@ -548,6 +548,7 @@ async def test_an_oversized_client_frame_closes_1009_at_once_and_the_server_serv
                 await server.wait_for(lambda: hostile_conn.closed, timeout=2.0)
                 assert hostile_conn.closed_at - sent_at < 0.5
                 assert hostile_conn.messages_in() == []  # nothing of the frame reached the handlers
+                assert hostile_conn.close_code == 1009  # recorded as the server's close
             # The bystander's session goes on: its heartbeats are still acknowledged.
             await bystander.send_json({"op": 3, "d": {"t": 1234, "seq_ack": ready["seq"]}})
             ack = await asyncio.wait_for(bystander.receive_json(), 2.0)

@@ -894,6 +894,13 @@ class VoiceServer:
                     await self._on_text(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     await self._on_binary(conn, msg.data)
+                elif msg.type is WSMsgType.ERROR:
+                    # aiohttp closed the socket itself (1009 for a frame over max_msg_size);
+                    # its close_code then reads 1006, so record the code it sent now.
+                    code = getattr(msg.data, "code", None)
+                    if isinstance(code, int) and conn.close_code is None:
+                        conn.close_code = code
+                        conn._server_closed = True
                 if conn._close_after is not None:
                     limit, code, reason = conn._close_after
                     if conn._inbound >= limit:
