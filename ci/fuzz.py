@@ -18,6 +18,13 @@ Targets (pick with ``--target``; ``all`` cycles through them):
 
 Uses atheris (coverage of the pure-Python code guides it) when it is installed
 (``pip install -e ".[test,fuzz]"``), else a seeded random mutator over the corpus.
+
+``--native`` adds the compiled twin's own C branches to the coverage that guides atheris:
+it compiles the Cython-generated C of ``fastvoice._rtp_c`` with clang's
+``-fsanitize=fuzzer-no-link`` (``CC``, or ``clang``/``clang-14`` on PATH; Debian: ``apt-get
+install clang``) into a copy of the package under ``.fuzz_work/native/`` and fuzzes that::
+
+    python ci/fuzz.py --target rtp --seconds 600 --native
 Seeds live in ``ci/fuzz_corpus/<target>/``; what atheris finds goes to ``.fuzz_work/<target>/``
 (not committed). Prints inputs run and time taken.
 """
@@ -246,13 +253,61 @@ def run_atheris(target: str, seconds: float) -> None:
     atheris.Fuzz()
 
 
+def build_native() -> str:
+    """Compile an instrumented ``_rtp_c`` into a copy of the package, and a bare libFuzzer;
+    return the copy's root (``libfuzzer.so`` beside the package)."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    cc = os.environ.get("CC") or shutil.which("clang") or shutil.which("clang-14")
+    if not cc or "clang" not in os.path.basename(cc):
+        raise SystemExit("--native needs clang (set CC, or apt-get install clang)")
+    resource = subprocess.run([cc, "-print-resource-dir"], check=True, capture_output=True, text=True).stdout.strip()
+    runtime = os.path.join(resource, "lib", "linux", "libclang_rt.fuzzer_no_main-x86_64.a")
+    if not os.path.exists(runtime):
+        raise SystemExit(f"--native: clang's libFuzzer runtime is missing ({os.path.basename(runtime)})")
+    repo = os.path.dirname(HERE)
+    root = os.path.join(repo, ".fuzz_work", "native")
+    shutil.rmtree(root, ignore_errors=True)
+    package = os.path.join(root, "fastvoice")
+    shutil.copytree(os.path.join(repo, "fastvoice"), package,
+                    ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "*.html"))
+    source = os.path.join(root, "_rtp_c.c")
+    subprocess.run([sys.executable, "-m", "cython", "-3", "-o", source,
+                    os.path.join(repo, "fastvoice", "_rtp_c.pyx")], check=True)
+    target = os.path.join(package, "_rtp_c" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run([cc, "-O1", "-g", "-fPIC", "-shared", "-fsanitize=fuzzer-no-link",
+                    "-I" + sysconfig.get_paths()["include"], source, "-o", target], check=True)
+    # libFuzzer alone, loaded before atheris: atheris then drives it ("preloaded") and the
+    # instrumented extension's coverage hooks resolve to it.
+    subprocess.run([cc, "-shared", "-o", os.path.join(root, "libfuzzer.so"), "-Wl,--whole-archive", runtime,
+                    "-Wl,--no-whole-archive", "-lstdc++", "-lpthread", "-lm"], check=True)
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=[*TARGETS, "all"], default="all")
     parser.add_argument("--seconds", type=float, default=120.0, help="total time budget")
     parser.add_argument("--engine", choices=["auto", "atheris", "random"], default="auto")
     parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument("--native", action="store_true",
+                        help="also guide by the compiled twin's C coverage (needs clang and atheris)")
     args = parser.parse_args()
+    if args.native and not os.environ.get("FASTVOICE_FUZZ_NATIVE"):
+        import subprocess
+
+        root = build_native()
+        env = dict(os.environ, FASTVOICE_FUZZ_NATIVE=os.path.join(root, "libfuzzer.so"),
+                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        forwarded = [a for a in sys.argv[1:] if a != "--native"]
+        raise SystemExit(subprocess.run([sys.executable, __file__, *forwarded, "--engine", "atheris", "--native"],
+                                        env=env).returncode)
+    if os.environ.get("FASTVOICE_FUZZ_NATIVE"):
+        import ctypes
+
+        ctypes.CDLL(os.environ["FASTVOICE_FUZZ_NATIVE"], mode=os.RTLD_NOW | os.RTLD_GLOBAL)
     targets = list(TARGETS) if args.target == "all" else [args.target]
     engine = args.engine
     if engine == "auto":
@@ -262,6 +317,7 @@ def main() -> None:
             engine = "atheris"
         except ImportError:
             engine = "random"
+    native_child = bool(os.environ.get("FASTVOICE_FUZZ_NATIVE"))
     if engine == "atheris" and len(targets) == 1:
         import atheris
 
@@ -270,7 +326,10 @@ def main() -> None:
             _init()
     else:
         _init()
-    print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} targets={targets}", flush=True)
+    native = " (compiled twin instrumented)" if native_child else ""
+    print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} targets={targets}{native}", flush=True)
+    if native and len(targets) == 1 and (C is None or ".fuzz_work" not in C.__file__):
+        raise SystemExit("--native: the instrumented compiled twin was not the one imported")
     if engine == "atheris":
         if len(targets) > 1:
             # atheris runs one target per process: fan out.
@@ -278,7 +337,8 @@ def main() -> None:
 
             for target in targets:
                 subprocess.run([sys.executable, __file__, "--target", target, "--engine", "atheris",
-                                "--seconds", str(args.seconds / len(targets))], check=True)
+                                "--seconds", str(args.seconds / len(targets)), *(["--native"] if native else [])],
+                               check=True)
             return
         run_atheris(targets[0], args.seconds)
         return
