@@ -44,8 +44,8 @@ class PerUserFiles:
 
     Files are opened on a user's first frame (appending, so a user who leaves and comes back
     continues their file) and closed when the user leaves the call or the recording stops.
-    Writes go to buffered files on the event loop; that is fine for a few speakers on a local
-    disk (for more, hand the frames to a writer task through a queue).
+    The bot runs it inside a ``fastvoice.ThreadedOpusFrameReceiver``: the writes happen in that
+    receiver's thread, so a slow disk never holds up the event loop.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -89,7 +89,7 @@ def make_bot() -> commands.Bot:
             return
         vc = ctx.voice_client or await voice.channel.connect(cls=fastvoice_discord.VoiceClient)
         directory = RECORDINGS / str(ctx.guild.id)
-        vc.listen(PerUserFiles(directory))
+        vc.listen(fastvoice.ThreadedOpusFrameReceiver(PerUserFiles(directory)))
         await ctx.send(f"Recording {voice.channel.name} into {directory}/")
 
     @bot.command()

@@ -29,7 +29,7 @@ import fastvoice.ext.discord as fvd  # noqa: E402
 from fastvoice.conn import ConnConfig  # noqa: E402
 from fastvoice.gateway import GatewayConfig  # noqa: E402
 from fastvoice.manager import Manager, ManagerConfig  # noqa: E402
-from fastvoice.opus import OpusReader  # noqa: E402
+from fastvoice.opus import OpusReader, ThreadedOpusFrameReceiver  # noqa: E402
 from fastvoice.testing import MainGatewayStandIn, VoiceServer  # noqa: E402
 
 GUILD = 81384788765712384
@@ -601,7 +601,8 @@ async def test_the_recorder_example_writes_one_file_per_user(server, bot, tmp_pa
     _, guild = bot
     vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
     files = recorder.PerUserFiles(tmp_path / "rec")
-    vc.listen(files)
+    threaded = ThreadedOpusFrameReceiver(files)  # as the example's bot does
+    vc.listen(threaded)
     main = MainGatewayStandIn(server, OTHER)
     other = Manager(main.update_voice_state, OTHER, conn_config=ConnConfig(open_timeout=5))
     main.attach(other)
@@ -616,6 +617,7 @@ async def test_the_recorder_example_writes_one_file_per_user(server, bot, tmp_pa
     finally:
         await other.close()
         await vc.disconnect()
+    assert await threaded.wait_closed(5) and threaded.dropped == 0
     assert files._files == {}  # closed with the connection
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"{OTHER}.dca"]
     with open(tmp_path / "rec" / f"{OTHER}.dca", "rb") as stream:
