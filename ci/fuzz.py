@@ -246,7 +246,9 @@ def run_atheris(target: str, seconds: float) -> None:
     # libFuzzer adds what it finds to the first corpus folder: keep that out of the committed seeds.
     work = os.path.join(os.path.dirname(HERE), ".fuzz_work", target)
     os.makedirs(work, exist_ok=True)
-    args = [sys.argv[0], f"-max_total_time={int(seconds)}", "-max_len=2048", "-print_final_stats=1", work]
+    # A failing input is written beside them (and printed in base64 on the console).
+    args = [sys.argv[0], f"-max_total_time={int(seconds)}", "-max_len=2048", "-print_final_stats=1",
+            "-artifact_prefix=" + os.path.join(work, ""), work]
     if os.path.isdir(seeds):
         args.append(seeds)
     atheris.Setup(args, fn)
