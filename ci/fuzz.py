@@ -275,9 +275,18 @@ def build_native() -> str:
     package = os.path.join(root, "fastvoice")
     shutil.copytree(os.path.join(repo, "fastvoice"), package,
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "*.html"))
-    source = os.path.join(root, "_rtp_c.c")
-    subprocess.run([sys.executable, "-m", "cython", "-3", "-o", source,
-                    os.path.join(repo, "fastvoice", "_rtp_c.pyx")], check=True)
+    pyx = os.path.join(repo, "fastvoice", "_rtp_c.pyx")
+    built = os.path.join(repo, "fastvoice", "_rtp_c.c")  # left by the package's own build
+    import importlib.util
+
+    if importlib.util.find_spec("Cython") is not None:
+        source = os.path.join(root, "_rtp_c.c")
+        subprocess.run([sys.executable, "-m", "cython", "-3", "-o", source, pyx], check=True)
+    elif os.path.exists(built) and os.path.getmtime(built) >= os.path.getmtime(pyx):
+        source = built
+    else:
+        raise SystemExit("--native needs the C that Cython makes of _rtp_c.pyx: pip install cython, "
+                         "or rebuild the package (pip install -e .)")
     target = os.path.join(package, "_rtp_c" + sysconfig.get_config_var("EXT_SUFFIX"))
     subprocess.run([cc, "-O1", "-g", "-fPIC", "-shared", "-fsanitize=fuzzer-no-link",
                     "-I" + sysconfig.get_paths()["include"], source, "-o", target], check=True)
