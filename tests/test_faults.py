@@ -187,6 +187,19 @@ def assert_stream_integrity(received: list[int], provider: CounterProvider, outa
     )
 
 
+def assert_stream_moved(call: Call, provider: CounterProvider, outage: tuple[float, float],
+                        old_packets: list, new_packets: list) -> None:
+    """The 150-frame stream went on from the new server: nothing twice, only frames of ``outage``
+    (from the move to the first frame via the new server) missing, and the sequence continued."""
+    received = call.sink.counters()
+    assert_stream_integrity(received, provider, (outage[0] - PREPARED_AHEAD, outage[1]))
+    assert received[-1] == 149
+    new_ssrc = new_packets[0].ssrc
+    after = [f for f in call.sink.frames if f.tag == b"A" and f.time > outage[1]]
+    assert len(after) >= 50 and {f.ssrc for f in after} == {new_ssrc}
+    assert old_packets[-1].sequence < new_packets[0].sequence
+
+
 @pytest.fixture(autouse=True)
 async def loop_errors():
     """Every unhandled task exception or callback error of the test's loop fails the test."""
@@ -569,12 +582,8 @@ async def test_voice_server_change_moves_the_call_and_the_old_socket_is_never_re
             assert call.sink.counters(b"X") == [] and old_socket_reads() == reads_before
             assert call.sink.counters(b"Y") == [8]
 
-            received = call.sink.counters()
-            assert_stream_integrity(received, provider, (moved_at - PREPARED_AHEAD, back_at))
-            assert received[-1] == 149
-            after = [f for f in call.sink.frames if f.tag == b"A" and f.time > back_at]
-            assert len(after) >= 50 and {f.ssrc for f in after} == {new_ssrc}
-            assert first.packets(old_speaker_ssrc)[-1].sequence < second.packets(new_ssrc)[0].sequence
+            assert_stream_moved(call, provider, (moved_at, back_at), first.packets(old_speaker_ssrc),
+                                second.packets(new_ssrc))
         finally:
             await call.close()
 
@@ -612,12 +621,8 @@ async def test_a_crashed_voice_server_replaced_by_a_new_endpoint_moves_the_call(
                              what="end of stream")
             assert [(u.ignored, u.decrypt_failures, u.duplicates, len(u._queue)) for u in old_udps] == reads_before
             assert second.session_for_ssrc(new_ssrc).user_id == SPEAKER
-            received = call.sink.counters()
-            assert_stream_integrity(received, provider, (crashed_at - PREPARED_AHEAD, back_at))
-            assert received[-1] == 149
-            after = [f for f in call.sink.frames if f.tag == b"A" and f.time > back_at]
-            assert len(after) >= 50 and {f.ssrc for f in after} == {new_ssrc}
-            assert first.packets(old_ssrc)[-1].sequence < second.packets(new_ssrc)[0].sequence
+            assert_stream_moved(call, provider, (crashed_at, back_at), first.packets(old_ssrc),
+                                second.packets(new_ssrc))
         finally:
             await call.close()
 

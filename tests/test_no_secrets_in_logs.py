@@ -258,6 +258,15 @@ def add_recorded_frames(evidence: Evidence, server: VoiceServer) -> None:
                 evidence.obj(f"the payload of a decoded op {message.op}", decoded.d)
 
 
+def failed_open_evidence(error: BaseException, bots: Manager, conn, server: VoiceServer) -> Evidence:
+    """What a failed ``open()`` leaves to search: its error, the connection's objects, the frames."""
+    evidence = Evidence()
+    evidence.exception("the error open() raised", error)
+    add_session_objects(evidence, bots, conn)
+    add_recorded_frames(evidence, server)
+    return evidence
+
+
 # -- the happy path, with a resume ----------------------------------------------------------------
 
 
@@ -348,10 +357,7 @@ async def test_a_stop_close_code_at_open_leaks_no_secret(capture, code):
             await conn.open(CHANNEL)
         assert raised.value.code == code
         assert server.connections[0].messages_in(Opcode.IDENTIFY)
-        evidence = Evidence()
-        evidence.exception("the error open() raised", raised.value)
-        add_session_objects(evidence, bots, conn)
-        add_recorded_frames(evidence, server)
+        evidence = failed_open_evidence(raised.value, bots, conn, server)
         await bots.close()
         secrets.note_server(server)
     assert len(secrets.tokens) == (2 if code == 4004 else 1)  # 4004: the real token and the wrong one
@@ -401,10 +407,7 @@ async def test_an_open_that_times_out_leaks_no_secret(capture, monkeypatch, stag
         assert time.monotonic() - started < 3
         if stage != "no server update":
             assert server.connections[0].messages_in(Opcode.IDENTIFY)
-        evidence = Evidence()
-        evidence.exception("the error open() raised", raised.value)
-        add_session_objects(evidence, bots, conn)
-        add_recorded_frames(evidence, server)
+        evidence = failed_open_evidence(raised.value, bots, conn, server)
         await bots.close()
     assert secrets.tokens and secrets.session_ids
     capture.into(evidence).assert_clean(secrets)
@@ -424,10 +427,7 @@ async def test_an_unusable_session_description_leaks_no_key(capture, monkeypatch
         conn = bots.create_conn(GUILD)
         with pytest.raises(ConnOpenError, match="unusable") as raised:
             await conn.open(CHANNEL)
-        evidence = Evidence()
-        evidence.exception("the error open() raised", raised.value)
-        add_session_objects(evidence, bots, conn)
-        add_recorded_frames(evidence, server)
+        evidence = failed_open_evidence(raised.value, bots, conn, server)
         await bots.close()
         secrets.note_server(server)
     assert len(secrets.keys) == 1
