@@ -132,6 +132,14 @@ class Call:
     sink: CounterSink | None = None
     events: list = field(default_factory=list)
 
+    def move_to(self, server: VoiceServer) -> None:
+        """Discord moves the call to ``server``: both bots get a new token and its endpoint."""
+        for main, bots, user in ((self.speaker_main, self.speaker_bots, SPEAKER),
+                                 (self.listener_main, self.listener_bots, LISTENER)):
+            state, server_update = server.voice_updates(GUILD, user, CHANNEL, session_id=main.session_id)
+            bots.handle_voice_state_update(state)
+            bots.handle_voice_server_update(server_update)
+
     async def close(self) -> None:
         for bots in (self.speaker_bots, self.listener_bots):
             if bots is not None:
@@ -547,13 +555,8 @@ async def test_voice_server_change_moves_the_call_and_the_old_socket_is_never_re
             old_speaker_udp, old_listener_udp = call.speaker.udp, call.listener.udp
             old_listener_session = first.session_for_ssrc(old_listener_udp.ssrc)
             old_speaker_ssrc = old_speaker_udp.ssrc
-            # Discord moves the call: both bots get a new token and the new endpoint.
             moved_at = time.monotonic()
-            for main, bots, user in ((call.speaker_main, call.speaker_bots, SPEAKER),
-                                     (call.listener_main, call.listener_bots, LISTENER)):
-                state, server_update = second.voice_updates(GUILD, user, CHANNEL, session_id=main.session_id)
-                bots.handle_voice_state_update(state)
-                bots.handle_voice_server_update(server_update)
+            call.move_to(second)
             await wait_until(
                 lambda: call.speaker.udp is not None and call.speaker.udp is not old_speaker_udp
                 and any(f.ssrc == call.speaker.udp.ssrc for f in call.sink.frames), what="audio via the new server",
@@ -604,11 +607,7 @@ async def test_a_crashed_voice_server_replaced_by_a_new_endpoint_moves_the_call(
                 await first.session_for_ssrc(conn.udp.ssrc).close(4015, "voice server crashed")
             await first.close()  # and it stays down: every resume attempt fails to connect
             await asyncio.sleep(0.15)
-            for main, bots, user in ((call.speaker_main, call.speaker_bots, SPEAKER),
-                                     (call.listener_main, call.listener_bots, LISTENER)):
-                state, server_update = second.voice_updates(GUILD, user, CHANNEL, session_id=main.session_id)
-                bots.handle_voice_state_update(state)
-                bots.handle_voice_server_update(server_update)
+            call.move_to(second)
             await wait_until(
                 lambda: call.speaker.udp is not None and call.speaker.udp is not old_udps[0]
                 and any(f.ssrc == call.speaker.udp.ssrc for f in call.sink.frames), what="audio via the new server",
