@@ -7,7 +7,12 @@ Targets (pick with ``--target``; ``all`` cycles through them):
   authentication (the input chooses header bits, CSRCs, extension and padding lengths,
   and the bytes are sealed with the key), for every mode, differentially: the compiled and
   the pure twin must return the same packet or both raise ``DecryptionFailedError``;
-  nothing else may escape. IP discovery parsing rides along (only ``IPDiscoveryError``).
+  nothing else may escape. The same datagrams (and a keepalive-shaped one) also go through
+  each twin's ``DatagramRouter``, the socket's entry point: the twins must deliver the same
+  packets and count the same drops (``ignored``, ``decrypt_failures``, ``duplicates``,
+  ``keepalives``). ``Packetizer.packetize`` (marker bit from the input) must give the same
+  bytes in both twins and depacketize back. IP discovery parsing rides along (only
+  ``IPDiscoveryError``).
 - ``ssrc``: a sequence of ``SSRCTable`` operations decoded from the input, both twins
   against a dict model.
 - ``gateway``: ``decode_message`` (JSON text), ``decode_server_binary`` and
@@ -63,11 +68,14 @@ def _load():
 PY = C = DecryptionFailedError = GatewayDecodeError = IPDiscoveryError = None
 TWINS: list = []
 DEPACKETIZERS: dict = {}
+#: mode -> per twin (router, delivered packets); tables of their own, kept across inputs.
+ROUTERS: dict = {}
+SERVER = ("127.0.0.1", 50000)
 
 
 def _init() -> None:
     """Import the code under test (inside atheris' instrumentation when it is used)."""
-    global PY, C, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError, TWINS, MODES, DEPACKETIZERS
+    global PY, C, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError, TWINS, MODES, DEPACKETIZERS, ROUTERS
     PY, C, DecryptionFailedError, GatewayDecodeError, IPDiscoveryError = _load()
     import fastvoice.gateway_messages  # noqa: F401
     import fastvoice.ipdiscovery  # noqa: F401
@@ -79,6 +87,17 @@ def _init() -> None:
     TABLES[:] = [t.SSRCTable() for t in TWINS]
     for table in TABLES:
         table.set(0xCAFEBABE, 42)
+    ROUTERS = {}
+    for m in MODES:
+        ROUTERS[m] = []
+        for t in TWINS:
+            delivered: list = []
+            router = t.DatagramRouter(delivered.append, 4096, _Quiet())
+            router.remote = SERVER
+            table = t.SSRCTable()
+            table.set(0xCAFEBABE, 42)
+            router.route(t.Depacketizer(m, KEY), table, delivered.append)
+            ROUTERS[m].append((router, delivered))
 
 
 TABLES: list = []
@@ -127,6 +146,22 @@ def _seal(mode: str, data: bytes) -> bytes:
     return fixed + nb.crypto_secretbox_easy(clear + body, suffix + bytes(20), KEY) + suffix
 
 
+class _Quiet:
+    """A logger that drops everything (routers log forgeries at debug level)."""
+
+    def debug(self, *args, **kwargs) -> None:
+        pass
+
+
+def _route(router, delivered: list, datagram: bytes) -> tuple:
+    before = (router.ignored, router.decrypt_failures, router.duplicates, router.keepalives)
+    router.datagram_received(datagram, SERVER)
+    after = (router.ignored, router.decrypt_failures, router.duplicates, router.keepalives)
+    got = [(p.sequence, p.timestamp, p.ssrc, p.opus, p.marker, p.csrcs, p.extension, p.user_id) for p in delivered]
+    delivered.clear()
+    return tuple(b - a for a, b in zip(before, after)), got
+
+
 def fuzz_rtp(data: bytes) -> None:
     from fastvoice.ipdiscovery import parse_ip_discovery_response
 
@@ -134,13 +169,29 @@ def fuzz_rtp(data: bytes) -> None:
         return
     mode = MODES[data[0] % len(MODES)]
     payload = data[1:]
-    for datagram in (payload, _seal(mode, payload)):
+    for datagram in (payload, _seal(mode, payload), payload[:4].ljust(4, b"\0") + bytes(4)):
         results = [_outcome(d, datagram) for d in DEPACKETIZERS[mode]]
         if len(results) == 2 and results[0] != results[1]:
             raise AssertionError(f"twins disagree in {mode}: {results[0]!r} != {results[1]!r}")
         routed = [_outcome(d, datagram, t) for d, t in zip(DEPACKETIZERS[mode], TABLES)]
         if len(routed) == 2 and routed[0] != routed[1]:
             raise AssertionError(f"twins route differently in {mode}: {routed[0]!r} != {routed[1]!r}")
+        entry = [_route(router, delivered, datagram) for router, delivered in ROUTERS[mode]]
+        if len(entry) == 2 and entry[0] != entry[1]:
+            raise AssertionError(f"twins' routers differ in {mode}: {entry[0]!r} != {entry[1]!r}")
+        if len(datagram) == 8 and datagram[4:] == bytes(4) and entry[0][0] != (0, 0, 0, 1):
+            raise AssertionError(f"a keepalive was not counted as one: {entry[0]!r}")
+    if mode != "xsalsa20_poly1305_suffix" and len(payload) >= 7:
+        # Packing: the marker bit and counters from the input, the same bytes from both twins.
+        seq, ts = struct.unpack_from("<HI", payload)
+        marker = bool(payload[6] & 1)
+        packed = [t.Packetizer(0xCAFEBABE, mode, KEY, sequence=seq, timestamp=ts).packetize(payload[7:], marker=marker)
+                  for t in TWINS]
+        if len(packed) == 2 and packed[0] != packed[1]:
+            raise AssertionError(f"twins pack differently in {mode}")
+        back = DEPACKETIZERS[mode][0].depacketize(packed[0])
+        if (back.sequence, back.timestamp, back.marker, back.opus) != (seq, ts, marker, payload[7:]):
+            raise AssertionError(f"a packed packet does not depacketize back in {mode}")
     try:
         parse_ip_discovery_response(payload, 0xCAFEBABE)
     except IPDiscoveryError:

@@ -78,6 +78,7 @@ cdef enum:
     MODE_XSALSA_SUFFIX = 3
     MODE_XSALSA_LITE = 4
     MAX_PAYLOAD = 65507 - (12 + 16 + 24)  # _rtp_common.MAX_PAYLOAD, as a C constant
+    KEEPALIVE_SIZE = 8  # _rtp_common.KEEPALIVE_SIZE
 
 
 cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
@@ -190,6 +191,11 @@ cdef inline uint32_t _get_u16(const unsigned char *p) noexcept nogil:
 
 cdef inline uint32_t _get_u32(const unsigned char *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline bint _is_keepalive_tail(const unsigned char *p) noexcept nogil:
+    # A UDP keepalive is a u32 counter followed by four zero bytes.
+    return p[4] == 0 and p[5] == 0 and p[6] == 0 and p[7] == 0
 
 
 cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint32_t ssrc) noexcept nogil:
@@ -395,8 +401,11 @@ cdef class Packetizer:
     def nonce(self, value):
         self._nonce = _c.check_uint("nonce", value, 32)
 
-    def packetize(self, opus):
-        """Encrypt ``opus`` into a complete RTP datagram and advance the counters."""
+    def packetize(self, opus, *, bint marker=False):
+        """Encrypt ``opus`` into a complete RTP datagram and advance the counters.
+
+        ``marker`` sets the RTP marker bit of this packet (the first of a talkspurt).
+        """
         cdef Py_buffer view
         cdef bint have_view = False
         cdef const unsigned char *m
@@ -414,12 +423,12 @@ cdef class Packetizer:
                 raise _c.wiped_error("Packetizer")
             if mlen > MAX_PAYLOAD:
                 raise ValueError(f"payload of {mlen} bytes exceeds the maximum of {MAX_PAYLOAD}")
-            return self._packetize(m, mlen)
+            return self._packetize(m, mlen, marker)
         finally:
             if have_view:
                 PyBuffer_Release(&view)
 
-    cdef object _packetize(self, const unsigned char *m, Py_ssize_t mlen):
+    cdef object _packetize(self, const unsigned char *m, Py_ssize_t mlen, bint marker):
         cdef int mode = self._mode_no
         cdef Py_ssize_t suffix_len = 24 if mode == MODE_XSALSA_SUFFIX else (0 if mode == MODE_XSALSA else 4)
         cdef Py_ssize_t total = 12 + mlen + TAG + suffix_len
@@ -430,6 +439,8 @@ cdef class Packetizer:
         cdef int rc
         cdef object random_nonce
         _write_header(p, self._sequence, self._timestamp, self._ssrc)
+        if marker:
+            p[1] = 0xF8  # the header is the AAD (and the legacy nonce): set before sealing
         memset(nonce, 0, 24)
         if mode == MODE_AES or mode == MODE_XCHACHA:
             _put_u32(nonce, self._nonce)
@@ -941,6 +952,7 @@ cdef class DatagramRouter:
     cdef public unsigned long long ignored
     cdef public unsigned long long decrypt_failures
     cdef public unsigned long long duplicates
+    cdef public unsigned long long keepalives
     cdef Py_ssize_t _max_size
     cdef Depacketizer _dep
     cdef SSRCTable _table
@@ -1007,6 +1019,9 @@ cdef class DatagramRouter:
                 return
         if not PyBytes_CheckExact(data) or PyBytes_GET_SIZE(data) > self._max_size:
             self.ignored += 1
+            return
+        if PyBytes_GET_SIZE(data) == KEEPALIVE_SIZE and _is_keepalive_tail(<const unsigned char *>PyBytes_AS_STRING(data)):
+            self.keepalives += 1  # expected traffic (PROTOCOL.md 4.3), not garbage
             return
         spare, self._spare = self._spare, None
         try:

@@ -31,6 +31,8 @@ MAX_DATAGRAM = 65507
 # Worst-case bytes added around the Opus payload by any supported mode.
 MAX_OVERHEAD = 12 + TAG_SIZE + 24
 MAX_PAYLOAD = MAX_DATAGRAM - MAX_OVERHEAD
+# A UDP keepalive (PROTOCOL.md 4.3): a u32 little-endian counter and four zero bytes.
+KEEPALIVE_SIZE = 8
 
 
 def resolve_mode(mode: object, aes_available: bool) -> tuple[EncryptionMode, int]:

@@ -44,6 +44,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _PREAMBLE = struct.Struct(">HH")
 _ZERO20 = bytes(20)
+_ZERO4 = bytes(4)
+_KEEPALIVE_SIZE = _c.KEEPALIVE_SIZE
 _ZERO8 = bytes(8)
 _ZERO12 = bytes(12)
 
@@ -187,7 +189,9 @@ class Packetizer:
     ``bytes`` object and then advances ``sequence`` (+1, wraps at 2**16),
     ``timestamp`` (+960, wraps at 2**32) and the ``nonce`` counter (+1, wraps at
     2**32).  All three are readable and settable, so a stream can continue across
-    reconnects.
+    reconnects, and a sender can move ``timestamp`` on across a pause.
+    ``packetize(opus, marker=True)`` sets the RTP marker bit of that one packet (the
+    first packet of a talkspurt: byte 1 is ``0xF8`` instead of ``0x78``).
 
     Modes: ``aead_aes256_gcm_rtpsize``, ``aead_xchacha20_poly1305_rtpsize`` and the
     seed's three ``xsalsa20_poly1305*`` modes.
@@ -269,15 +273,18 @@ class Packetizer:
     def nonce(self, value: int) -> None:
         self._nonce = _c.check_uint("nonce", value, 32)
 
-    def packetize(self, opus: bytes) -> bytes:
-        """Encrypt ``opus`` into a complete RTP datagram and advance the counters."""
+    def packetize(self, opus: bytes, *, marker: bool = False) -> bytes:
+        """Encrypt ``opus`` into a complete RTP datagram and advance the counters.
+
+        ``marker`` sets the RTP marker bit of this packet (the first of a talkspurt).
+        """
         if not isinstance(opus, bytes):
             opus = bytes(memoryview(opus))
         if self._wiped:
             raise _c.wiped_error("Packetizer")
         if len(opus) > _c.MAX_PAYLOAD:
             raise ValueError(f"payload of {len(opus)} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
-        header = _HEADER.pack(0x80, 0x78, self._sequence, self._timestamp, self._ssrc)
+        header = _HEADER.pack(0x80, 0xF8 if marker else 0x78, self._sequence, self._timestamp, self._ssrc)
         mode = self._mode_no
         if mode == _c.MODE_AES256GCM_RTPSIZE:
             suffix = _U32.pack(self._nonce)
@@ -611,19 +618,21 @@ class DatagramRouter:
     routed through the SSRC table and handed to the handler in one call; datagrams from
     another address, oversized ones, non-audio, repeats and forgeries are dropped and
     counted (``ignored``, ``duplicates``, ``decrypt_failures``; forgeries logged at debug).
+    UDP keepalives (8 bytes: a u32 counter and 4 zero bytes) are dropped too, counted
+    apart in ``keepalives``: they are expected traffic, not garbage.
     Until routed, every datagram goes to ``slow_path(data, addr)`` (IP discovery, raw
     handlers, queued reads).
     """
 
     __slots__ = ("_remote", "slow_path", "logger", "ignored", "decrypt_failures", "duplicates",
-                 "_max_size", "_dep", "_table", "_handler")
+                 "keepalives", "_max_size", "_dep", "_table", "_handler")
 
     def __init__(self, slow_path: Any, max_size: int, logger: Any) -> None:
         self.slow_path = slow_path
         self._max_size = max_size
         self.logger = logger
         self._remote: tuple[Any, int] | None = None
-        self.ignored = self.decrypt_failures = self.duplicates = 0
+        self.ignored = self.decrypt_failures = self.duplicates = self.keepalives = 0
         self._dep: Depacketizer | None = None
         self._table: SSRCTable | None = None
         self._handler: Any = None
@@ -671,6 +680,9 @@ class DatagramRouter:
             return
         if type(data) is not bytes or len(data) > self._max_size:
             self.ignored += 1
+            return
+        if len(data) == _KEEPALIVE_SIZE and data[4:] == _ZERO4:
+            self.keepalives += 1
             return
         try:
             packet = dep.dispatch(data, self._table)  # type: ignore[arg-type]
