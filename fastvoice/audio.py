@@ -302,6 +302,9 @@ class AudioSender:
             # The last silence frame left in this tick's send phase: now stop speaking.
             self._tail_sent = False
             self._set_speaking(False)
+            udp = self._conn.udp
+            if udp is not None:
+                udp.restart_keepalive()  # audio stopped: keepalives from an interval on
             return
         frame: bytes | None
         if self._held is not None:

@@ -14,6 +14,7 @@ from .constants import UDP_TIMEOUT
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError, IPDiscoveryError, VoiceError
 from .ipdiscovery import build_ip_discovery_request, is_ip_discovery_response, parse_ip_discovery_response
+from .keepalive import KEEPALIVE_INTERVAL, KeepaliveScheduler, build_keepalive, is_keepalive
 from .rtp import DatagramRouter, Depacketizer, Packet, Packetizer, SSRCTable
 
 __all__ = ["UDPConn", "UDPConnConfig", "UDPConnCreateFunc", "UDPNotReadyError"]
@@ -35,6 +36,8 @@ class UDPConnConfig:
     ``discovery_timeout`` bounds IP discovery as a whole (the seed's ``UDP_TIMEOUT``);
     the request is re-sent every ``discovery_retry`` seconds in case a datagram is lost.
     ``read_queue`` bounds how many undelivered packets ``read_packet`` keeps (oldest dropped).
+    ``keepalive_interval``: while no audio goes out, a UDP keepalive is sent this often (in
+    seconds) to keep NAT and firewall bindings open; ``None`` sends none.
     """
 
     logger: logging.Logger = field(default_factory=lambda: _log)
@@ -42,6 +45,14 @@ class UDPConnConfig:
     discovery_timeout: float = UDP_TIMEOUT
     discovery_retry: float = 1.0
     read_queue: int = 256
+    keepalive_interval: float | None = KEEPALIVE_INTERVAL
+
+    def __post_init__(self) -> None:
+        interval = self.keepalive_interval
+        if interval is not None and (
+            isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600
+        ):
+            raise ValueError(f"keepalive_interval must be seconds in (0, 3600] or None, got {interval!r}"[:120])
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -65,6 +76,10 @@ class UDPConn:
     ``set_secret_key(mode, key)`` (from Session Description) ``write(opus)`` packetizes,
     encrypts and sends a frame, and received packets are decrypted for ``read_packet()`` or,
     when a handler is set with ``set_packet_handler``, pushed to it as they arrive.
+
+    From IP discovery until ``close``, the loop's :class:`~fastvoice.keepalive.KeepaliveScheduler`
+    sends a keepalive every ``keepalive_interval`` seconds while no audio goes out: a visit
+    sends one unless the packetizer's sequence number moved since the previous visit.
     """
 
     def __init__(self, config: UDPConnConfig | None = None, **options: Any) -> None:
@@ -86,6 +101,11 @@ class UDPConn:
         self._raw_handler: Callable[[bytes], None] | None = None
         self._read_timeout: float | None = None
         self._closed = False
+        self._keepalive: KeepaliveScheduler | None = None
+        self._keepalive_counter = 0
+        #: The packetizer's sequence number at the last keepalive visit (moved: audio went out).
+        self._keepalive_mark: int | None = None
+        self._keepalives_sent = 0
         # Every datagram enters through the router: depacketize + SSRC routing + handler in
         # one compiled call once a key, a handler and a table are set, else _datagram_received.
         self._router = DatagramRouter(self._datagram_received, MAX_DATAGRAM, self._config.logger)
@@ -106,6 +126,16 @@ class UDPConn:
     def duplicates(self) -> int:
         """Repeated packets dropped (with a dispatch table, see ``set_packet_handler``)."""
         return self._router.duplicates
+
+    @property
+    def keepalives_received(self) -> int:
+        """Keepalive datagrams received from the server (dropped; not counted as ``ignored``)."""
+        return self._router.keepalives
+
+    @property
+    def keepalives_sent(self) -> int:
+        """Keepalive datagrams sent on this connection."""
+        return self._keepalives_sent
 
     def _update_route(self) -> None:
         # The fast path needs the whole pipeline and nothing pending on the slow path.
@@ -181,10 +211,12 @@ class UDPConn:
         self._ssrc = ssrc
         self._closed = False
         try:
-            return await self._discover(loop, ssrc)
+            address = await self._discover(loop, ssrc)
         except BaseException:
             self.close()
             raise
+        self._start_keepalive(loop)
+        return address
 
     async def _discover(self, loop: asyncio.AbstractEventLoop, ssrc: int) -> tuple[str, int]:
         request = build_ip_discovery_request(ssrc)
@@ -232,6 +264,7 @@ class UDPConn:
             self._depacketizer.wipe()
         self._packetizer = packetizer
         self._depacketizer = Depacketizer(mode, secret_key)
+        self._keepalive_mark = packetizer.sequence  # a new key is not audio
         self._update_route()
 
     def close(self) -> None:
@@ -239,6 +272,7 @@ class UDPConn:
         pending ``read_packet`` calls raise ``ConnectionError``."""
         self._closed = True
         self._update_route()
+        self._stop_keepalive()
         self._fd = -1  # before the descriptor can be closed and its number reused
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -274,6 +308,50 @@ class UDPConn:
         if self._transport is not None:
             self._transport.sendto(datagram)
 
+    # -- keepalive ------------------------------------------------------------------
+
+    def _start_keepalive(self, loop: asyncio.AbstractEventLoop) -> None:
+        interval = self._config.keepalive_interval
+        if interval is None or self._closed:
+            return
+        self._keepalive = KeepaliveScheduler.for_loop(loop)
+        self._keepalive_mark = self._sequence_mark()
+        self._keepalive.schedule(self, interval)
+
+    def _stop_keepalive(self) -> None:
+        scheduler, self._keepalive = self._keepalive, None
+        if scheduler is not None:
+            scheduler.cancel(self)
+
+    def _sequence_mark(self) -> int | None:
+        p = self._packetizer
+        return None if p is None else p.sequence
+
+    def restart_keepalive(self) -> None:
+        """Audio stopped now: the next keepalive goes ``keepalive_interval`` seconds from now
+        unless audio starts again before (the send clock calls this after a silence tail)."""
+        scheduler = self._keepalive
+        interval = self._config.keepalive_interval
+        if scheduler is None or interval is None:
+            return
+        self._keepalive_mark = self._sequence_mark()
+        scheduler.schedule(self, interval)
+
+    def _keepalive_visit(self, now: float) -> float | None:
+        """The scheduler's visit: send a keepalive unless audio went out since the last one."""
+        interval = self._config.keepalive_interval
+        transport = self._transport
+        if transport is None or self._closed or interval is None:
+            return None
+        mark = self._sequence_mark()
+        if mark != self._keepalive_mark:
+            self._keepalive_mark = mark  # audio is flowing: look again in an interval
+            return now + interval
+        transport.sendto(build_keepalive(self._keepalive_counter))
+        self._keepalive_counter = (self._keepalive_counter + 1) & 0xFFFFFFFF
+        self._keepalives_sent += 1
+        return now + interval
+
     # -- receive --------------------------------------------------------------------
 
     def set_packet_handler(self, handler: Callable[[Packet], None] | None, table: SSRCTable | None = None) -> None:
@@ -308,6 +386,9 @@ class UDPConn:
         if self._raw_handler is not None:
             self._raw_handler(data)
             return
+        if is_keepalive(data):
+            self._router.keepalives += 1
+            return
         depacketizer = self._depacketizer
         if depacketizer is None:
             self._router.ignored += 1
@@ -332,6 +413,7 @@ class UDPConn:
     def _connection_lost(self) -> None:
         self._fd = -1
         self._closed = True
+        self._stop_keepalive()
         self._update_route()
         self._readable.set()
 

@@ -169,6 +169,9 @@ class FakeUDP:
     def send_datagram(self, datagram):
         self.sent.append(datagram)
 
+    def restart_keepalive(self):
+        pass
+
 
 class FakeConn:
     def __init__(self):

@@ -47,6 +47,11 @@ from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, is_dave_fr
 
 __all__ += ["DaveCallGroup", "DaveExternalSender", "MLSDecodeError", "is_dave_frame"]
 
+# UDP keepalives as the server records them.
+from ._keepalive import KeepaliveLapse, ReceivedKeepalive  # noqa: E402
+
+__all__ += ["KeepaliveLapse", "ReceivedKeepalive"]
+
 # Pacing measurements: when the kernel received a datagram, not when the loop read it.
 from ._stamps import kernel_receive_clock  # noqa: E402
 

@@ -53,6 +53,7 @@ from ..gateway_messages import (
 )
 
 from ._dave import is_dave_frame
+from ._keepalive import KeepaliveLapse, KeepaliveWatch, ReceivedKeepalive
 from ._stamps import kernel_receive_clock
 
 if TYPE_CHECKING:
@@ -277,6 +278,8 @@ class ServerSession:
         self.speaking: SpeakingFlags | None = None
         #: Every audio packet received from this session, in arrival order.
         self.packets: list[ReceivedPacket] = []
+        #: Every UDP keepalive received from this session, in arrival order.
+        self.keepalives: list[ReceivedKeepalive] = []
         #: Every websocket connection this session used (identify first, then resumes).
         self.connections: list[ServerConnection] = []
         #: The last seq_ack the client reported.
@@ -430,6 +433,10 @@ class VoiceServer:
       (default 1): a datagram held back by ``udp_reorder`` goes out after 1 to that many
       later ones. :meth:`stall_udp` holds every datagram to clients for a while, then
       releases them at once (a network stall).
+    - ``expect_keepalive`` (seconds, default ``None``): UDP keepalives are always accepted
+      silently and recorded (``ServerSession.keepalives``); with this set, every session
+      that sends nothing over UDP for longer is reported in :attr:`keepalive_lapses`
+      (also see :meth:`silent_sessions`).
     - :meth:`refuse_next_resume`, :meth:`close_next_connection`; per connection or
       session: ``close``, ``close_after``, ``drop``, ``inject_datagram``, ``send_raw``;
       per connection: ``announce_frame`` (a hostile frame header) and ``closed_at``.
@@ -458,7 +465,9 @@ class VoiceServer:
         session_timeout: float = 30.0,
         seed: int | None = None,
         kernel_stamps: bool = False,
+        expect_keepalive: float | None = None,
     ) -> None:
+        self._keepalive = KeepaliveWatch(expect_keepalive)
         self.host = host
         self.kernel_stamps = kernel_stamps
         self.tls = tls
@@ -783,6 +792,29 @@ class VoiceServer:
         self._close_next.append((code, after_messages, reason))
 
     # -- recordings ------------------------------------------------------------------
+
+    @property
+    def expect_keepalive(self) -> float | None:
+        """Seconds a session may send nothing over UDP before it is a lapse (``None``: not checked)."""
+        return self._keepalive.expect
+
+    @expect_keepalive.setter
+    def expect_keepalive(self, value: float | None) -> None:
+        self._keepalive.expect = value
+
+    @property
+    def keepalive_lapses(self) -> list[KeepaliveLapse]:
+        """Sessions that sent nothing over UDP (IP discovery, audio, keepalive) for longer than
+        ``expect_keepalive``: the gaps that ended, then the silences still going on."""
+        return self._keepalive.lapses(time.monotonic())
+
+    def silent_sessions(self, seconds: float | None = None) -> list[ServerSession]:
+        """Live sessions whose last UDP datagram is older than ``seconds`` (default:
+        ``expect_keepalive``)."""
+        seconds = self.expect_keepalive if seconds is None else seconds
+        if seconds is None:
+            raise ValueError("silent_sessions() needs seconds when expect_keepalive is not set")
+        return self._keepalive.silent_sessions(seconds, time.monotonic())
 
     def packets(self, ssrc: int) -> list[ReceivedPacket]:
         """Every audio packet received from ``ssrc``, in arrival order."""
@@ -1200,12 +1232,20 @@ class VoiceServer:
             session = self._by_ssrc.get(ssrc)
             if session is not None:
                 session.udp_address = addr
+                self._keepalive.heard(session, addr, now)
             self._udp_send(addr, build_ip_discovery_reply(ssrc, addr[0], addr[1]), faults=False)
             self._notify()
             return
         if len(data) >= 8 and data[0] >> 6 == 2 and 200 <= data[1] <= 204:
             self.rtcp_received.append((addr, bytes(data)))
             self._notify()
+            return
+        keepalive = self._keepalive.received(data, addr, now)
+        if keepalive is not None:
+            if keepalive:
+                self._notify()
+            else:
+                self._reject(addr, "keepalive from an address no session uses", data)
             return
         if len(data) < 12:
             self._reject(addr, f"datagram of {len(data)} bytes is shorter than an RTP header", data)
@@ -1231,6 +1271,7 @@ class VoiceServer:
             self._reject(addr, "not an RTP audio packet", data)
             return
         session.udp_address = addr
+        self._keepalive.heard(session, addr, now)
         if session.speaking is None:
             session.audio_before_speaking += 1
         received = ReceivedPacket(
