@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Protocol
 from ._timer import DeadlineTimer
 from .constants import OPUS_FRAME_SIZE_MS, SILENCE_AUDIO_FRAME
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
-from .rtp import Packet, SSRCTable, send_prepared
+from .rtp import Packet, Packetizer, SSRCTable, send_prepared
 from .udp import UDPConn
 
 __all__ = [
@@ -39,6 +40,8 @@ FRAME_SECONDS = OPUS_FRAME_SIZE_MS / 1000
 SILENCE_FRAMES = 5
 #: A stall longer than this many frames is resynchronised instead of caught up.
 RESYNC_FRAMES = 3
+#: RTP timestamp units per tick: one 20 ms frame at 48 kHz.
+_SAMPLES_PER_TICK = 960
 
 _MICROPHONE = 1
 _NOT_SPEAKING = 0
@@ -77,6 +80,11 @@ class SendClock:
     (uvloop's own timers only count whole milliseconds); ``precise=False``, or a loop that
     cannot watch file descriptors, uses the loop's timers. Tests can drive ticks
     deterministically with :meth:`run_tick` on a clock made with ``autostart=False``.
+
+    ``position`` numbers the ticks on the schedule, counting those skipped by a
+    resynchronisation and, when the clock restarts after an idle spell, the ticks that
+    spell lasted: senders derive their RTP timestamps from it, so a pause or a stall shows
+    as the wall-clock gap it was (48 timestamp units per millisecond).
     """
 
     _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SendClock] = weakref.WeakKeyDictionary()
@@ -95,6 +103,10 @@ class SendClock:
         self.ticks = 0
         self.resyncs = 0
         self.late_ticks = 0
+        #: Schedule index of the current (or last) tick; see the class docstring.
+        self.position = 0
+        #: time.monotonic() when the clock's task last stopped (its last tick), or None.
+        self._stopped_at: float | None = None
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop | None = None) -> SendClock:
@@ -129,6 +141,10 @@ class SendClock:
         self.precise = timer.precise
         clock = timer.now
         next_tick = clock()
+        if self._stopped_at is not None:
+            # The schedule went on while nothing was live: the first tick is that many later.
+            idle = round((time.monotonic() - self._stopped_at) / frame)
+            self.position += max(0, idle - 1)
         try:
             while self._live:
                 now = clock()
@@ -140,9 +156,7 @@ class SendClock:
                     # The loop was blocked: skip the missed ticks rather than burst them out.
                     missed = int(behind / frame)
                     next_tick += missed * frame
-                    self.resyncs += 1
-                    for sender in list(self._live):
-                        sender.stats.deficit += missed
+                    self.skip(missed)
                 elif behind > frame:
                     self.late_ticks += 1
                 self.run_tick()
@@ -150,10 +164,23 @@ class SendClock:
         finally:
             timer.close()
             self._task = None
+            self._stopped_at = time.monotonic()
+
+    def skip(self, ticks: int) -> None:
+        """Skip ``ticks`` ticks of the schedule, as a resynchronisation after a stall does:
+        each live sender counts them as ``deficit`` and its next RTP timestamp moves on by
+        them. (Tests call it on a clock made with ``autostart=False`` to stand for a stall.)"""
+        if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 0:
+            raise ValueError(f"ticks must be an int >= 0, got {ticks!r}"[:120])
+        self.position += ticks
+        self.resyncs += 1
+        for sender in list(self._live):
+            sender.stats.deficit += ticks
 
     def run_tick(self) -> None:
         """Run one tick: send what was prepared, then prepare the next datagrams."""
         self.ticks += 1
+        self.position += 1
         senders = list(self._live)
         # Back to back, one syscall per datagram, in the compiled core when it is built;
         # what cannot go straight to a socket goes through the transport.
@@ -184,6 +211,11 @@ class AudioSender:
     of the stream (``EOFError``) the same silence is sent and the sender stops asking.
     Provider errors are logged and counted, never fatal. ``frame_hook`` (set by the DAVE
     layer) transforms each Opus frame before packing and may return ``None`` to hold it.
+
+    RTP timing (PROTOCOL.md 4.1): the first packet after Speaking (a talkspurt's start)
+    carries the marker bit, and a packet that follows ticks without one (a pause, a held
+    frame, a stall the clock skipped, a reconnect) has its timestamp moved on by those
+    ticks, so the timestamp keeps wall-clock time.
     """
 
     def __init__(
@@ -211,6 +243,10 @@ class AudioSender:
         self._tail_sent = False
         self._ended = False
         self._held: bytes | None = None
+        #: The clock position the next packet would have if it followed the last one (None: no packet yet).
+        self._next_position: int | None = None
+        #: True until the first packet of the current talkspurt is packed.
+        self._talkspurt_start = False
 
     @property
     def provider(self) -> OpusFrameProvider | None:
@@ -358,13 +394,34 @@ class AudioSender:
             # No Session Description yet: nothing may be encrypted or sent.
             self.stats.nulled += 1
             return
-        self._prepared = packetizer.packetize(frame)
+        position = self._clock.position  # type: ignore[union-attr]  # _pack runs in the clock's tick
+        if position == self._next_position:
+            self._prepared = packetizer.packetize(frame)  # the stream goes on: nothing to adjust
+        else:
+            self._prepared = self._pack_after_gap(packetizer, frame, position, silence)
+        self._next_position = position + 1
         self._prepared_udp = udp
         if silence:
             self.stats.silence += 1
 
+    def _pack_after_gap(self, packetizer: Packetizer, frame: bytes, position: int, silence: bool) -> bytes:
+        """Pack a packet that does not follow the previous one on the schedule (or the first).
+
+        A talkspurt's first packet is always one of these: Speaking goes out on a tick that
+        packs nothing, so the marker is set here, off the per-tick path.
+        """
+        expected = self._next_position
+        if expected is not None and position > expected:
+            # Ticks went by without a packet: the timestamp counts them (wall-clock time).
+            packetizer.timestamp = (packetizer.timestamp + _SAMPLES_PER_TICK * (position - expected)) & 0xFFFFFFFF
+        if self._talkspurt_start and not silence:
+            self._talkspurt_start = False
+            return packetizer.packetize(frame, marker=True)
+        return packetizer.packetize(frame)
+
     def _set_speaking(self, on: bool) -> None:
         self._speaking = on
+        self._talkspurt_start = on
         flags = _MICROPHONE if on else _NOT_SPEAKING
         self._speaking_task = asyncio.get_running_loop().create_task(self._send_speaking(flags))
 

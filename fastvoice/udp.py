@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,11 @@ _log = logging.getLogger("fastvoice.udp")
 
 #: Largest datagram the receive side accepts; anything longer is dropped unread.
 MAX_DATAGRAM = 4096
+
+
+def _random_stream_start() -> tuple[int, int]:
+    """A new stream's first ``(sequence, timestamp)``: random, as RFC 3550 section 5.1 asks."""
+    return secrets.randbits(16), secrets.randbits(32)
 
 
 class UDPNotReadyError(VoiceError):
@@ -250,14 +256,17 @@ class UDPConn:
 
         ``counters`` (``(sequence, timestamp, nonce)``, see :attr:`stream_counters`) continues
         another connection's stream; by default a new key on this connection keeps its own
-        counters, so the outgoing stream stays continuous.
+        counters, so the outgoing stream stays continuous. A new stream starts at a random
+        sequence number and timestamp (RFC 3550 section 5.1) and nonce 0.
         """
         previous = self._packetizer
-        packetizer = Packetizer(self._ssrc, mode, secret_key)
         if counters is None and previous is not None:
             counters = previous.sequence, previous.timestamp, previous.nonce
-        if counters is not None:
-            packetizer.sequence, packetizer.timestamp, packetizer.nonce = counters
+        if counters is None:
+            sequence, timestamp = _random_stream_start()
+            counters = sequence, timestamp, 0
+        packetizer = Packetizer(self._ssrc, mode, secret_key)
+        packetizer.sequence, packetizer.timestamp, packetizer.nonce = counters
         if previous is not None:
             previous.wipe()
         if self._depacketizer is not None:

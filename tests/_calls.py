@@ -56,3 +56,19 @@ async def wait_until(predicate, timeout=5.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         await asyncio.sleep(0.01)
+
+
+def seq_ahead(old: int, new: int) -> int:
+    """How far RTP sequence number ``new`` is past ``old``, modulo 2**16 (streams start at a
+    random number, so a comparison must allow for the wrap)."""
+    return (new - old) & 0xFFFF
+
+
+def continues(old_last: int, new_first: int) -> bool:
+    """True when sequence number ``new_first`` comes after ``old_last`` in the same stream."""
+    return 0 < seq_ahead(old_last, new_first) < 0x8000
+
+
+def consecutive(seqs: list[int]) -> bool:
+    """True when ``seqs`` are consecutive RTP sequence numbers (across the wrap)."""
+    return all(seq_ahead(a, b) == 1 for a, b in zip(seqs, seqs[1:]))

@@ -97,7 +97,13 @@ async def test_stream_file_then_silence_and_stop(link):
     await wait_until(lambda: len(link.server.packets) == 30)
     got = [p.opus for _, p in link.server.packets]
     assert got == frames + [SILENCE] * 5
-    assert [p.sequence for _, p in link.server.packets] == list(range(30))
+    first = link.server.packets[0][1]
+    assert [(p.sequence - first.sequence) & 0xFFFF for _, p in link.server.packets] == list(range(30))
+    # One talkspurt: the marker on its first packet only, timestamps 960 apart throughout.
+    assert [p.marker for _, p in link.server.packets] == [True] + [False] * 29
+    assert [(p.timestamp - first.timestamp) & 0xFFFFFFFF for _, p in link.server.packets] == [
+        960 * i for i in range(30)
+    ]
     # Speaking 1 before the first packet; Speaking 0 after the five silence frames.
     assert link.speaking == [(1, 0), (0, 30)]
     assert (sender.stats.sent, sender.stats.silence, sender.stats.errors) == (30, 5, 0)

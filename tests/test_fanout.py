@@ -163,7 +163,7 @@ class FakeUDP:
         self.packetizer = self
         self.sent = []
 
-    def packetize(self, frame):
+    def packetize(self, frame, *, marker=False):
         return frame
 
     def send_datagram(self, datagram):
