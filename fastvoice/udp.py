@@ -338,7 +338,8 @@ class UDPConn:
 
     def restart_keepalive(self) -> None:
         """Audio stopped now: the next keepalive goes ``keepalive_interval`` seconds from now
-        unless audio starts again before (the send clock calls this after a silence tail)."""
+        unless audio starts again before (the AudioSender calls this when a talkspurt's
+        silence tail has gone out)."""
         scheduler = self._keepalive
         interval = self._config.keepalive_interval
         if scheduler is None or interval is None:

@@ -137,8 +137,13 @@ async def test_one_timer_wakes_for_many_members():
 
 
 def test_scheduler_rejects_a_bad_slack():
-    with pytest.raises(ValueError, match="slack"):
-        KeepaliveScheduler(asyncio.new_event_loop(), slack=-1)
+    loop = asyncio.new_event_loop()
+    try:
+        for bad in (-1, 61, True, "0.1"):
+            with pytest.raises(ValueError, match="slack"):
+                KeepaliveScheduler(loop, slack=bad)
+    finally:
+        loop.close()
 
 
 def test_udp_config_rejects_a_bad_interval():
