@@ -43,9 +43,9 @@ __all__ = [
 ]
 
 # The server's DAVE side: the external sender, a call's MLS group state, and the ciphertext check.
-from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, is_dave_frame  # noqa: E402
+from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, MLSValidationError, is_dave_frame  # noqa: E402
 
-__all__ += ["DaveCallGroup", "DaveExternalSender", "MLSDecodeError", "is_dave_frame"]
+__all__ += ["DaveCallGroup", "DaveExternalSender", "MLSDecodeError", "MLSValidationError", "is_dave_frame"]
 
 # Pacing measurements: when the kernel received a datagram, not when the loop read it.
 from ._stamps import kernel_receive_clock  # noqa: E402
