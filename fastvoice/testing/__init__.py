@@ -42,10 +42,12 @@ __all__ = [
     "build_rtcp_receiver_report",
 ]
 
-# The server's DAVE side: the external sender, a call's MLS group state, and the ciphertext check.
+# The server's DAVE side: the external sender, a call's MLS group state, the relay that runs the
+# groups for the server (with DAVE's fault knobs), and the ciphertext check.
 from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, MLSValidationError, is_dave_frame  # noqa: E402
+from ._dave_relay import DaveRelay  # noqa: E402
 
-__all__ += ["DaveCallGroup", "DaveExternalSender", "MLSDecodeError", "MLSValidationError", "is_dave_frame"]
+__all__ += ["DaveCallGroup", "DaveExternalSender", "DaveRelay", "MLSDecodeError", "MLSValidationError", "is_dave_frame"]
 
 # Pacing measurements: when the kernel received a datagram, not when the loop read it.
 from ._stamps import kernel_receive_clock  # noqa: E402
