@@ -1,10 +1,12 @@
-"""DAVE frames that arrived before their key: held per user, bounded, and decrypted once it comes.
+"""DAVE's receive side: frames that came before their key, and the settings of that hold and of recovery.
 
 A new member's first frames, or frames of a member that moved to a new epoch before this
-client processed the commit, reach the receiver before the key that decrypts them. They are
-kept (at most ``limit`` frames and ``seconds`` per user) instead of being dropped, tried again
-whenever the keys change, and delivered in their order; the ones whose key does not come in
-time are dropped through ``on_drop``. Used by :class:`fastvoice.dave.DaveManager`.
+client processed the commit, reach the receiver before the key that decrypts them.
+:class:`EarlyFrames` keeps them (at most ``limit`` frames and ``seconds`` per user) instead of
+dropping them, tries them again whenever the keys change, and delivers them in their order;
+the ones whose key does not come in time are dropped through ``on_drop``. :class:`DaveConfig`
+(exported as ``fastvoice.dave.DaveConfig``) sets the hold and the recovery from broken keys.
+Used by :class:`fastvoice.dave.DaveManager`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EarlyFrames"]
+__all__ = ["DaveConfig", "EarlyFrames"]
 
 #: ``decrypt(user_id, frame)`` -> ``(plaintext or None, reason)``.
 DecryptFunc = Callable[[int, bytes], "tuple[bytes | None, str]"]
@@ -23,6 +26,50 @@ DeliverFunc = Callable[[int, Any], Any]
 
 #: Users whose early frames are held at once, at most (a call has a few hundred members at most).
 HOLD_USERS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class DaveConfig:
+    """How a :class:`DaveManager` holds early frames and recovers from broken keys.
+
+    - ``hold_frames``, ``hold_seconds``: a received frame that no key decrypts yet (a new
+      member's first frames, a member that switched to a new epoch first) is held, at most
+      this many per user and this long, and decrypted once the key arrives. ``hold_frames=0``
+      drops such frames at once.
+    - ``failure_threshold``: this many frames in a row from one member that cannot be
+      decrypted (after the hold, outside transitions) mean this client's keys are broken: it
+      sends op 31 and re-initialises its session, as it does for a commit or welcome it
+      cannot process.
+    - ``recovery_backoff``, ``recovery_backoff_max``: the wait before the second recovery of
+      the same cause, doubling each time up to the maximum.
+    - ``max_recoveries``: recoveries in a row without success, after which it gives up (a
+      warning; counted in ``DaveStats.recoveries_abandoned``) until frames decrypt or a commit
+      is processed again, or a new session starts.
+    """
+
+    hold_frames: int = 16
+    hold_seconds: float = 0.25
+    failure_threshold: int = 36
+    recovery_backoff: float = 1.0
+    recovery_backoff_max: float = 30.0
+    max_recoveries: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("hold_frames", "failure_threshold", "max_recoveries"):
+            value = getattr(self, name)
+            low = 0 if name == "hold_frames" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        for name in ("hold_seconds", "recovery_backoff", "recovery_backoff_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before recovery number ``attempt`` (0 for the first)."""
+        if attempt <= 0:
+            return 0.0
+        return float(min(self.recovery_backoff * 2 ** (attempt - 1), self.recovery_backoff_max))
 
 
 class EarlyFrames:

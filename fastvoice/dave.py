@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._dave_hold import HOLD_USERS, DeliverFunc, EarlyFrames
+from ._dave_hold import HOLD_USERS, DaveConfig, DeliverFunc, EarlyFrames
 from .constants import SILENCE_AUDIO_FRAME
 from .gateway_messages import (
     GatewayMessageData,
@@ -73,50 +73,6 @@ SendFunc = Callable[[Opcode, GatewayMessageData], Awaitable[Any]]
 
 class DaveUnavailableError(RuntimeError):
     """The call needs DAVE but the ``davey`` package cannot be imported."""
-
-
-@dataclass(frozen=True, slots=True)
-class DaveConfig:
-    """How a :class:`DaveManager` holds early frames and recovers from broken keys.
-
-    - ``hold_frames``, ``hold_seconds``: a received frame that no key decrypts yet (a new
-      member's first frames, a member that switched to a new epoch first) is held, at most
-      this many per user and this long, and decrypted once the key arrives. ``hold_frames=0``
-      drops such frames at once.
-    - ``failure_threshold``: this many frames in a row from one member that cannot be
-      decrypted (after the hold, outside transitions) mean this client's keys are broken: it
-      sends op 31 and re-initialises its session, as it does for a commit or welcome it
-      cannot process.
-    - ``recovery_backoff``, ``recovery_backoff_max``: the wait before the second recovery of
-      the same cause, doubling each time up to the maximum.
-    - ``max_recoveries``: recoveries in a row without success, after which it gives up (a
-      warning; counted in ``DaveStats.recoveries_abandoned``) until frames decrypt or a commit
-      is processed again, or a new session starts.
-    """
-
-    hold_frames: int = 16
-    hold_seconds: float = 0.25
-    failure_threshold: int = 36
-    recovery_backoff: float = 1.0
-    recovery_backoff_max: float = 30.0
-    max_recoveries: int = 5
-
-    def __post_init__(self) -> None:
-        for name in ("hold_frames", "failure_threshold", "max_recoveries"):
-            value = getattr(self, name)
-            low = 0 if name == "hold_frames" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        for name in ("hold_seconds", "recovery_backoff", "recovery_backoff_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before recovery number ``attempt`` (0 for the first)."""
-        if attempt <= 0:
-            return 0.0
-        return float(min(self.recovery_backoff * 2 ** (attempt - 1), self.recovery_backoff_max))
 
 
 @dataclass(slots=True)
@@ -613,6 +569,13 @@ class DaveManager:
 
     async def _prepare_transition(self, transition_id: int, version: int) -> None:
         self._log.debug("DAVE: prepare transition %d to protocol %d", transition_id, version)
+        if version > self.max_protocol_version:
+            self.stats.ignored_messages += 1
+            self._log.error(
+                "DAVE: transition %d to protocol version %d, above the %d this connection speaks; ignored",
+                transition_id, version, self.max_protocol_version,
+            )
+            return
         self._pending_transitions[transition_id] = version
         self._last_transition_id = transition_id
         if transition_id == 0:

@@ -21,6 +21,7 @@ from fastvoice.gateway_messages import (
     GatewayMessageDataDaveMLSAnnounceCommitTransition,
     GatewayMessageDataDaveMLSInvalidCommitWelcome,
     GatewayMessageDataDaveMLSKeyPackage,
+    GatewayMessageDataDavePrepareTransition,
     GatewayMessageDataDaveTransitionReady,
     Opcode,
 )
@@ -266,6 +267,18 @@ async def test_an_unsupported_version_is_refused_without_a_traceback(caplog) -> 
     assert len(errors) == 1 and "99" in errors[0].getMessage() and errors[0].exc_info is None
     assert manager.encrypt_frame(opus(1)) is None  # held, never plaintext
     assert manager.stats.key_packages_sent == 0
+    # Mid-call, a transition to a version it does not speak is not acknowledged either.
+    sent: list[GatewayMessageData] = []
+
+    async def send(opcode: Opcode, data: GatewayMessageData) -> None:
+        sent.append(data)
+
+    call = Call()
+    alice = await call.join(ALICE)
+    await call.join(BOB)
+    alice._send = send
+    await alice.on_event(Opcode.DAVE_PREPARE_TRANSITION, GatewayMessageDataDavePrepareTransition(99, 5))
+    assert sent == [] and alice.pending_transitions == {} and alice.protocol_version == 1 and alice.e2ee
 
 
 # --- 7: the epoch switch ----------------------------------------------------------------------------
