@@ -142,9 +142,9 @@ __all__ += [
 ]
 
 # --- DAVE (end-to-end encryption) exports ---
-from .dave import DAVE_PROTOCOL_VERSION, DaveManager, DaveStats, DaveUnavailableError
+from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveManager, DaveStats, DaveUnavailableError
 
-__all__ += ["DAVE_PROTOCOL_VERSION", "DaveManager", "DaveStats", "DaveUnavailableError"]
+__all__ += ["DAVE_PROTOCOL_VERSION", "DaveConfig", "DaveManager", "DaveStats", "DaveUnavailableError"]
 
 # --- audio inputs: Ogg Opus, ffmpeg, fan-out ---
 from .fanout import FanOut, FanOutSubscription

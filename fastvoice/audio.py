@@ -446,8 +446,11 @@ class AudioReceiver:
     Packets are mapped to users through ``ssrcs`` (filled from op 5). Packets of an SSRC not
     mapped yet are held for up to ``hold_seconds`` (at most ``hold_packets`` per SSRC and
     ``hold_ssrcs`` SSRCs), then delivered when op 5 maps it (:meth:`ssrc_mapped`) or dropped.
-    ``frame_hook(user_id, opus)`` (set by the DAVE layer) may transform or drop (``None``) a
-    frame. Receiver exceptions are logged and counted, never raised into the socket.
+    ``frame_hook(user_id, opus)`` may transform or drop (``None``) a frame. The DAVE layer sets
+    ``packet_hook(user_id, packet, deliver)`` instead: it decrypts ``packet.opus`` in place and
+    returns True to deliver it now, or False when it dropped the packet or keeps it for later
+    (a frame that came before its key), to pass it to ``deliver`` (:meth:`deliver_decrypted`)
+    once decrypted. Receiver exceptions are logged and counted, never raised into the socket.
     """
 
     def __init__(
@@ -472,6 +475,8 @@ class AudioReceiver:
         self._hold_ssrcs = hold_ssrcs
         self._pending: dict[int, _PendingSSRC] = {}
         self.frame_hook: Callable[[int, bytes], bytes | None] | None = None
+        self.packet_hook: Callable[[int, Packet, Callable[[int, Packet], None]], bool] | None = None
+        self._closed = False
         #: Packets delivered, dropped (unmapped too long / hook refused / filtered), receiver errors.
         self.delivered = 0
         self.dropped = 0
@@ -513,13 +518,21 @@ class AudioReceiver:
     def _deliver(self, user_id: int, packet: Packet) -> None:
         if self._filter is not None and not self._filter(user_id):
             return
-        hook = self.frame_hook
-        if hook is not None and packet.opus != SILENCE_AUDIO_FRAME:
-            opus = hook(user_id, packet.opus)
+        if self.packet_hook is not None:
+            if packet.opus != SILENCE_AUDIO_FRAME and not self.packet_hook(user_id, packet, self.deliver_decrypted):
+                return
+        elif self.frame_hook is not None and packet.opus != SILENCE_AUDIO_FRAME:
+            opus = self.frame_hook(user_id, packet.opus)
             if opus is None:
                 self.dropped += 1
                 return
             packet.opus = opus
+        self.deliver_decrypted(user_id, packet)
+
+    def deliver_decrypted(self, user_id: int, packet: Packet) -> None:
+        """Hand a packet whose ``opus`` is final to the frame receiver (no filter, no hook)."""
+        if self._closed:
+            return
         try:
             self._receiver.receive_opus_frame(user_id, packet)
             self.delivered += 1
@@ -572,6 +585,7 @@ class AudioReceiver:
 
     def close(self) -> None:
         """Stop receiving and close the receiver (seed: ``Close``)."""
+        self._closed = True
         self._udp.set_packet_handler(None)
         for pending in self._pending.values():
             pending.timer.cancel()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .audio import AudioReceiver, AudioSender
-from .dave import DAVE_PROTOCOL_VERSION, DaveManager
+from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveManager
 from .encryption import choose_encryption_mode
 from .errors import VoiceError
 from .gateway import Gateway, GatewayConfig, State
@@ -110,7 +110,8 @@ class ConnConfig:
 
     ``gateway_config`` is copied for each gateway the connection opens; ``udp_config`` for
     each UDP connection. ``open_timeout`` bounds :meth:`Conn.open` as a whole.
-    ``user_filter`` selects whose audio reaches the frame receiver.
+    ``user_filter`` selects whose audio reaches the frame receiver. ``dave_config`` tunes
+    DAVE's receive side (frames held until their key arrives) and its recovery from broken keys.
     """
 
     logger: logging.Logger = field(default_factory=lambda: _log)
@@ -124,6 +125,7 @@ class ConnConfig:
     user_filter: UserFilterFunc | None = None
     open_timeout: float = 30.0
     allow_discontinued_modes: bool = False
+    dave_config: DaveConfig = field(default_factory=DaveConfig)
 
 
 class Conn:
@@ -417,6 +419,8 @@ class Conn:
         for task in list(self._ready_tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        if self._dave is not None:
+            self._dave.close()
         # Audio stops first: a send tick during the teardown would announce Speaking on a
         # connection that is going away (and log that it could not).
         if self._sender is not None:
@@ -464,10 +468,12 @@ class Conn:
                 self._ready_tasks.add(task)
                 task.add_done_callback(self._ready_tasks.discard)
             elif isinstance(data, GatewayMessageDataSessionDescription):
-                dave = self._dave_manager()
-                if dave is not None:
-                    await dave.on_session_description(data.dave_protocol_version or 0)
-                refused = self._on_session_description(data)
+                refused = self._unsupported_dave_version(data.dave_protocol_version or 0)
+                if refused is None:
+                    dave = self._dave_manager()
+                    if dave is not None:
+                        await dave.on_session_description(data.dave_protocol_version or 0)
+                    refused = self._on_session_description(data)
                 if refused is not None:
                     await self._end_session(refused)
             elif isinstance(data, GatewayMessageDataSpeaking):
@@ -550,6 +556,17 @@ class Conn:
         if self._audio_ready is not None and not self._audio_ready.done():
             self._audio_ready.set_result(None)
 
+    def _unsupported_dave_version(self, version: int) -> ConnOpenError | None:
+        """A DAVE version above the one offered in Identify: nothing could be sent or heard, so the
+        session ends (DAVE lets only the gateway pick the version; a client cannot negotiate down)."""
+        offered = min(self._config.gateway_config.max_dave_protocol_version, DAVE_PROTOCOL_VERSION)
+        if version <= offered:
+            return None
+        return ConnOpenError(
+            f"guild {self._guild_id}: the voice server chose DAVE protocol version {version}, "
+            f"but this connection offered at most {offered}"
+        )
+
     def _dave_manager(self) -> DaveManager | None:
         """The DAVE state machine for the current channel (a new one after a move); ``None`` if DAVE is off."""
         max_version = min(self._config.gateway_config.max_dave_protocol_version, DAVE_PROTOCOL_VERSION)
@@ -557,13 +574,18 @@ class Conn:
             return None
         dave = self._dave
         if dave is None or dave.channel_id != self._channel_id:
-            dave = DaveManager(self._user_id, self._channel_id, max_version, send=self._dave_send, logger=self._log)
+            if dave is not None:
+                dave.close()
+            dave = DaveManager(
+                self._user_id, self._channel_id, max_version, send=self._dave_send, logger=self._log,
+                config=self._config.dave_config,
+            )
             self._dave = dave
             # Hooks already installed belong to the previous channel's state.
             if self._sender is not None:
                 self._sender.frame_hook = dave.encrypt_frame
             if self._audio_receiver is not None:
-                self._audio_receiver.frame_hook = dave.decrypt_frame
+                self._audio_receiver.packet_hook = dave.receive_packet
         return dave
 
     async def _dave_send(self, opcode: Opcode, data: GatewayMessageData) -> None:
@@ -589,7 +611,7 @@ class Conn:
             self._audio_receiver = self._config.audio_receiver_create_func(
                 self._receiver, self._udp, self._ssrcs, user_filter=self._config.user_filter, logger=self._log
             )
-        self._audio_receiver.frame_hook = self._dave.decrypt_frame if self._dave is not None else None
+        self._audio_receiver.packet_hook = self._dave.receive_packet if self._dave is not None else None
         self._audio_receiver.attach(self._udp)
 
     async def _end_session(self, error: ConnOpenError) -> None:

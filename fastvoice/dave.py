@@ -4,21 +4,29 @@ DAVE (Discord's Audio & Video End-to-End Encryption) keeps a call's media keys i
 group (RFC 9420) whose delivery service and external sender is the voice gateway. ``davey``
 does the MLS and the frame cryptography; :class:`DaveManager` drives it from the voice
 gateway's DAVE messages (ops 11, 13, 21, 22, 24, 25, 27, 29, 30 in; 23, 26, 28, 31 out) and
-gives the audio path two hooks: :meth:`DaveManager.encrypt_frame` (Opus in, DAVE frame out,
-or ``None`` to hold the frame while E2EE is required and keys are not ready) and
-:meth:`DaveManager.decrypt_frame` (a user's DAVE frame in, Opus out, or ``None`` to drop).
+gives the audio path its hooks: :meth:`DaveManager.encrypt_frame` (Opus in, DAVE frame out,
+or ``None`` to hold the frame while E2EE is required and keys are not ready) and, on receive,
+:meth:`DaveManager.receive_packet` (decrypts a user's frame in place; a frame that arrives
+before its key is held briefly and delivered once the key is there) or the plain
+:meth:`DaveManager.decrypt_frame`.
 
 Nothing the network sends can make it raise: bad messages are logged and counted, failed
-commits and welcomes are answered with op 31 and a fresh key package, as the protocol says.
+commits and welcomes are answered with op 31 and a fresh key package, as the protocol says, and
+so is a run of frames from one member that no key decrypts; recovery is bounded (backoff, then
+it gives up until something works again). :class:`DaveConfig` tunes the hold and the recovery.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._dave_hold import HOLD_USERS, DaveConfig, DeliverFunc, EarlyFrames
 from .constants import SILENCE_AUDIO_FRAME
 from .gateway_messages import (
     GatewayMessageData,
@@ -47,6 +55,7 @@ __all__ = [
     "DAVE_PROTOCOL_VERSION",
     "DOWNGRADE_PASSTHROUGH_SECONDS",
     "TRANSITION_PASSTHROUGH_SECONDS",
+    "DaveConfig",
     "DaveManager",
     "DaveStats",
     "DaveUnavailableError",
@@ -92,6 +101,26 @@ class DaveStats:
     ignored_messages: int = 0
     #: Transitions executed.
     transitions_executed: int = 0
+    #: Received frames held because no key decrypted them yet (a new member, a new epoch).
+    early_frames_held: int = 0
+    #: Held frames decrypted and delivered once their key arrived.
+    early_frames_decrypted: int = 0
+    #: Held frames whose key did not come in time (also counted in ``decrypt_failures``).
+    early_frames_dropped: int = 0
+    #: Recoveries after a run of undecryptable frames: op 31 sent and the session re-initialised.
+    recoveries: int = 0
+    #: Times recovery was given up after ``max_recoveries`` attempts in a row.
+    recoveries_abandoned: int = 0
+    #: Execute Transitions (op 22) that came before this client had prepared the transition.
+    early_executes: int = 0
+
+
+@dataclass(slots=True)
+class _Failures:
+    run: int = 0
+    recoveries: int = 0
+    next_allowed: float = 0.0
+    abandoned: bool = False
 
 
 def _looks_like_dave(frame: bytes) -> bool:
@@ -105,11 +134,12 @@ class DaveManager:
     ``user_id`` and ``channel_id`` are the bot's user and the voice channel (the MLS group id).
     ``max_protocol_version`` is what the connection offered in Identify (0 = no DAVE).
     ``send(opcode, data)`` is a coroutine function that sends a typed message on the voice
-    gateway. ``logger`` defaults to ``fastvoice.dave``.
+    gateway. ``logger`` defaults to ``fastvoice.dave``; ``config`` is a :class:`DaveConfig`;
+    ``clock`` (seconds, monotonic) times the hold and the recovery backoff.
 
     The connection calls :meth:`on_session_description` with op 4's ``dave_protocol_version``,
-    :meth:`on_event` with every voice gateway message, and uses :meth:`encrypt_frame` /
-    :meth:`decrypt_frame` as the audio sender's and receiver's frame hooks.
+    :meth:`on_event` with every voice gateway message, and uses :meth:`encrypt_frame` and
+    :meth:`receive_packet` as the audio sender's and receiver's hooks; :meth:`close` when done.
     """
 
     def __init__(
@@ -119,6 +149,8 @@ class DaveManager:
         max_protocol_version: int = DAVE_PROTOCOL_VERSION,
         send: SendFunc | None = None,
         logger: logging.Logger | None = None,
+        config: DaveConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, value in (("user_id", user_id), ("channel_id", channel_id)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**64:
@@ -129,17 +161,31 @@ class DaveManager:
             raise ValueError(
                 f"max_protocol_version must be an int in 0..{DAVE_PROTOCOL_VERSION}, got {max_protocol_version!r}"
             )
+        if config is not None and not isinstance(config, DaveConfig):
+            raise TypeError(f"config must be a DaveConfig, got {type(config).__name__}")
         self.user_id = user_id
         self.channel_id = channel_id
         self.max_protocol_version = max_protocol_version
         self._send = send
         self._log = logger or logging.getLogger("fastvoice.dave")
+        self._config = config or DaveConfig()
+        self._clock = clock
         self._session: Any = None
         self._protocol_version = 0
         self._pending_transitions: dict[int, int] = {}
+        self._early_executes: collections.deque[int] = collections.deque(maxlen=8)
+        self._last_transition_id = 0
         self._downgraded = False
         self._external_sender: bytes | None = None
         self._connected: set[int] = set()
+        self._held = EarlyFrames(
+            self._config.hold_frames, self._config.hold_seconds, clock, self._decrypt,
+            self._held_decrypted, self._held_dropped, self._log,
+        )
+        self._failures: dict[int, _Failures] = {}
+        self._commit_failures = 0
+        self._recovering = False
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: Counters; see :class:`DaveStats`.
         self.stats = DaveStats()
 
@@ -150,6 +196,11 @@ class DaveManager:
         )
 
     # --- public state -------------------------------------------------------------------
+
+    @property
+    def config(self) -> DaveConfig:
+        """The hold and recovery settings."""
+        return self._config
 
     @property
     def protocol_version(self) -> int:
@@ -175,7 +226,11 @@ class DaveManager:
 
     @property
     def voice_privacy_code(self) -> str | None:
-        """The call's voice privacy code (the same for every member), or ``None`` without a group."""
+        """The call's voice privacy code, as Discord clients show it (``None`` without a group).
+
+        30 digits in groups of 5, from the MLS epoch authenticator: the same for every member
+        of the group, and a new one at every epoch (join, leave).
+        """
         session = self._session
         if session is None or not session.ready:
             return None
@@ -192,7 +247,12 @@ class DaveManager:
         return dict(self._pending_transitions)
 
     def verification_code(self, user_id: int) -> str | None:
-        """The displayable verification code of another member's key, or ``None`` if it is not in the group."""
+        """The verification code of this bot and ``user_id``, as Discord clients show it, or ``None``.
+
+        45 digits in groups of 5, from the pairwise fingerprint of the two members' identity
+        keys (:meth:`pairwise_fingerprint`): both sides compute the same code. ``None`` when
+        ``user_id`` is not in the group.
+        """
         session = self._session
         if session is None or not session.ready:
             return None
@@ -201,6 +261,32 @@ class DaveManager:
         except (ValueError, TypeError, OverflowError) as exc:
             self._log.debug("no verification code for user %s: %s", user_id, exc)
             return None
+
+    def pairwise_fingerprint(self, user_id: int) -> bytes | None:
+        """The 64-byte pairwise fingerprint (version 0) of this bot's and ``user_id``'s keys, or ``None``."""
+        session = self._session
+        if session is None or not session.ready:
+            return None
+        try:
+            return bytes(session.get_pairwise_fingerprint(0, user_id))
+        except (ValueError, TypeError, OverflowError) as exc:
+            self._log.debug("no pairwise fingerprint for user %s: %s", user_id, exc)
+            return None
+
+    @property
+    def verification_codes(self) -> dict[int, str]:
+        """``{user_id: verification code}`` for every other member of the group."""
+        session = self._session
+        if session is None or not session.ready:
+            return {}
+        codes = {}
+        for member in session.get_user_ids():
+            uid = int(member)
+            if uid != self.user_id:
+                code = self.verification_code(uid)
+                if code is not None:
+                    codes[uid] = code
+        return codes
 
     # --- media hooks --------------------------------------------------------------------
 
@@ -223,28 +309,160 @@ class DaveManager:
         return frame
 
     def decrypt_frame(self, user_id: int, frame: bytes) -> bytes | None:
-        """Decrypt ``user_id``'s frame; ``None`` means drop it (the reason is logged at debug level)."""
+        """Decrypt ``user_id``'s frame; ``None`` means drop it (the reason is logged at debug level).
+
+        Nothing is held here: see :meth:`receive_packet`.
+        """
         if frame == SILENCE_AUDIO_FRAME:
             return frame
+        opus, reason = self._decrypt(user_id, frame)
+        if opus is None:
+            self._failed(user_id, reason)
+            return None
+        if self._failures:
+            self._succeeded(user_id)
+        return opus
+
+    def receive_packet(self, user_id: int, packet: Any, deliver: DeliverFunc) -> bool:
+        """Decrypt ``packet.opus`` (a :class:`~fastvoice.rtp.Packet` from ``user_id``) in place.
+
+        Returns True when the packet is ready to deliver now. False when it was dropped, or
+        when no key decrypts it yet and it looks like a DAVE frame: then it is held (see
+        :class:`DaveConfig`) and handed to ``deliver(user_id, packet)`` once a new key
+        decrypts it, or dropped when it waited too long.
+        """
+        frame = packet.opus
+        if frame == SILENCE_AUDIO_FRAME:
+            return True
+        held = self._held
+        if held.count:
+            held.expire()
+        opus, reason = self._decrypt(user_id, frame)
+        if opus is not None:
+            if user_id in held:
+                held.retry(user_id, final=True)  # earlier frames go first
+            if self._failures:
+                self._succeeded(user_id)
+            packet.opus = opus
+            return True
+        if _looks_like_dave(frame) and held.can_hold(user_id):
+            held.hold(user_id, packet, deliver)
+            self.stats.early_frames_held += 1
+            return False
+        self._failed(user_id, reason)
+        return False
+
+    def _decrypt(self, user_id: int, frame: bytes) -> tuple[bytes | None, str]:
         session = self._session
         if self._protocol_version == 0:
             if session is None or not session.ready or not _looks_like_dave(frame):
                 self.stats.frames_received_plain += 1
-                return frame
+                return frame, ""
             # A member that has not executed the downgrade yet still sends ciphertext.
         elif session is None:
-            return self._drop(user_id, "no DAVE session")
+            return None, "no DAVE session"
         try:
             opus = session.decrypt(user_id, _davey.MediaType.audio, frame)
         except (ValueError, TypeError, OverflowError) as exc:
-            return self._drop(user_id, str(exc))
+            return None, str(exc)
         self.stats.frames_decrypted += 1
-        return opus
+        return opus, ""
 
-    def _drop(self, user_id: int, reason: str) -> None:
+    def _held_decrypted(self, user_id: int) -> None:
+        self.stats.early_frames_decrypted += 1
+        if self._failures:
+            self._succeeded(user_id)
+
+    def _held_dropped(self, user_id: int, reason: str) -> None:
+        self.stats.early_frames_dropped += 1
+        self._failed(user_id, reason)
+
+    # --- failures and recovery ------------------------------------------------------------
+
+    def _failed(self, user_id: int, reason: str) -> None:
         self.stats.decrypt_failures += 1
         self._log.debug("dropping a frame from user %s: %s", user_id, reason)
-        return None
+        if (
+            self._protocol_version == 0 or self._pending_transitions or self._recovering
+            or self._session is None or not self._session.ready
+        ):
+            return  # expected while keys change: not a sign of broken keys
+        state = self._failures.get(user_id)
+        if state is None:
+            if len(self._failures) >= HOLD_USERS:
+                self._failures.clear()
+            state = self._failures[user_id] = _Failures()
+        state.run += 1
+        if state.run >= self._config.failure_threshold:
+            self._maybe_recover(user_id, state, reason)
+
+    def _succeeded(self, user_id: int) -> None:
+        state = self._failures.get(user_id)
+        if state is not None:
+            state.run = 0
+            if state.recoveries and self._clock() >= state.next_allowed:
+                state.recoveries = 0
+                state.abandoned = False
+
+    def _maybe_recover(self, user_id: int, state: _Failures, reason: str) -> None:
+        config = self._config
+        if state.recoveries >= config.max_recoveries:
+            if not state.abandoned:
+                state.abandoned = True
+                self.stats.recoveries_abandoned += 1
+                self._log.warning(
+                    "DAVE: frames from user %s still cannot be decrypted after %d recoveries; giving up until "
+                    "they decrypt again", user_id, state.recoveries,
+                )
+            return
+        now = self._clock()
+        if now < state.next_allowed:
+            return
+        state.recoveries += 1
+        state.run = 0
+        state.next_allowed = now + config.backoff(state.recoveries)
+        self.stats.recoveries += 1
+        self._log.warning(
+            "DAVE: %d frames in a row from user %s could not be decrypted (%s); re-initialising (op 31, "
+            "transition %d)", config.failure_threshold, user_id, reason[:60], self._last_transition_id,
+        )
+        self._recovering = True
+        self._spawn(self._recover(self._last_transition_id, 0.0))
+
+    async def _recover(self, transition_id: int, delay: float) -> None:
+        """Op 31 for ``transition_id``, then a fresh session and key package (after ``delay`` seconds)."""
+        self._recovering = True
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._emit(
+                Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME, GatewayMessageDataDaveMLSInvalidCommitWelcome(transition_id)
+            )
+            await self._reinit()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._log.exception("DAVE: recovery failed")
+        finally:
+            self._recovering = False
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:
+            coro.close()
+            self._recovering = False
+            self._log.debug("DAVE: no event loop to recover on")
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Stop pending recoveries and drop held frames (the connection is going away)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+        self._held.clear()
 
     # --- gateway events -----------------------------------------------------------------
 
@@ -268,6 +486,8 @@ class DaveManager:
             self._connected.update(u for u in data.user_ids if u != self.user_id)
         elif isinstance(data, GatewayMessageDataClientDisconnect):
             self._connected.discard(data.user_id)
+            self._held.forget(data.user_id)
+            self._failures.pop(data.user_id, None)
         elif isinstance(data, GatewayMessageDataDaveMLSExternalSender):
             if self._session is None:
                 self._external_sender = data.external_sender  # checked when the session starts
@@ -303,13 +523,25 @@ class DaveManager:
             await self._commit_or_welcome(data.transition_id, data.welcome, welcome=True)
 
     async def _set_protocol(self, version: int) -> None:
-        if version > self.max_protocol_version:
-            self._log.warning(
-                "DAVE: the server chose protocol %d, above the %d offered; using it anyway",
-                version, self.max_protocol_version,
-            )
-        self._protocol_version = version
         self._pending_transitions.clear()
+        self._early_executes.clear()
+        self._commit_failures = 0
+        self._failures.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        self._recovering = False
+        if version > self.max_protocol_version:
+            # The gateway picks a version no higher than the client's (DAVE has no way to
+            # negotiate down from the client's side): nothing can be encrypted or decrypted.
+            self._protocol_version = version
+            self._log.error(
+                "DAVE: the voice server chose protocol version %d, but this connection speaks at most %d; "
+                "audio is held", version, self.max_protocol_version,
+            )
+            if self._session is not None:
+                self._session.reset()
+            return
+        self._protocol_version = version
         if version > 0:
             await self._reinit()
         elif self._session is not None:
@@ -337,7 +569,15 @@ class DaveManager:
 
     async def _prepare_transition(self, transition_id: int, version: int) -> None:
         self._log.debug("DAVE: prepare transition %d to protocol %d", transition_id, version)
+        if version > self.max_protocol_version:
+            self.stats.ignored_messages += 1
+            self._log.error(
+                "DAVE: transition %d to protocol version %d, above the %d this connection speaks; ignored",
+                transition_id, version, self.max_protocol_version,
+            )
+            return
         self._pending_transitions[transition_id] = version
+        self._last_transition_id = transition_id
         if transition_id == 0:
             self._execute_transition(0)
             return
@@ -345,15 +585,26 @@ class DaveManager:
             # Members that execute the downgrade before us will send plaintext.
             self._session.set_passthrough_mode(True, DOWNGRADE_PASSTHROUGH_SECONDS)
         await self._emit(Opcode.DAVE_TRANSITION_READY, GatewayMessageDataDaveTransitionReady(transition_id))
+        self._execute_if_early(transition_id)
+
+    def _execute_if_early(self, transition_id: int) -> None:
+        if transition_id in self._early_executes:
+            # The gateway executed it already (its timeout ran out before our op 23).
+            self._early_executes.remove(transition_id)
+            self._execute_transition(transition_id)
 
     def _execute_transition(self, transition_id: int) -> None:
         version = self._pending_transitions.pop(transition_id, None)
         if version is None:
-            self._log.debug("DAVE: execute for unknown transition %d ignored", transition_id)
+            self._log.debug("DAVE: execute for unknown transition %d kept for later", transition_id)
             self.stats.ignored_messages += 1
+            if transition_id not in self._early_executes:
+                self.stats.early_executes += 1
+                self._early_executes.append(transition_id)
             return
         old = self._protocol_version
         self._protocol_version = version
+        self._last_transition_id = transition_id
         self.stats.transitions_executed += 1
         if old != version and version == 0:
             self._downgraded = True
@@ -364,6 +615,7 @@ class DaveManager:
                 self._session.set_passthrough_mode(True, TRANSITION_PASSTHROUGH_SECONDS)
             self._log.info("DAVE: call upgraded to protocol %d", version)
         self._log.debug("DAVE: transition %d executed (protocol %d)", transition_id, version)
+        self._held.retry_all()
 
     async def _proposals(self, data: GatewayMessageDataDaveMLSProposals) -> None:
         session = self._session
@@ -398,16 +650,31 @@ class DaveManager:
                 session.process_commit(payload)
         except ValueError as exc:
             self.stats.invalid_commits += 1
+            attempt = self._commit_failures
+            self._commit_failures += 1
+            if attempt >= self._config.max_recoveries:
+                if attempt == self._config.max_recoveries:
+                    self.stats.recoveries_abandoned += 1
+                    self._log.warning(
+                        "DAVE: %d commits/welcomes in a row could not be processed; no more op 31 until one is",
+                        attempt,
+                    )
+                return
             self._log.warning("DAVE: %s for transition %d failed (%s); asking to be re-added", what, transition_id, exc)
-            await self._emit(
-                Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME, GatewayMessageDataDaveMLSInvalidCommitWelcome(transition_id)
-            )
-            await self._reinit()
+            delay = self._config.backoff(attempt)
+            if delay > 0:
+                self._spawn(self._recover(transition_id, delay))
+            else:
+                await self._recover(transition_id, 0.0)
             return
+        self._commit_failures = 0
+        self._last_transition_id = transition_id
         self._log.debug("DAVE: %s processed, epoch %s, transition %d", what, session.epoch, transition_id)
+        self._held.retry_all()
         if transition_id != 0:
             self._pending_transitions[transition_id] = self._protocol_version
             await self._emit(Opcode.DAVE_TRANSITION_READY, GatewayMessageDataDaveTransitionReady(transition_id))
+            self._execute_if_early(transition_id)
 
     async def _emit(self, opcode: Opcode, data: GatewayMessageData) -> None:
         send = self._send

@@ -55,7 +55,7 @@ class Call:
         for uid, message in out:
             self.queue.append(("s", uid, message))
 
-    async def join(self, user_id: int) -> DaveManager:
+    async def join(self, user_id: int, pump: bool = True) -> DaveManager:
         async def send(opcode: Opcode, data: GatewayMessageData, uid: int = user_id) -> None:
             assert opcode == data.OPCODE
             self.queue.append(("c", uid, data))
@@ -68,8 +68,9 @@ class Call:
         for uid in others:
             self.queue.append(("s", uid, GatewayMessageDataClientsConnect([user_id])))
         self._server_out(self.group.join(user_id))
-        await manager.on_session_description(self.group.protocol_version)
-        await self.pump()
+        await manager.on_session_description(self.group.target_version)
+        if pump:
+            await self.pump()
         return manager
 
     async def leave(self, user_id: int) -> None:

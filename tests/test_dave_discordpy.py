@@ -56,6 +56,9 @@ async def test_discordpy_and_fastvoice_share_a_dave_group(server, http_session):
         await server.wait_for(lambda: dave.ready and conn.dave.e2ee, timeout=5)
         assert dave.epoch == conn.dave.epoch == 1
         assert dave.voice_privacy_code == conn.dave.voice_privacy_code
+        # The pairwise verification code is the same seen from discord.py's side and from fastvoice's.
+        assert dave.get_verification_code(OTHER) == conn.dave.verification_code(BOT)
+        assert conn.dave.verification_codes == {BOT: dave.get_verification_code(OTHER)}
         assert server.dave_group(GUILD, CHANNEL).members == {BOT, OTHER}
         # discord.py executed the transition the server announced.
         await server.wait_for(lambda: not vc._connection.dave_pending_transitions, timeout=5)

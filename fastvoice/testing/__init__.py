@@ -42,10 +42,12 @@ __all__ = [
     "build_rtcp_receiver_report",
 ]
 
-# The server's DAVE side: the external sender, a call's MLS group state, and the ciphertext check.
-from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, is_dave_frame  # noqa: E402
+# The server's DAVE side: the external sender, a call's MLS group state, the relay that runs the
+# groups for the server (with DAVE's fault knobs), and the ciphertext check.
+from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, MLSValidationError, is_dave_frame  # noqa: E402
+from ._dave_relay import DaveRelay  # noqa: E402
 
-__all__ += ["DaveCallGroup", "DaveExternalSender", "MLSDecodeError", "is_dave_frame"]
+__all__ += ["DaveCallGroup", "DaveExternalSender", "DaveRelay", "MLSDecodeError", "MLSValidationError", "is_dave_frame"]
 
 # UDP keepalives as the server records them.
 from ._keepalive import KeepaliveLapse, ReceivedKeepalive  # noqa: E402

@@ -28,10 +28,6 @@ from ..gateway_messages import (
     GatewayMessageData,
     GatewayMessageDataClientDisconnect,
     GatewayMessageDataClientsConnect,
-    GatewayMessageDataDaveMLSCommitWelcome,
-    GatewayMessageDataDaveMLSInvalidCommitWelcome,
-    GatewayMessageDataDaveMLSKeyPackage,
-    GatewayMessageDataDaveTransitionReady,
     GatewayMessageDataHeartbeat,
     GatewayMessageDataHeartbeatACK,
     GatewayMessageDataHello,
@@ -52,8 +48,9 @@ from ..gateway_messages import (
     encode_server_binary,
 )
 
-from ._dave import is_dave_frame
+from ._dave_relay import DaveRelay
 from ._keepalive import KeepaliveLapse, KeepaliveWatch, ReceivedKeepalive
+from ._mls import is_dave_frame
 from ._stamps import kernel_receive_clock
 
 if TYPE_CHECKING:
@@ -293,6 +290,8 @@ class ServerSession:
         self.dave_protocol_version = 0
         #: Audio packets that arrived in plaintext while this session's call was end-to-end encrypted.
         self.dave_plaintext_packets = 0
+        #: DAVE frames not forwarded to this session because it does not speak DAVE.
+        self.dave_frames_withheld = 0
         self._seq = 0
         self._buffer: collections.deque[tuple[int, str | bytes, int, Any]] = collections.deque(maxlen=4096)
         self._expiry: asyncio.TimerHandle | None = None
@@ -424,7 +423,10 @@ class VoiceServer:
     - ``dave_protocol_version``: sent in Session Description (0: no DAVE). With 1 the server
       runs each call's MLS group as its external sender (:meth:`dave_group`), checks that
       audio really is DAVE ciphertext (``ServerSession.dave_plaintext_packets``) and can take
-      a call down to protocol 0 and back (:meth:`dave_downgrade`, :meth:`dave_upgrade`).
+      a call down to protocol 0 and back (:meth:`dave_downgrade`, :meth:`dave_upgrade`). A
+      member without DAVE takes its call to protocol 0 until it leaves (unless
+      ``require_dave``), and gets no DAVE frame. :attr:`dave` has DAVE's own knobs
+      (transition timeout, late, corrupted or lost DAVE messages, the announced version).
     - ``withhold_heartbeat_acks``: ACK no heartbeat (also per session and per connection).
     - ``strict_auth``: only accept sessions registered with :meth:`voice_updates` (else 4004).
     - ``session_timeout``: seconds a dropped session stays resumable.
@@ -518,8 +520,8 @@ class VoiceServer:
         self._timers: set[asyncio.TimerHandle] = set()
         self._held: tuple[tuple[str, int], bytes] | None = None
         self._changed: asyncio.Event | None = None
-        self._dave_groups: dict[tuple[int, int], DaveCallGroup] = {}
-        self._dave_lock: asyncio.Lock | None = None
+        #: The DAVE side: call groups, delivery and DAVE's fault knobs (see :class:`DaveRelay`).
+        self.dave = DaveRelay(self)
         self._connection_count = 0
         self._closing = False
 
@@ -654,6 +656,7 @@ class VoiceServer:
             self._stall_timer.cancel()
             self._stall_timer = None
         self._stalled.clear()
+        self.dave.close()
         for conn in self.connections:
             for timer in conn._timers:
                 timer.cancel()
@@ -837,15 +840,15 @@ class VoiceServer:
 
     def dave_group(self, guild_id: int, channel_id: int | None = None) -> DaveCallGroup | None:
         """The DAVE state of a call (``None`` if the call never used DAVE)."""
-        return self._dave_groups.get((guild_id, guild_id if channel_id is None else channel_id))
+        return self.dave.groups.get((guild_id, guild_id if channel_id is None else channel_id))
 
     async def dave_downgrade(self, guild_id: int, channel_id: int | None = None) -> None:
         """Take a call to DAVE protocol 0 (ops 21/23/22); its members then send plaintext."""
-        await self._dave_call_event(guild_id, guild_id if channel_id is None else channel_id, "downgrade")
+        await self.dave.call_event((guild_id, guild_id if channel_id is None else channel_id), "downgrade")
 
     async def dave_upgrade(self, guild_id: int, channel_id: int | None = None) -> None:
         """Bring a downgraded call back to DAVE: op 24 (epoch 1), a new group, then the transition."""
-        await self._dave_call_event(guild_id, guild_id if channel_id is None else channel_id, "upgrade")
+        await self.dave.call_event((guild_id, guild_id if channel_id is None else channel_id), "upgrade")
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Wait until ``predicate()`` is truthy (re-checked on every recorded event); return its value.
@@ -983,8 +986,7 @@ class VoiceServer:
         self._by_ssrc.pop(session.ssrc, None)
         for other in members:
             self._spawn(other.send(Opcode.CLIENT_DISCONNECT, GatewayMessageDataClientDisconnect(session.user_id)))
-        if key in self._dave_groups:
-            self._spawn(self._dave_call_event(key[0], key[1], "leave", session.user_id))
+        self.dave.left(session)
         self._notify()
 
     async def _on_text(self, conn: ServerConnection, text: str) -> None:
@@ -1050,7 +1052,8 @@ class VoiceServer:
             assert isinstance(data, GatewayMessageDataSpeaking)
             await self._on_speaking(conn, data)
         elif op in _DAVE_CLIENT_OPS:
-            await self._on_dave(conn, data)
+            if conn.session is not None and not conn.session.ended:
+                await self.dave.on_message(conn.session, data)
 
     async def _on_identify(self, conn: ServerConnection, data: GatewayMessageDataIdentify) -> None:
         if conn._identified:
@@ -1147,15 +1150,13 @@ class VoiceServer:
         session.announced_address = (data.data.address, data.data.port)
         session._depacketizer = None
         session._packetizers.clear()
-        group = self._dave_group_for(session)
-        dave_version = 0 if group is None else group.protocol_version
+        dave_version = self.dave.session_version(session)
         session.dave_protocol_version = dave_version
         await session.send(
             Opcode.SESSION_DESCRIPTION,
             GatewayMessageDataSessionDescription(session.mode, session.secret_key, dave_version),
         )
-        if group is not None:
-            await self._dave_call_event(session.guild_id, session.channel_id, "join", session.user_id)
+        await self.dave.join(session)
 
     async def _on_speaking(self, conn: ServerConnection, data: GatewayMessageDataSpeaking) -> None:
         session = conn.session
@@ -1165,58 +1166,6 @@ class VoiceServer:
         for other in self.call_members(session.guild_id, session.channel_id):
             if other is not session:
                 await other.send(Opcode.SPEAKING, relay)
-
-    # -- internals: DAVE ---------------------------------------------------------------
-
-    def _dave_group_for(self, session: ServerSession) -> DaveCallGroup | None:
-        """The call's DAVE group if this session takes part in DAVE (created on first use)."""
-        if not self.dave_protocol_version or not session.max_dave_protocol_version:
-            return None
-        key = (session.guild_id, session.channel_id)
-        group = self._dave_groups.get(key)
-        if group is None:
-            from ._dave import DaveCallGroup
-
-            group = DaveCallGroup(session.channel_id, min(self.dave_protocol_version, 1))
-            self._dave_groups[key] = group
-        return group
-
-    async def _on_dave(self, conn: ServerConnection, data: Any) -> None:
-        session = conn.session
-        if session is None or session.ended:
-            return
-        if isinstance(data, GatewayMessageDataDaveMLSKeyPackage):
-            await self._dave_call_event(session.guild_id, session.channel_id, "key_package", session.user_id,
-                                        data.key_package)
-        elif isinstance(data, GatewayMessageDataDaveMLSCommitWelcome):
-            await self._dave_call_event(session.guild_id, session.channel_id, "commit_welcome", session.user_id,
-                                        data.commit_welcome)
-        elif isinstance(data, GatewayMessageDataDaveTransitionReady):
-            await self._dave_call_event(session.guild_id, session.channel_id, "transition_ready", session.user_id,
-                                        data.transition_id)
-        elif isinstance(data, GatewayMessageDataDaveMLSInvalidCommitWelcome):
-            await self._dave_call_event(session.guild_id, session.channel_id, "invalid_commit_welcome",
-                                        session.user_id, data.transition_id)
-
-    async def _dave_call_event(self, guild_id: int, channel_id: int, event: str, *args: Any) -> None:
-        """Run one event through the call's DAVE group and send what it answers, in order.
-
-        One lock for all calls keeps each member's DAVE messages in the order the group
-        produced them (an op 27 of a new epoch must not overtake the op 29 that started it).
-        """
-        group = self._dave_groups.get((guild_id, channel_id))
-        if group is None:
-            return
-        if self._dave_lock is None:
-            self._dave_lock = asyncio.Lock()
-        async with self._dave_lock:
-            out = getattr(group, event)(*args)
-            for user_id, message in out:
-                for member in self.call_members(guild_id, channel_id):
-                    if member.user_id == user_id and not member.ended:
-                        await member.send(message.OPCODE, message)
-                        break
-        self._notify()
 
     # -- internals: UDP ----------------------------------------------------------------
 
@@ -1279,7 +1228,7 @@ class VoiceServer:
         )
         session.packets.append(received)
         self._packets.setdefault(ssrc, []).append(received)
-        group = self._dave_groups.get((session.guild_id, session.channel_id))
+        group = self.dave.groups.get((session.guild_id, session.channel_id))
         if (
             group is not None
             and group.protocol_version > 0
@@ -1294,8 +1243,13 @@ class VoiceServer:
     def _forward(self, sender: ServerSession, packet: Any) -> None:
         from ..rtp import Packetizer
 
+        # As Discord's SFU: DAVE frames never go to a member that cannot decrypt them.
+        ciphertext = bool(self.dave.groups) and is_dave_frame(packet.opus)
         for member in self.call_members(sender.guild_id, sender.channel_id):
             if member is sender or member.udp_address is None or member.mode is None or member.secret_key is None:
+                continue
+            if ciphertext and not member.max_dave_protocol_version:
+                member.dave_frames_withheld += 1
                 continue
             packetizer = member._packetizers.get(sender.ssrc)
             if packetizer is None:
