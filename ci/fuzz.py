@@ -12,6 +12,10 @@ Targets (pick with ``--target``; ``all`` cycles through them):
   against a dict model.
 - ``gateway``: ``decode_message`` (JSON text), ``decode_server_binary`` and
   ``decode_client_binary``: only ``GatewayDecodeError`` may escape.
+- ``opus``: ``OpusDecoder.decode`` on arbitrary packets (the first byte picks the output
+  format and whether to conceal, use FEC or reset first), differentially: the compiled and
+  the pure twin, whose decoders live across inputs, must return the same PCM or both raise
+  ``OpusDecodeError`` with the same code; nothing else may escape. Needs libopus.
 
     python ci/fuzz.py --target all --seconds 120        # what CI runs
     python ci/fuzz.py --target rtp --seconds 3600       # a longer local campaign
@@ -79,6 +83,7 @@ def _init() -> None:
     TABLES[:] = [t.SSRCTable() for t in TWINS]
     for table in TABLES:
         table.set(0xCAFEBABE, 42)
+    _init_opus()
 
 
 TABLES: list = []
@@ -187,7 +192,54 @@ def fuzz_gateway(data: bytes) -> None:
             pass
 
 
-TARGETS = {"rtp": fuzz_rtp, "ssrc": fuzz_ssrc, "gateway": fuzz_gateway}
+OPUS_OUTPUTS = [(48000, 2), (48000, 1), (24000, 2), (16000, 1), (12000, 2), (8000, 1)]
+OPUS_DECODERS: list = []  # per output format, one decoder per twin; they live across inputs
+OPUS_TWINS: list = []
+OPUS_UNAVAILABLE: str | None = None  # why libopus could not be loaded
+OpusDecodeError = None
+
+
+def _init_opus() -> None:
+    global OpusDecodeError, OPUS_UNAVAILABLE
+    import fastvoice._opus_py as py
+    from fastvoice._opus_common import OpusDecodeError as error
+    from fastvoice._opus_common import OpusNotAvailableError
+
+    try:
+        import fastvoice._opus_c as c
+    except ImportError:
+        c = None
+    OpusDecodeError = error
+    OPUS_TWINS[:] = [t for t in (c, py) if t is not None]
+    try:
+        OPUS_DECODERS[:] = [[t.OpusDecoder(*output) for t in OPUS_TWINS] for output in OPUS_OUTPUTS]
+    except OpusNotAvailableError as exc:
+        OPUS_UNAVAILABLE = str(exc)
+
+
+def _opus_outcome(decoder, packet, fec, conceal, reset):
+    try:
+        if reset:
+            decoder.reset()
+        out = [decoder.decode(None)] if conceal else []
+        return out + [decoder.decode(packet, fec=fec)]
+    except OpusDecodeError as exc:
+        return ("failed", exc.code, str(exc))
+
+
+def fuzz_opus(data: bytes) -> None:
+    if not data:
+        return
+    flags, packet = data[0], data[1:]
+    decoders = OPUS_DECODERS[flags % len(OPUS_OUTPUTS)]
+    fec, conceal, reset = bool(flags & 0x08), bool(flags & 0x10), flags & 0xE0 == 0xE0
+    results = [_opus_outcome(d, packet, fec, conceal, reset) for d in decoders]
+    if len(results) == 2 and results[0] != results[1]:
+        raise AssertionError(f"opus twins disagree on {data[:60].hex()}: {str(results[0])[:120]} != "
+                             f"{str(results[1])[:120]}")
+
+
+TARGETS = {"rtp": fuzz_rtp, "ssrc": fuzz_ssrc, "gateway": fuzz_gateway, "opus": fuzz_opus}
 
 
 def corpus(target: str) -> list[bytes]:
@@ -275,21 +327,22 @@ def build_native() -> str:
     package = os.path.join(root, "fastvoice")
     shutil.copytree(os.path.join(repo, "fastvoice"), package,
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "*.html"))
-    pyx = os.path.join(repo, "fastvoice", "_rtp_c.pyx")
-    built = os.path.join(repo, "fastvoice", "_rtp_c.c")  # left by the package's own build
     import importlib.util
 
-    if importlib.util.find_spec("Cython") is not None:
-        source = os.path.join(root, "_rtp_c.c")
-        subprocess.run([sys.executable, "-m", "cython", "-3", "-o", source, pyx], check=True)
-    elif os.path.exists(built) and os.path.getmtime(built) >= os.path.getmtime(pyx):
-        source = built
-    else:
-        raise SystemExit("--native needs the C that Cython makes of _rtp_c.pyx: pip install cython, "
-                         "or rebuild the package (pip install -e .)")
-    target = os.path.join(package, "_rtp_c" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run([cc, "-O1", "-g", "-fPIC", "-shared", "-fsanitize=fuzzer-no-link",
-                    "-I" + sysconfig.get_paths()["include"], source, "-o", target], check=True)
+    for module in ("_rtp_c", "_opus_c"):
+        pyx = os.path.join(repo, "fastvoice", module + ".pyx")
+        built = os.path.join(repo, "fastvoice", module + ".c")  # left by the package's own build
+        if importlib.util.find_spec("Cython") is not None:
+            source = os.path.join(root, module + ".c")
+            subprocess.run([sys.executable, "-m", "cython", "-3", "-o", source, pyx], check=True)
+        elif os.path.exists(built) and os.path.getmtime(built) >= os.path.getmtime(pyx):
+            source = built
+        else:
+            raise SystemExit(f"--native needs the C that Cython makes of {module}.pyx: pip install cython, "
+                             "or rebuild the package (pip install -e .)")
+        target = os.path.join(package, module + sysconfig.get_config_var("EXT_SUFFIX"))
+        subprocess.run([cc, "-O1", "-g", "-fPIC", "-shared", "-fsanitize=fuzzer-no-link",
+                        "-I" + sysconfig.get_paths()["include"], source, "-o", target], check=True)
     # libFuzzer alone, loaded before atheris: atheris then drives it ("preloaded") and the
     # instrumented extension's coverage hooks resolve to it.
     subprocess.run([cc, "-shared", "-o", os.path.join(root, "libfuzzer.so"), "-Wl,--whole-archive", runtime,
@@ -337,10 +390,18 @@ def main() -> None:
             _init()
     else:
         _init()
+    if "opus" in targets and OPUS_UNAVAILABLE:
+        if os.environ.get("FASTVOICE_REQUIRE_LIBOPUS") == "1":
+            raise SystemExit(f"--target opus: {OPUS_UNAVAILABLE}")
+        print(f"fuzz: target opus left out: {OPUS_UNAVAILABLE}", flush=True)
+        targets.remove("opus")
     native = " (compiled twin instrumented)" if native_child else ""
-    print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} targets={targets}{native}", flush=True)
-    if native and len(targets) == 1 and (C is None or ".fuzz_work" not in C.__file__):
-        raise SystemExit("--native: the instrumented compiled twin was not the one imported")
+    print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} "
+          f"opus twins={[t.IMPLEMENTATION for t in OPUS_TWINS]} targets={targets}{native}", flush=True)
+    if native and len(targets) == 1:
+        compiled = OPUS_TWINS[0] if targets == ["opus"] else C
+        if compiled is None or ".fuzz_work" not in compiled.__file__:
+            raise SystemExit("--native: the instrumented compiled twin was not the one imported")
     if engine == "atheris":
         if len(targets) > 1:
             # atheris runs one target per process: fan out.

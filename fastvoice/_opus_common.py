@@ -183,7 +183,7 @@ def _search(path: str | None) -> SimpleNamespace:
         except LookupError as exc:
             problems.append(str(exc))
         except OSError as exc:
-            problems.append(f"{name}: {str(exc)[:120]}")
+            problems.append(str(exc)[:160])
     raise OpusNotAvailableError(
         f"libopus could not be loaded from {source} (tried {', '.join(tried)}): {'; '.join(problems)[:400]}. "
         f"To decode Opus, {INSTALL_HINT}."

@@ -287,7 +287,7 @@ def test_attributes_and_repr(opus):
     assert opus.OpusDecoder().sample_rate == 48000 and opus.OpusDecoder().channels == 2
 
 
-def test_public_names():
+def test_public_names(opus):
     import fastvoice
     from fastvoice import opus_decoder
 
