@@ -12,12 +12,14 @@ Given several runs, each contender's best run (lowest min) is reported.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from collections import defaultdict
 
 
 def main(paths: list[str]) -> None:
     best: dict[tuple[str, str], dict] = {}
+    speedups: dict[str, list[float]] = {}
     for path in paths:
         with open(path) as fh:
             data = json.load(fh)
@@ -27,6 +29,9 @@ def main(paths: list[str]) -> None:
             row = {"min": bench["stats"]["min"] / batch * 1e6, "median": bench["stats"]["median"] / batch * 1e6,
                    "implementation": info.get("implementation"), "threads": info.get("threads")}
             key = (bench["group"], info["contender"])
+            if "speedups" in info:  # alternated 1- and 2-thread rounds: the ratios of every run are pooled
+                speedups.setdefault(info["contender"], []).extend(info["speedups"])
+                continue
             if key not in best or row["min"] < best[key]["min"]:
                 best[key] = row
     groups: dict[str, list[tuple[str, dict]]] = defaultdict(list)
@@ -54,6 +59,14 @@ def main(paths: list[str]) -> None:
                     if one and n > 1:
                         print(f"| {implementation} | {n} | {one['min'] / row['min']:.2f}x | "
                               f"{one['median'] / row['median']:.2f}x |")
+
+    if speedups:
+        print("\ndecode threads: speed-up of 2 threads over 1, alternated in each round (all rounds of all runs)")
+        print("| decoder | rounds | median | lowest | highest |")
+        print("|---|---:|---:|---:|---:|")
+        for name, values in sorted(speedups.items()):
+            values.sort()
+            print(f"| {name} | {len(values)} | {statistics.median(values):.2f}x | {values[0]:.2f}x | {values[-1]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ pointer as the compiled twin.
 
 Thread scaling: N threads, each with its own decoder, decode ``FASTVOICE_BENCH_OPUS_FRAMES``
 frames each (default 1500, 30 s of audio); the figure is wall time per frame decoded, so one
-thread's figure over N threads' is the speed-up.
+thread's figure over N threads' is the speed-up.  ``test_thread_speedup`` measures that ratio
+side by side: each round runs one thread, then two, and the speed-up of every round is kept
+(other load on a shared machine then hits both halves of a round alike).
 
     pytest bench/test_bench_opus.py --benchmark-json=bench/opus.json
     python bench/report_opus.py bench/opus.json
@@ -25,8 +27,10 @@ import math
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -44,6 +48,8 @@ THREAD_FRAMES = int(os.environ.get("FASTVOICE_BENCH_OPUS_FRAMES", "1500"))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 needs_c = pytest.mark.skipif(opus_c is None, reason="compiled twin not built")
+# The first rounds of a process run slower (clock ramp, caches): warm up before measuring.
+pytestmark = pytest.mark.benchmark(warmup=True, warmup_iterations=20, min_rounds=30)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -251,3 +257,25 @@ def test_decode_threads(benchmark, request, contender, threads):
     benchmark.extra_info.update(contender=f"{label}, {threads} thread{'s' if threads > 1 else ''}", batch=frames,
                                 implementation=label, threads=threads)
     benchmark.pedantic(_run_threads, args=(workers,), rounds=7, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("contender", ["native", "compiled", "pure"])
+def test_thread_speedup(benchmark, request, contender):
+    harness = request.getfixturevalue("native") if contender == "native" else None
+    one, frames_one = _workers(contender, 1, harness)
+    two, frames_two = _workers(contender, 2, harness)
+    pairs = []
+
+    def round_of_both():
+        started = time.perf_counter()
+        _run_threads(one)
+        middle = time.perf_counter()
+        _run_threads(two)
+        pairs.append(((middle - started) / frames_one, (time.perf_counter() - middle) / frames_two))
+
+    label = "native C loop" if contender == "native" else NAMES[contender]
+    benchmark.group = "decode threads: speed-up of 2 threads over 1, alternated in each round"
+    benchmark.pedantic(round_of_both, rounds=15, iterations=1, warmup_rounds=1)
+    speedups = sorted(a / b for a, b in (pairs[1:] or pairs))  # the first round warms up
+    benchmark.extra_info.update(contender=label, batch=frames_one + frames_two, speedups=speedups,
+                                median_speedup=statistics.median(speedups))
