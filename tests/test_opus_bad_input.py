@@ -152,3 +152,39 @@ def test_twins_agree_on_random_bytes(opus_c, opus_py):
         packet = bytes(rng.randrange(256) for _ in range(rng.randint(0, 60)))
         fec = rng.random() < 0.2
         assert _outcome(c, packet, fec) == _outcome(py, packet, fec)
+
+
+def _fuzz_module():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ci", "fuzz.py")
+    spec = importlib.util.spec_from_file_location("_fuzz_for_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module._init()
+    return module
+
+
+def test_fuzz_target_runs_its_seeds_and_catches_disagreeing_twins(opus_c, opus_py):
+    fuzz = _fuzz_module()
+    assert [t.IMPLEMENTATION for t in fuzz.OPUS_TWINS] == ["c", "py"]
+    seeds = fuzz.corpus("opus")
+    assert any(s[0] & fuzz.OPUS_RAW for s in seeds) and any(not s[0] & fuzz.OPUS_RAW for s in seeds)
+    for seed in seeds:
+        fuzz.fuzz_opus(seed)
+    # a patched input decodes a real packet changed where it says
+    base = fuzz.OPUS_BASES[0]
+    assert fuzz._patched_packet(bytes([0, 1, 0xFF])) == base[:1] + bytes([base[1] ^ 0xFF]) + base[2:]
+    assert fuzz._patched_packet(bytes([0, 7])) == base[:7]
+
+    class Wrong:
+        def decode(self, packet, fec=False):
+            return b"not what libopus says"
+
+        def reset(self):
+            pass
+
+    fuzz.OPUS_DECODERS[0][1] = Wrong()  # 0x24 % 6 == 0: the first output format's pair
+    with pytest.raises(AssertionError, match="opus twins disagree"):
+        fuzz.fuzz_opus(bytes([fuzz.OPUS_RAW | 4]) + stream("celt-fullband-stereo-64k-20ms")[0])
