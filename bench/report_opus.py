@@ -20,6 +20,7 @@ from collections import defaultdict
 def main(paths: list[str]) -> None:
     best: dict[tuple[str, str], dict] = {}
     speedups: dict[str, list[float]] = {}
+    unloaded: dict[str, list[float]] = {}
     for path in paths:
         with open(path) as fh:
             data = json.load(fh)
@@ -31,6 +32,7 @@ def main(paths: list[str]) -> None:
             key = (bench["group"], info["contender"])
             if "speedups" in info:  # alternated 1- and 2-thread rounds: the ratios of every run are pooled
                 speedups.setdefault(info["contender"], []).extend(info["speedups"])
+                unloaded.setdefault(info["contender"], []).extend(info.get("unloaded_speedups", []))
                 continue
             if key not in best or row["min"] < best[key]["min"]:
                 best[key] = row
@@ -62,11 +64,15 @@ def main(paths: list[str]) -> None:
 
     if speedups:
         print("\ndecode threads: speed-up of 2 threads over 1, alternated in each round (all rounds of all runs)")
-        print("| decoder | rounds | median | lowest | highest |")
-        print("|---|---:|---:|---:|---:|")
+        print("(other processes' load taken out: each thread's run-queue wait subtracted, Linux schedstat)")
+        print("| decoder | rounds | median | lowest | highest | median, load taken out | lowest | highest |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, values in sorted(speedups.items()):
             values.sort()
-            print(f"| {name} | {len(values)} | {statistics.median(values):.2f}x | {values[0]:.2f}x | {values[-1]:.2f}x |")
+            spread = f"{statistics.median(values):.2f}x | {values[0]:.2f}x | {values[-1]:.2f}x"
+            free = sorted(unloaded.get(name, []))
+            free_spread = f"{statistics.median(free):.2f}x | {free[0]:.2f}x | {free[-1]:.2f}x" if free else "- | - | -"
+            print(f"| {name} | {len(values)} | {spread} | {free_spread} |")
 
 
 if __name__ == "__main__":
