@@ -42,14 +42,16 @@ def test_decoding_releases_the_gil(opus):
         spinner.start()
         started.wait()
         before = ticks[0]
-        for packet in packets:
+        for decoded, packet in enumerate(packets * 10, 1):
             decoder.decode(packet)
+            if ticks[0] != before:  # a busy machine may delay the other thread: try up to 3,000 decodes
+                break
         during = ticks[0] - before
     finally:
         stop.set()
         sys.setswitchinterval(old)
         spinner.join()
-    assert during >= 1, f"the other thread ran {during} times during {len(packets)} decodes"
+    assert during >= 1, f"the other thread ran {during} times during {decoded} decodes"
 
 
 def test_parallel_decoders_give_the_sequential_pcm(opus):
