@@ -17,6 +17,12 @@ Targets (pick with ``--target``; ``all`` cycles through them):
   against a dict model.
 - ``gateway``: ``decode_message`` (JSON text), ``decode_server_binary`` and
   ``decode_client_binary``: only ``GatewayDecodeError`` may escape.
+- ``opus``: ``OpusDecoder.decode`` differentially: the compiled and the pure twin, whose
+  decoders live across inputs, must return the same PCM or both raise ``OpusDecodeError``
+  with the same code; nothing else may escape. The first byte picks the output format,
+  whether to reset, conceal or use FEC, and whether the rest IS the packet or patches a real
+  packet of the seed corpus (byte pairs: position, XOR; an odd last byte cuts the packet), so
+  that libopus's decoding paths are reached although their coverage is not seen. Needs libopus.
 
     python ci/fuzz.py --target all --seconds 120        # what CI runs
     python ci/fuzz.py --target rtp --seconds 3600       # a longer local campaign
@@ -98,6 +104,7 @@ def _init() -> None:
             table.set(0xCAFEBABE, 42)
             router.route(t.Depacketizer(m, KEY), table, delivered.append)
             ROUTERS[m].append((router, delivered))
+    _init_opus()
 
 
 TABLES: list = []
@@ -238,7 +245,73 @@ def fuzz_gateway(data: bytes) -> None:
             pass
 
 
-TARGETS = {"rtp": fuzz_rtp, "ssrc": fuzz_ssrc, "gateway": fuzz_gateway}
+OPUS_OUTPUTS = [(48000, 2), (48000, 1), (24000, 2), (16000, 1), (12000, 2), (8000, 1)]
+OPUS_DECODERS: list = []  # per output format, one decoder per twin; they live across inputs
+OPUS_TWINS: list = []
+OPUS_UNAVAILABLE: str | None = None  # why libopus could not be loaded
+OpusDecodeError = None
+
+
+def _init_opus() -> None:
+    global OpusDecodeError, OPUS_UNAVAILABLE
+    import fastvoice._opus_py as py
+    from fastvoice._opus_common import OpusDecodeError as error
+    from fastvoice._opus_common import OpusNotAvailableError
+
+    try:
+        import fastvoice._opus_c as c
+    except ImportError:
+        c = None
+    OpusDecodeError = error
+    OPUS_TWINS[:] = [t for t in (c, py) if t is not None]
+    try:
+        OPUS_DECODERS[:] = [[t.OpusDecoder(*output) for t in OPUS_TWINS] for output in OPUS_OUTPUTS]
+    except OpusNotAvailableError as exc:
+        OPUS_UNAVAILABLE = str(exc)
+
+
+def _opus_outcome(decoder, packet, fec, conceal, reset):
+    try:
+        if reset:
+            decoder.reset()
+        out = [decoder.decode(None)] if conceal else []
+        return out + [decoder.decode(packet, fec=fec)]
+    except OpusDecodeError as exc:
+        return ("failed", exc.code, str(exc))
+
+
+OPUS_RAW = 0x20  # flag: the input's rest is the packet (else it patches a real one)
+OPUS_BASES: list[bytes] = []  # real packets: the raw seeds of the corpus
+
+
+def _patched_packet(data: bytes) -> bytes:
+    if not OPUS_BASES:
+        OPUS_BASES.extend(seed[1:] for seed in corpus("opus") if seed and seed[0] & OPUS_RAW)
+    if not data:
+        return b""
+    packet = bytearray(OPUS_BASES[data[0] % len(OPUS_BASES)])
+    patches = data[1:]
+    for i in range(0, len(patches) - 1, 2):
+        packet[patches[i] % len(packet)] ^= patches[i + 1]
+    if len(patches) % 2:
+        del packet[patches[-1] % len(packet):]
+    return bytes(packet)
+
+
+def fuzz_opus(data: bytes) -> None:
+    if not data:
+        return
+    flags = data[0]
+    packet = data[1:] if flags & OPUS_RAW else _patched_packet(data[1:])
+    decoders = OPUS_DECODERS[flags % len(OPUS_OUTPUTS)]
+    fec, conceal, reset = bool(flags & 0x08), bool(flags & 0x10), flags & 0xC0 == 0xC0
+    results = [_opus_outcome(d, packet, fec, conceal, reset) for d in decoders]
+    if len(results) == 2 and results[0] != results[1]:
+        raise AssertionError(f"opus twins disagree on {data[:60].hex()}: {str(results[0])[:120]} != "
+                             f"{str(results[1])[:120]}")
+
+
+TARGETS = {"rtp": fuzz_rtp, "ssrc": fuzz_ssrc, "gateway": fuzz_gateway, "opus": fuzz_opus}
 
 
 def corpus(target: str) -> list[bytes]:
@@ -326,21 +399,22 @@ def build_native() -> str:
     package = os.path.join(root, "fastvoice")
     shutil.copytree(os.path.join(repo, "fastvoice"), package,
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "*.html"))
-    pyx = os.path.join(repo, "fastvoice", "_rtp_c.pyx")
-    built = os.path.join(repo, "fastvoice", "_rtp_c.c")  # left by the package's own build
     import importlib.util
 
-    if importlib.util.find_spec("Cython") is not None:
-        source = os.path.join(root, "_rtp_c.c")
-        subprocess.run([sys.executable, "-m", "cython", "-3", "-o", source, pyx], check=True)
-    elif os.path.exists(built) and os.path.getmtime(built) >= os.path.getmtime(pyx):
-        source = built
-    else:
-        raise SystemExit("--native needs the C that Cython makes of _rtp_c.pyx: pip install cython, "
-                         "or rebuild the package (pip install -e .)")
-    target = os.path.join(package, "_rtp_c" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run([cc, "-O1", "-g", "-fPIC", "-shared", "-fsanitize=fuzzer-no-link",
-                    "-I" + sysconfig.get_paths()["include"], source, "-o", target], check=True)
+    for module in ("_rtp_c", "_opus_c"):
+        pyx = os.path.join(repo, "fastvoice", module + ".pyx")
+        built = os.path.join(repo, "fastvoice", module + ".c")  # left by the package's own build
+        if importlib.util.find_spec("Cython") is not None:
+            source = os.path.join(root, module + ".c")
+            subprocess.run([sys.executable, "-m", "cython", "-3", "-o", source, pyx], check=True)
+        elif os.path.exists(built) and os.path.getmtime(built) >= os.path.getmtime(pyx):
+            source = built
+        else:
+            raise SystemExit(f"--native needs the C that Cython makes of {module}.pyx: pip install cython, "
+                             "or rebuild the package (pip install -e .)")
+        target = os.path.join(package, module + sysconfig.get_config_var("EXT_SUFFIX"))
+        subprocess.run([cc, "-O1", "-g", "-fPIC", "-shared", "-fsanitize=fuzzer-no-link",
+                        "-I" + sysconfig.get_paths()["include"], source, "-o", target], check=True)
     # libFuzzer alone, loaded before atheris: atheris then drives it ("preloaded") and the
     # instrumented extension's coverage hooks resolve to it.
     subprocess.run([cc, "-shared", "-o", os.path.join(root, "libfuzzer.so"), "-Wl,--whole-archive", runtime,
@@ -388,10 +462,18 @@ def main() -> None:
             _init()
     else:
         _init()
+    if "opus" in targets and OPUS_UNAVAILABLE:
+        if os.environ.get("FASTVOICE_REQUIRE_LIBOPUS") == "1":
+            raise SystemExit(f"--target opus: {OPUS_UNAVAILABLE}")
+        print(f"fuzz: target opus left out: {OPUS_UNAVAILABLE}", flush=True)
+        targets.remove("opus")
     native = " (compiled twin instrumented)" if native_child else ""
-    print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} targets={targets}{native}", flush=True)
-    if native and len(targets) == 1 and (C is None or ".fuzz_work" not in C.__file__):
-        raise SystemExit("--native: the instrumented compiled twin was not the one imported")
+    print(f"fuzz: engine={engine} twins={[t.IMPLEMENTATION for t in TWINS]} "
+          f"opus twins={[t.IMPLEMENTATION for t in OPUS_TWINS]} targets={targets}{native}", flush=True)
+    if native and len(targets) == 1:
+        compiled = OPUS_TWINS[0] if targets == ["opus"] else C
+        if compiled is None or ".fuzz_work" not in compiled.__file__:
+            raise SystemExit("--native: the instrumented compiled twin was not the one imported")
     if engine == "atheris":
         if len(targets) > 1:
             # atheris runs one target per process: fan out.

@@ -10,6 +10,7 @@ python --version
 
 echo "::: ffmpeg (with libopus) for the audio input tests"
 export FASTVOICE_REQUIRE_FFMPEG=1       # a missing ffmpeg fails its tests instead of skipping them
+export FASTVOICE_REQUIRE_LIBOPUS=1      # libopus (pulled in by ffmpeg) too: the decoder tests fail without it
 if ! command -v ffmpeg >/dev/null; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends ffmpeg

@@ -164,3 +164,8 @@ __all__ += [
     "OpusHead",
     "OpusTags",
 ]
+
+# --- Opus decoding (libopus, loaded at run time) ---
+from .opus_decoder import OpusDecodeError, OpusDecoder, OpusNotAvailableError, load_opus
+
+__all__ += ["OpusDecodeError", "OpusDecoder", "OpusNotAvailableError", "load_opus"]

@@ -121,3 +121,64 @@ def test_require_without_compiled_twin_fails():
     required = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert required.returncode != 0
     assert "ImportError: FASTVOICE_REQUIRE_EXTENSIONS is set" in required.stderr
+
+
+# ------------------------------------------------------------------ the Opus decoder's twins
+
+
+def test_compiled_opus_twin_loaded_when_required():
+    if not REQUIRE_EXTENSIONS:
+        pytest.skip("FASTVOICE_REQUIRE_EXTENSIONS not set")
+    assert fastvoice.opus_decoder.IMPLEMENTATION == "c"
+    assert fastvoice.OpusDecoder.__module__ == "fastvoice._opus_c"
+
+
+def test_no_extensions_gives_pure_opus_decoder():
+    if not NO_EXTENSIONS:
+        pytest.skip("FASTVOICE_NO_EXTENSIONS not set")
+    assert fastvoice.OpusDecoder.__module__ == "fastvoice._opus_py"
+
+
+def test_opus_twins_expose_same_names_and_signatures(opus_c, opus_py):
+    assert _public(opus_c) == _public(opus_py)
+    assert opus_c.OpusDecodeError is opus_py.OpusDecodeError
+    assert opus_c.OpusNotAvailableError is opus_py.OpusNotAvailableError
+    c_cls, py_cls = opus_c.OpusDecoder, opus_py.OpusDecoder
+    assert {m for m in dir(c_cls) if not m.startswith("_")} == {m for m in dir(py_cls) if not m.startswith("_")}
+    for meth in ("decode", "reset"):
+        assert _params(getattr(c_cls, meth)) == _params(getattr(py_cls, meth)), meth
+    for args, kwargs in [((), {}), ((16000, 1), {}), ((), {"channels": 1}), ((), {"sample_rate": 8000}),
+                         ((44100,), {}), ((48000, 2, 3), {}), ((), {"rate": 48000})]:
+        outcomes = []
+        for cls in (c_cls, py_cls):
+            try:
+                outcomes.append(repr(cls(*args, **kwargs)))
+            except (TypeError, ValueError) as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[0] == outcomes[1], (args, kwargs, outcomes)
+
+
+def _opus_implementation_in_subprocess(**env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastvoice; print(fastvoice.opus_decoder.IMPLEMENTATION)"],
+        env=full, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_opus_env_switch_on_reimport(opus_c):
+    assert _opus_implementation_in_subprocess(FASTVOICE_NO_EXTENSIONS="1") == "py"
+    assert _opus_implementation_in_subprocess() == "c"
+
+
+def test_require_without_compiled_opus_twin_fails():
+    code = "import sys; sys.modules['fastvoice._opus_c'] = None; import fastvoice; print(fastvoice.OpusDecoder.__module__)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
+    fallback = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert fallback.returncode == 0 and fallback.stdout.strip() == "fastvoice._opus_py"
+    env["FASTVOICE_REQUIRE_EXTENSIONS"] = "1"
+    required = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert required.returncode != 0
+    assert "compiled Opus decoder fastvoice._opus_c" in required.stderr
