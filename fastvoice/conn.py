@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from ._shown import cut, shown
 from .audio import AudioReceiver, AudioSender
 from .dave import DAVE_PROTOCOL_VERSION, DaveManager
 from .encryption import choose_encryption_mode
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("fastvoice.conn")
+# Longest exception text a log line or a ConnOpenError repeats.
+_REASON_MAX = 300
 
 #: Sends op 4 Voice State Update on the bot's main gateway:
 #: ``(guild_id, channel_id or None, self_mute, self_deaf)``; may be async (seed: ``StateUpdateFunc``).
@@ -58,7 +61,7 @@ def _snowflake(value: Any, name: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a snowflake (int or numeric string), got {value!r}") from None
+        raise ValueError(f"{name} must be a snowflake (int or numeric string), got {shown(value)}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +403,7 @@ class Conn:
             state = self._current_state()
             if state is None or self._closed:
                 return
-            self._log.info("guild %d: reconnecting to voice server %s", self._guild_id, state.endpoint)
+            self._log.info("guild %d: reconnecting to voice server %s", self._guild_id, shown(state.endpoint))
             await self._teardown(keep_audio=True)
             try:
                 await self._connect(state, self._config.open_timeout)
@@ -518,9 +521,10 @@ class Conn:
                 ),
             )
         except Exception as exc:
-            self._log.error("guild %d: voice UDP setup failed: %s", self._guild_id, exc)
+            reason = cut(str(exc), _REASON_MAX)  # errors quote peer values: bounded whatever raised
+            self._log.error("guild %d: voice UDP setup failed: %s", self._guild_id, reason)
             if self._audio_ready is not None and not self._audio_ready.done():
-                self._audio_ready.set_exception(ConnOpenError(f"guild {self._guild_id}: voice UDP setup failed: {exc}"))
+                self._audio_ready.set_exception(ConnOpenError(f"guild {self._guild_id}: voice UDP setup failed: {reason}"))
 
     def _on_session_description(self, data: GatewayMessageDataSessionDescription) -> ConnOpenError | None:
         """Key the UDP connection; returns the error that ends the session when the
@@ -531,7 +535,7 @@ class Conn:
             return None
         try:
             if str(data.mode) != self._mode:
-                raise ValueError(f"it names encryption mode {str(data.mode)!r}, but {self._mode!r} was selected")
+                raise ValueError(f"it names encryption mode {shown(str(data.mode))}, but {self._mode!r} was selected")
             udp.set_secret_key(data.mode, data.secret_key, counters=self._counters)
         except (ValueError, TypeError) as exc:
             return ConnOpenError(f"guild {self._guild_id}: the voice server's Session Description is unusable: {exc}")

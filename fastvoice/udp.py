@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._shown import shown
 from .constants import UDP_TIMEOUT
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError, IPDiscoveryError, VoiceError
@@ -167,7 +168,7 @@ class UDPConn:
         if self._transport is not None:
             raise VoiceError("UDPConn is already open")
         if not isinstance(port, int) or not 0 < port <= 0xFFFF:
-            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+            raise ValueError(f"port must be an int in 1..65535, got {shown(port)}")
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         transport, _ = await loop.create_datagram_endpoint(
