@@ -658,6 +658,11 @@ class Gateway:
         if op == Opcode.HELLO and isinstance(data, GatewayMessageDataHello):
             await self._on_hello(ws, data, resume)
         elif op == Opcode.READY and isinstance(data, GatewayMessageDataReady):
+            if self._session_ready:
+                # One Ready per identified session: a repeat (a broken or hostile server) would
+                # make the connection set up a second socket and select a protocol twice.
+                self._log.warning("voice gateway ignored a repeated Ready (ssrc %d) in the same session", data.ssrc)
+                return
             self._ssrc = data.ssrc
             self._session_ready = True
             self._connection_was_ready = True
