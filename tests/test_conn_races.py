@@ -16,7 +16,7 @@ import random
 import pytest
 
 from fastvoice.conn import Conn, ConnConfig, ConnOpenError
-from fastvoice.gateway import GatewayConfig
+from fastvoice.gateway import Gateway, GatewayConfig
 from fastvoice.gateway_messages import Opcode
 from fastvoice.testing import ServerSession, VoiceServer
 
@@ -140,14 +140,25 @@ def _send_ready_twice(monkeypatch):
     monkeypatch.setattr(ServerSession, "send", send)
 
 
+class GatewayPassingRepeatedReadies(Gateway):
+    """Lets a repeated Ready through to the connection, to test the connection's own guard."""
+
+    async def _handle_message(self, ws, message, resume):
+        if message.op == Opcode.READY:
+            self._session_ready = False
+        await super()._handle_message(ws, message, resume)
+
+
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_ready_twice_before_session_description_leaks_nothing_and_selects_once(loop_name, monkeypatch):
+@pytest.mark.parametrize("guard", ["gateway", "conn"])
+def test_ready_twice_before_session_description_leaks_nothing_and_selects_once(loop_name, guard, monkeypatch):
     _send_ready_twice(monkeypatch)
     found = {}
 
     async def body():
         async with VoiceServer() as server:
-            conn, _ = make_conn(server)
+            options = {"gateway_create_func": GatewayPassingRepeatedReadies} if guard == "conn" else {}
+            conn, _ = make_conn(server, **options)
             udp_before, fds_before = udp_sockets(), open_fds()
             for _ in range(20):
                 await conn.open(CHANNEL)
@@ -164,6 +175,24 @@ def test_ready_twice_before_session_description_leaks_nothing_and_selects_once(l
     assert found["select"] == [1] * 20, "Select Protocol must go out once per session"
     assert found["udp"] == 0 and found["fds"] <= 0, found
     assert reported == []
+
+
+async def test_the_gateway_dispatches_one_ready_per_session(monkeypatch, caplog):
+    _send_ready_twice(monkeypatch)
+    events = []
+    async with VoiceServer() as server:
+        gateway = Gateway(lambda op, data: events.append(op), None, GatewayConfig(backoff_base=0.01))
+        await gateway.open(server.make_state(GUILD, USER))
+        session = server.sessions[0]
+        await session.send(Opcode.CLIENTS_CONNECT, {"user_ids": ["5"]})  # a marker: later frames got through
+        await server.wait_for(lambda: Opcode.CLIENTS_CONNECT in events)
+        assert count(session, "out", Opcode.READY) == 2
+        assert events.count(Opcode.READY) == 1
+        assert any("repeated Ready" in r.getMessage() for r in caplog.records)
+        # A new session (after 4006) gets its Ready through.
+        await session.close(4006)
+        await server.wait_for(lambda: events.count(Opcode.READY) == 2, timeout=5)
+        await gateway.close()
 
 
 # -- 2. A second VOICE_SERVER_UPDATE while open() connects ----------------------------
