@@ -350,6 +350,8 @@ class Depacketizer:
             return None
         entry = table._entries.get(packet.ssrc)
         if entry is not None:
+            table._clock += 1
+            entry._active = table._clock
             if not entry.accept(packet.sequence):
                 return None
             packet.user_id = entry.user_id
@@ -463,7 +465,7 @@ class SSRCEntry:
     repeated packet (network duplication, a replay) is delivered once: see :meth:`accept`.
     """
 
-    __slots__ = ("ssrc", "user_id", "state", "_duplicates", "_top", "_window")
+    __slots__ = ("ssrc", "user_id", "state", "_duplicates", "_top", "_window", "_active")
 
     def __init__(self, ssrc: int, user_id: int, state: object = None) -> None:
         self.ssrc = ssrc
@@ -472,6 +474,7 @@ class SSRCEntry:
         self._duplicates = 0
         self._top = -1
         self._window = 0
+        self._active = 0  # the owning table's activity stamp of its last use
 
     @property
     def duplicates(self) -> int:
@@ -516,31 +519,71 @@ class SSRCTable:
 
     Filled from op 5 (Speaking: ``set``), emptied per user on op 13 (Client
     Disconnect: ``remove_user``).
+
+    Bounded: op 5 comes from the network, so past ``max_entries`` entries the least
+    recently active ones are evicted (counted in ``evictions``). An entry is active when
+    ``set`` or ``lookup`` finds it, which every routed packet does (``dispatch``).
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_max_entries", "_clock", "_evictions", "_victims")
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = _c.DEFAULT_MAX_SSRCS) -> None:
+        self._max_entries = _c.check_max_entries(max_entries)
         self._entries: dict[int, SSRCEntry] = {}
+        self._clock = 0  # activity stamps: +1 per use, so the least recently used has the lowest
+        self._evictions = 0
+        self._victims: list[tuple[int, int]] = []
+
+    @property
+    def max_entries(self) -> int:
+        """The most entries the table holds."""
+        return self._max_entries
+
+    @property
+    def evictions(self) -> int:
+        """Entries evicted because the table was full."""
+        return self._evictions
 
     def set(self, ssrc: int, user_id: int, state: object = None) -> SSRCEntry:
         """Map ``ssrc`` to ``user_id`` and return its entry.
 
         If ``ssrc`` already belongs to ``user_id`` the existing entry (and its state)
-        is kept; if it belonged to someone else, the entry is replaced.
+        is kept; if it belonged to someone else, the entry is replaced. A new entry in a
+        full table evicts the least recently active one.
         """
         _c.check_uint("ssrc", ssrc, 32)
         _c.check_uint("user_id", user_id, 64)
+        self._clock += 1
         entry = self._entries.get(ssrc)
         if entry is not None and entry.user_id == user_id:
+            entry._active = self._clock
             return entry
         entry = SSRCEntry(ssrc, user_id, state)
+        entry._active = self._clock
         self._entries[ssrc] = entry
+        if len(self._entries) > self._max_entries:
+            self._evict()
         return entry
 
+    def _evict(self) -> None:
+        entries = self._entries
+        while len(entries) > self._max_entries:
+            if not self._victims:
+                self._victims = _c.eviction_candidates(((e._active, s) for s, e in entries.items()),
+                                                       self._max_entries)
+            stamp, ssrc = self._victims.pop()
+            entry = entries.get(ssrc)
+            if entry is not None and entry._active == stamp:  # else used (or replaced) since
+                del entries[ssrc]
+                self._evictions += 1
+
     def lookup(self, ssrc: int) -> SSRCEntry | None:
-        """The entry for ``ssrc``, or ``None`` for an unknown SSRC."""
-        return self._entries.get(ssrc)
+        """The entry for ``ssrc`` (marked active), or ``None`` for an unknown SSRC."""
+        entry = self._entries.get(ssrc)
+        if entry is not None:
+            self._clock += 1
+            entry._active = self._clock
+        return entry
 
     def user_id(self, ssrc: int) -> int | None:
         """The user id mapped to ``ssrc``, or ``None``."""
@@ -561,6 +604,7 @@ class SSRCTable:
     def clear(self) -> None:
         """Remove every entry."""
         self._entries.clear()
+        self._victims.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

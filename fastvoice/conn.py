@@ -29,6 +29,7 @@ from .gateway_messages import (
     SpeakingFlags,
 )
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
+from ._rtp_common import DEFAULT_MAX_SSRCS
 from .rtp import SSRCTable
 from .udp import UDPConn, UDPConnConfig
 from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, _snowflake
@@ -64,7 +65,8 @@ class ConnConfig:
 
     ``gateway_config`` is copied for each gateway the connection opens; ``udp_config`` for
     each UDP connection. ``open_timeout`` bounds :meth:`Conn.open` as a whole.
-    ``user_filter`` selects whose audio reaches the frame receiver.
+    ``user_filter`` selects whose audio reaches the frame receiver. ``max_ssrcs`` bounds the
+    SSRC -> user table filled from op 5 (the least recently active entries are evicted).
     """
 
     logger: logging.Logger = field(default_factory=lambda: _log)
@@ -78,6 +80,7 @@ class ConnConfig:
     user_filter: UserFilterFunc | None = None
     open_timeout: float = 30.0
     allow_discontinued_modes: bool = False
+    max_ssrcs: int = DEFAULT_MAX_SSRCS
 
 
 class Conn:
@@ -118,7 +121,7 @@ class Conn:
         self._updates = asyncio.Event()
         self._gateway: Gateway | None = None
         self._udp: UDPConn | None = None
-        self._ssrcs = SSRCTable()
+        self._ssrcs = SSRCTable(self._config.max_ssrcs)
         self._connected_users: set[int] = set()
         self._provider: OpusFrameProvider | None = None
         self._receiver: OpusFrameReceiver | None = None
