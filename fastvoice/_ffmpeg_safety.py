@@ -139,7 +139,7 @@ class SafeSourcePolicy:
                 infos = await loop.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)
             except OSError as exc:
                 raise UnsafeSourceError(f"source host {shown(host)} does not resolve: {exc}") from None
-            addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         for address in addresses:
             if not address.is_global:
                 raise UnsafeSourceError(
