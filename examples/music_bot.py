@@ -2,7 +2,7 @@
 
 Commands (in any text channel, while you are in a voice channel):
 
-- ``!play <url or file>``: join your voice channel (or move to it) and play through ffmpeg
+- ``!play <url>``: join your voice channel (or move to it) and play through ffmpeg
 - ``!pause``, ``!resume``, ``!stop``, ``!leave``
 
 Run it:
@@ -12,8 +12,10 @@ Run it:
     DISCORD_TOKEN=... python examples/music_bot.py
 
 The bot needs the Message Content intent (Developer Portal -> Bot). Whoever can type
-``!play`` can make ffmpeg open any path or URL the bot's machine can reach: keep such a bot
-on servers you trust, or check the argument before playing it.
+``!play`` chooses what ffmpeg opens, so the argument goes through
+``FFmpegOpusProvider(..., safe=True)``: http/https URLs of public hosts only, never a local
+file, a ``file:``/``concat:`` input or an internal address (see the README). Set
+``MUSIC_DIR`` to also play files by name from that directory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import discord
 from discord.ext import commands
 
 import fastvoice.ext.discord as fastvoice_discord
+from fastvoice import FFmpegOpusProvider, UnsafeSourceError
 
 log = logging.getLogger("music_bot")
 
@@ -47,6 +50,21 @@ async def join_author(ctx: commands.Context) -> fastvoice_discord.VoiceClient | 
     return vc
 
 
+async def make_source(what: str) -> FFmpegOpusProvider:
+    """An ffmpeg source for what a user typed: a public URL, or a file of MUSIC_DIR by name."""
+    music_dir = os.environ.get("MUSIC_DIR")
+    if music_dir and not what.startswith(("http://", "https://")):
+        name = os.path.basename(what)  # a name in that directory, never a path out of it
+        path = os.path.join(music_dir, name)
+        if not name or not os.path.isfile(path):
+            raise UnsafeSourceError(f"no file named {name!r} in the music directory")
+        source = FFmpegOpusProvider(path, safe=True, allow_local_files=True)
+    else:
+        source = FFmpegOpusProvider(what, safe=True, before_options=STREAM_OPTIONS)
+    await source.start()  # refuses a host that is not public, before ffmpeg runs
+    return source
+
+
 def make_bot() -> commands.Bot:
     """The bot and its commands (made at run time: a bot needs the event loop it runs on)."""
     intents = discord.Intents.default()
@@ -59,9 +77,12 @@ def make_bot() -> commands.Bot:
         vc = await join_author(ctx)
         if vc is None:
             return
+        try:
+            source = await make_source(what)
+        except UnsafeSourceError as refused:
+            await ctx.send(f"Not playing that: {refused}")
+            return
         vc.stop()  # replace whatever plays now
-        before = STREAM_OPTIONS if what.startswith(("http://", "https://")) else None
-        source = discord.FFmpegOpusAudio(what, before_options=before)
 
         def finished(error: Exception | None) -> None:
             # Runs on the event loop once the song ends, fails or is stopped.

@@ -148,7 +148,7 @@ __all__ += ["DAVE_PROTOCOL_VERSION", "DaveConfig", "DaveManager", "DaveStats", "
 
 # --- audio inputs: Ogg Opus, ffmpeg, fan-out ---
 from .fanout import FanOut, FanOutSubscription
-from .ffmpeg import FFmpegError, FFmpegNotFoundError, FFmpegOpusProvider
+from .ffmpeg import FFmpegError, FFmpegNotFoundError, FFmpegOpusProvider, UnsafeSourceError
 from .ogg import AsyncOggOpusReader, OggError, OggOpusDemuxer, OggOpusReader, OpusHead, OpusTags
 
 __all__ += [
@@ -158,6 +158,7 @@ __all__ += [
     "FFmpegError",
     "FFmpegNotFoundError",
     "FFmpegOpusProvider",
+    "UnsafeSourceError",
     "OggError",
     "OggOpusDemuxer",
     "OggOpusReader",

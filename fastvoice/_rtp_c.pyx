@@ -727,6 +727,7 @@ cdef class SSRCEntry:
     cdef uint32_t _top
     cdef uint64_t _window
     cdef bint _seen
+    cdef uint64_t _active  # the owning table's activity stamp of its last use
 
     def __init__(self, ssrc, user_id, state=None):
         self.ssrc = ssrc
@@ -784,12 +785,17 @@ cdef inline size_t _slot_hash(uint32_t key, size_t mask) noexcept nogil:
 cdef class SSRCTable:
     """SSRC -> (user id, receiver state), an open-addressing hash table keyed by the C ``uint32``.
 
-    Filled from op 5 (``set``), emptied per user on op 13 (``remove_user``).
+    Filled from op 5 (``set``), emptied per user on op 13 (``remove_user``). Bounded by
+    ``max_entries``: the least recently active entries are evicted (see the pure twin).
     """
 
     cdef _Slot *_slots
     cdef size_t _mask
     cdef size_t _count
+    cdef size_t _max_entries
+    cdef uint64_t _clock
+    cdef unsigned long long _evictions
+    cdef list _victims
 
     def __cinit__(self):
         self._slots = <_Slot *>calloc(16, sizeof(_Slot))
@@ -797,10 +803,21 @@ cdef class SSRCTable:
             raise MemoryError()
         self._mask = 15
         self._count = 0
+        self._max_entries = _c.DEFAULT_MAX_SSRCS
+        self._victims = []
 
-    def __init__(self):
-        # Declared so that unexpected constructor arguments raise, as in the pure twin.
-        pass
+    def __init__(self, max_entries=_c.DEFAULT_MAX_SSRCS):
+        self._max_entries = _c.check_max_entries(max_entries)
+
+    @property
+    def max_entries(self):
+        """The most entries the table holds."""
+        return self._max_entries
+
+    @property
+    def evictions(self):
+        """Entries evicted because the table was full."""
+        return self._evictions
 
     def __dealloc__(self):
         self._release_all()
@@ -825,9 +842,23 @@ cdef class SSRCTable:
 
     cdef SSRCEntry c_lookup(self, uint32_t key):
         cdef size_t i = self._find(key)
+        cdef SSRCEntry entry
         if self._slots[i].entry == NULL:
             return None
-        return <SSRCEntry>self._slots[i].entry
+        entry = <SSRCEntry>self._slots[i].entry
+        self._clock += 1
+        entry._active = self._clock
+        return entry
+
+    cdef object _peek(self, object ssrc):
+        """The entry for ``ssrc`` without marking it active, or ``None``."""
+        cdef size_t i
+        if type(ssrc) is not int or ssrc < 0 or ssrc > 0xFFFFFFFF:
+            return None
+        i = self._find(<uint32_t>ssrc)
+        if self._slots[i].entry == NULL:
+            return None
+        return <object>self._slots[i].entry
 
     cdef int _grow(self) except -1:
         cdef _Slot *old = self._slots
@@ -871,35 +902,55 @@ cdef class SSRCTable:
         _c.check_uint("user_id", user_id, 64)
         cdef size_t i = self._find(key)
         cdef SSRCEntry entry
+        self._clock += 1
         if self._slots[i].entry != NULL:
             entry = <SSRCEntry>self._slots[i].entry
             if entry.user_id == user_id:
+                entry._active = self._clock
                 return entry
             Py_DECREF(entry)
             self._slots[i].entry = NULL
             self._count -= 1
         entry = SSRCEntry(ssrc, user_id, state)
+        entry._active = self._clock
         Py_INCREF(entry)
         self._slots[i].key = key
         self._slots[i].entry = <PyObject *>entry
         self._count += 1
+        if self._count > self._max_entries:
+            self._evict()
         if self._count * 2 > self._mask + 1:
             self._grow()
         return entry
 
-    def lookup(self, ssrc):
-        """The entry for ``ssrc``, or ``None`` for an unknown SSRC."""
+    cdef int _evict(self) except -1:
         cdef size_t i
+        cdef uint64_t stamp
+        cdef uint32_t key
+        while self._count > self._max_entries:
+            if not self._victims:
+                stamps = []
+                for i in range(self._mask + 1):
+                    if self._slots[i].entry != NULL:
+                        stamps.append(((<SSRCEntry>self._slots[i].entry)._active, self._slots[i].key))
+                self._victims = _c.eviction_candidates(stamps, self._max_entries)
+            stamp, key = self._victims.pop()
+            i = self._find(key)
+            # Evicted only if unused (and not replaced) since it was picked.
+            if self._slots[i].entry != NULL and (<SSRCEntry>self._slots[i].entry)._active == stamp:
+                self._delete_at(i)
+                self._evictions += 1
+        return 0
+
+    def lookup(self, ssrc):
+        """The entry for ``ssrc`` (marked active), or ``None`` for an unknown SSRC."""
         if type(ssrc) is not int or ssrc < 0 or ssrc > 0xFFFFFFFF:
             return None
-        i = self._find(<uint32_t>ssrc)
-        if self._slots[i].entry == NULL:
-            return None
-        return <object>self._slots[i].entry
+        return self.c_lookup(<uint32_t>ssrc)
 
     def user_id(self, ssrc):
         """The user id mapped to ``ssrc``, or ``None``."""
-        entry = self.lookup(ssrc)
+        entry = self._peek(ssrc)
         return None if entry is None else (<SSRCEntry>entry).user_id
 
     def remove(self, ssrc):
@@ -921,12 +972,13 @@ cdef class SSRCTable:
     def clear(self):
         """Remove every entry."""
         self._release_all()
+        self._victims = []
 
     def __len__(self):
         return self._count
 
     def __contains__(self, ssrc):
-        return self.lookup(ssrc) is not None
+        return self._peek(ssrc) is not None
 
     def __iter__(self):
         cdef size_t i

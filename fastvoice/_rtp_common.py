@@ -5,6 +5,9 @@ Only construction-time work lives here; nothing in this module runs per packet.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
+
 import nacl._sodium as _sodium
 
 from .encryption import EncryptionMode
@@ -90,6 +93,28 @@ def check_uint(name: str, value: object, bits: int) -> int:
     if not 0 <= value <= limit:
         raise ValueError(f"{name} must be in 0..{limit}, got {value}")
     return value
+
+
+#: Default bound of an SSRCTable: a call has at most a few hundred members (each may use a
+#: few SSRCs over a session), and op 5 comes from the network, so the table never grows past it.
+DEFAULT_MAX_SSRCS = 1024
+
+
+def check_max_entries(value: object) -> int:
+    """Validate an SSRCTable's ``max_entries``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"max_entries must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"max_entries must be >= 1, got {value}")
+    return value
+
+
+def eviction_candidates(stamps: Iterable[tuple[int, int]], max_entries: int) -> list[tuple[int, int]]:
+    """Of ``(activity stamp, ssrc)`` pairs, the least recently active eighth of a full table,
+    oldest last (a table pops them one eviction at a time, skipping any used since)."""
+    oldest = heapq.nsmallest(max(1, max_entries // 8), stamps)
+    oldest.reverse()
+    return oldest
 
 
 def wiped_error(kind: str) -> RuntimeError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import nacl._sodium
@@ -17,6 +17,7 @@ import nacl.bindings as _nb
 from nacl.exceptions import CryptoError
 
 from . import _rtp_common as _c
+from ._rtp_py_ssrc import SSRCEntry, SSRCTable
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError
 
@@ -357,6 +358,8 @@ class Depacketizer:
             return None
         entry = table._entries.get(packet.ssrc)
         if entry is not None:
+            table._clock += 1
+            entry._active = table._clock
             if not entry.accept(packet.sequence):
                 return None
             packet.user_id = entry.user_id
@@ -458,128 +461,6 @@ class Depacketizer:
 
     def __repr__(self) -> str:
         return f"Depacketizer(mode={self._mode.value!r})"
-
-
-_WINDOW_MASK = (1 << 64) - 1
-
-
-class SSRCEntry:
-    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state.
-
-    It also remembers which of the last 64 sequence numbers were dispatched, so that a
-    repeated packet (network duplication, a replay) is delivered once: see :meth:`accept`.
-    """
-
-    __slots__ = ("ssrc", "user_id", "state", "_duplicates", "_top", "_window")
-
-    def __init__(self, ssrc: int, user_id: int, state: object = None) -> None:
-        self.ssrc = ssrc
-        self.user_id = user_id
-        self.state = state
-        self._duplicates = 0
-        self._top = -1
-        self._window = 0
-
-    @property
-    def duplicates(self) -> int:
-        """Packets refused by :meth:`accept` as repeats."""
-        return self._duplicates
-
-    def accept(self, sequence: int) -> bool:
-        """True the first time ``sequence`` is seen within the last 64 packets; False (and
-        ``duplicates`` + 1) for a repeat.
-
-        A sequence number more than 64 behind the newest one starts the window over (a
-        restarted stream rather than a late copy)."""
-        seq = _c.check_uint("sequence", sequence, 16)
-        if self._top < 0:
-            self._top, self._window = seq, 1
-            return True
-        ahead = (seq - self._top) & 0xFFFF
-        if ahead == 0:
-            self._duplicates += 1
-            return False
-        if ahead < 0x8000:
-            self._window = ((self._window << ahead) | 1) & _WINDOW_MASK if ahead < 64 else 1
-            self._top = seq
-            return True
-        behind = (self._top - seq) & 0xFFFF
-        if behind >= 64:
-            self._top, self._window = seq, 1
-            return True
-        bit = 1 << behind
-        if self._window & bit:
-            self._duplicates += 1
-            return False
-        self._window |= bit
-        return True
-
-    def __repr__(self) -> str:
-        return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
-
-
-class SSRCTable:
-    """SSRC -> (user id, receiver state), the map the receive path looks up per packet.
-
-    Filled from op 5 (Speaking: ``set``), emptied per user on op 13 (Client
-    Disconnect: ``remove_user``).
-    """
-
-    __slots__ = ("_entries",)
-
-    def __init__(self) -> None:
-        self._entries: dict[int, SSRCEntry] = {}
-
-    def set(self, ssrc: int, user_id: int, state: object = None) -> SSRCEntry:
-        """Map ``ssrc`` to ``user_id`` and return its entry.
-
-        If ``ssrc`` already belongs to ``user_id`` the existing entry (and its state)
-        is kept; if it belonged to someone else, the entry is replaced.
-        """
-        _c.check_uint("ssrc", ssrc, 32)
-        _c.check_uint("user_id", user_id, 64)
-        entry = self._entries.get(ssrc)
-        if entry is not None and entry.user_id == user_id:
-            return entry
-        entry = SSRCEntry(ssrc, user_id, state)
-        self._entries[ssrc] = entry
-        return entry
-
-    def lookup(self, ssrc: int) -> SSRCEntry | None:
-        """The entry for ``ssrc``, or ``None`` for an unknown SSRC."""
-        return self._entries.get(ssrc)
-
-    def user_id(self, ssrc: int) -> int | None:
-        """The user id mapped to ``ssrc``, or ``None``."""
-        entry = self._entries.get(ssrc)
-        return None if entry is None else entry.user_id
-
-    def remove(self, ssrc: int) -> SSRCEntry | None:
-        """Remove ``ssrc`` and return its entry (``None`` if it was unknown)."""
-        return self._entries.pop(ssrc, None)
-
-    def remove_user(self, user_id: int) -> list[SSRCEntry]:
-        """Remove every SSRC of ``user_id`` (op 13) and return the removed entries."""
-        removed = [e for e in self._entries.values() if e.user_id == user_id]
-        for entry in removed:
-            del self._entries[entry.ssrc]
-        return removed
-
-    def clear(self) -> None:
-        """Remove every entry."""
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, ssrc: object) -> bool:
-        return ssrc in self._entries
-
-    def __iter__(self) -> Iterator[SSRCEntry]:
-        return iter(list(self._entries.values()))
-
-    def __repr__(self) -> str:
-        return f"SSRCTable({len(self._entries)} entries)"
 
 
 def send_prepared(senders: Iterable[Any]) -> list[tuple[Any, bytes]]:

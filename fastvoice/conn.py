@@ -7,12 +7,13 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
+from ._shown import cut, shown
 from .audio import AudioReceiver, AudioSender
 from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveManager
 from .encryption import choose_encryption_mode
-from .errors import VoiceError
+from .errors import GatewayClosedError, VoiceError
 from .gateway import Gateway, GatewayConfig, State
 from .gateway_messages import (
     GatewayMessageData,
@@ -28,8 +29,10 @@ from .gateway_messages import (
     SpeakingFlags,
 )
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
+from ._rtp_common import DEFAULT_MAX_SSRCS
 from .rtp import SSRCTable
 from .udp import UDPConn, UDPConnConfig
+from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, _snowflake
 
 __all__ = [
     "Conn",
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("fastvoice.conn")
+# Longest exception text a log line or a ConnOpenError repeats.
+_REASON_MAX = 300
 
 #: Sends op 4 Voice State Update on the bot's main gateway:
 #: ``(guild_id, channel_id or None, self_mute, self_deaf)``; may be async (seed: ``StateUpdateFunc``).
@@ -54,64 +59,16 @@ class ConnOpenError(VoiceError):
     """``Conn.open`` failed: timed out waiting for Discord, or the voice server refused us."""
 
 
-def _snowflake(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a snowflake (int or numeric string), got {value!r}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class VoiceStateUpdate:
-    """The parts of a VOICE_STATE_UPDATE dispatch a voice connection needs.
-
-    Fill it from your framework's dispatch (``VoiceStateUpdate.from_dict(payload)`` takes the
-    raw ``d`` object). ``channel_id`` is ``None`` when the user left voice.
-    """
-
-    guild_id: int
-    user_id: int
-    channel_id: int | None
-    session_id: str = field(repr=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VoiceStateUpdate:
-        """Build from the dispatch's ``d`` object (snowflakes as strings)."""
-        channel = data.get("channel_id")
-        return cls(
-            guild_id=_snowflake(data.get("guild_id"), "guild_id"),
-            user_id=_snowflake(data.get("user_id"), "user_id"),
-            channel_id=None if channel is None else _snowflake(channel, "channel_id"),
-            session_id=str(data.get("session_id") or ""),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class VoiceServerUpdate:
-    """A VOICE_SERVER_UPDATE dispatch. ``endpoint`` is ``None`` while Discord has no server for the call."""
-
-    guild_id: int
-    token: str = field(repr=False)
-    endpoint: str | None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VoiceServerUpdate:
-        """Build from the dispatch's ``d`` object."""
-        return cls(
-            guild_id=_snowflake(data.get("guild_id"), "guild_id"),
-            token=str(data.get("token") or ""),
-            endpoint=data.get("endpoint") or None,
-        )
-
-
 @dataclass
 class ConnConfig:
     """Configuration of a :class:`Conn` (seed: ``ConnConfig``; functional options become fields).
 
     ``gateway_config`` is copied for each gateway the connection opens; ``udp_config`` for
     each UDP connection. ``open_timeout`` bounds :meth:`Conn.open` as a whole.
-    ``user_filter`` selects whose audio reaches the frame receiver. ``dave_config`` tunes
-    DAVE's receive side (frames held until their key arrives) and its recovery from broken keys.
+    ``user_filter`` selects whose audio reaches the frame receiver. ``max_ssrcs`` bounds the
+    SSRC -> user table filled from op 5 (the least recently active entries are evicted).
+    ``dave_config`` tunes DAVE's receive side (frames held until their key arrives) and its
+    recovery from broken keys.
     """
 
     logger: logging.Logger = field(default_factory=lambda: _log)
@@ -126,6 +83,7 @@ class ConnConfig:
     open_timeout: float = 30.0
     allow_discontinued_modes: bool = False
     dave_config: DaveConfig = field(default_factory=DaveConfig)
+    max_ssrcs: int = DEFAULT_MAX_SSRCS
 
 
 class Conn:
@@ -166,16 +124,23 @@ class Conn:
         self._updates = asyncio.Event()
         self._gateway: Gateway | None = None
         self._udp: UDPConn | None = None
-        self._ssrcs = SSRCTable()
+        self._ssrcs = SSRCTable(self._config.max_ssrcs)
         self._connected_users: set[int] = set()
         self._provider: OpusFrameProvider | None = None
         self._receiver: OpusFrameReceiver | None = None
         self._sender: AudioSender | None = None
         self._audio_receiver: AudioReceiver | None = None
+        # Resolved when the current voice session can carry audio (Session Description), or
+        # failed with the reason it cannot; open() waits for it across a change of server.
         self._audio_ready: asyncio.Future[None] | None = None
-        self._ready_tasks: set[asyncio.Task[Any]] = set()
+        # Every background task (reconnects included); close() cancels and awaits them.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # The current voice session's tasks (gateway opening, UDP setup); a teardown ends them.
+        self._session_tasks: set[asyncio.Task[Any]] = set()
+        self._setup_task: asyncio.Task[None] | None = None
         self._reconnect_lock = asyncio.Lock()
         self._opened = False
+        self._opening = False
         self._closed = False
         self._counters: tuple[int, int, int] | None = None
         # (token, endpoint) of the voice session the gateway was opened with.
@@ -307,9 +272,14 @@ class Conn:
             return
         connected_with = self._connected_with
         if connected_with is not None and connected_with != (update.token, update.endpoint) and not self._closed:
-            task = asyncio.get_running_loop().create_task(self._reconnect())
-            self._ready_tasks.add(task)
-            task.add_done_callback(self._ready_tasks.discard)
+            self._spawn(self._reconnect())
+
+    def _spawn(self, coro: Any, session: bool = False) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        for tasks in (self._tasks, self._session_tasks) if session else (self._tasks,):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return task
 
     def _current_state(self) -> State | None:
         if not (self._session_id and self._token and self._endpoint):
@@ -349,46 +319,74 @@ class Conn:
 
         Raises :class:`ConnOpenError` on timeout and :class:`~fastvoice.errors.GatewayClosedError`
         at once when the voice server closes with a code that forbids retrying (4004, 4017...).
+        A VOICE_SERVER_UPDATE with a new token or endpoint while it connects hands the
+        connection over to that server: ``open()`` returns once the new session is ready.
+        Cancelled at any point, it releases every socket and task it started.
         """
         if self._opened:
             raise VoiceError(f"guild {self._guild_id}: connection is already open")
         channel_id = _snowflake(channel_id, "channel_id")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.open_timeout
+        timeout = self._config.open_timeout
+        deadline = loop.time() + timeout
         self._closed = False
-        self._opened = True
+        self._opened = self._opening = True
         self._channel_id = channel_id
         self._session_id = self._token = self._endpoint = None
+        ready = self._audio_ready = loop.create_future()
         try:
             self._self_mute, self._self_deaf = bool(self_mute), bool(self_deaf)
             await self._call_state_update(channel_id, self_mute, self_deaf)
             state = await self._wait_for_state(deadline - loop.time())
-            await self._connect(state, deadline - loop.time())
+            if self._closed:
+                raise ConnOpenError(f"guild {self._guild_id}: the connection was closed while opening")
+            self._connect(state)
+            try:
+                await asyncio.wait_for(asyncio.shield(ready), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise ConnOpenError(f"guild {self._guild_id}: voice connection not ready within {timeout:g} s") from None
         except BaseException:
-            await self._teardown()
             self._opened = False
+            async with self._reconnect_lock:  # a reconnect mid-teardown finishes it first
+                await self._teardown()
             raise
+        finally:
+            self._opening = False
 
     async def _call_state_update(self, channel_id: int | None, self_mute: bool, self_deaf: bool) -> None:
         result = self._state_update(self._guild_id, channel_id, self_mute, self_deaf)
         if inspect.isawaitable(result):
             await result
 
-    async def _connect(self, state: State, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        self._audio_ready = loop.create_future()
+    def _connect(self, state: State) -> None:
+        """Start a voice session with ``state``: its gateway opens in a task, and the outcome
+        (Session Description, or why not) reaches ``_audio_ready``, kept pending across a
+        change of server so that a waiting ``open()`` waits for the newest session."""
+        if self._audio_ready is None or self._audio_ready.done():
+            self._audio_ready = asyncio.get_running_loop().create_future()
         self._connected_with = (state.token, state.endpoint)
         gateway_config = replace(self._config.gateway_config, state_provider=self._new_session_state)
         gateway = self._config.gateway_create_func(self._on_event, self._on_gateway_closed, gateway_config)
         self._gateway = gateway
+        self._spawn(self._open_gateway(gateway, state), session=True)
+
+    async def _open_gateway(self, gateway: Gateway, state: State) -> None:
         try:
-            await asyncio.wait_for(gateway.open(state), max(0.0, deadline - loop.time()))
-            await asyncio.wait_for(asyncio.shield(self._audio_ready), max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
-            raise ConnOpenError(
-                f"guild {self._guild_id}: voice connection not ready within {timeout:g} s"
-            ) from None
+            await gateway.open(state)
+        except Exception as exc:
+            if gateway is not self._gateway:
+                return  # superseded by a newer voice server: that session reports instead
+            if not isinstance(exc, GatewayClosedError):
+                error = ConnOpenError(f"guild {self._guild_id}: the voice gateway did not open: {cut(str(exc), _REASON_MAX)}")
+                error.__cause__ = exc
+                exc = error
+            self._fail_open(exc)
+
+    def _fail_open(self, error: BaseException) -> None:
+        ready = self._audio_ready
+        if ready is not None and not ready.done():
+            ready.set_exception(error)
+            ready.exception()  # retrieved here: open() may have given up already
 
     async def _new_session_state(self) -> State:
         """The gateway needs a new session (4006, 4009...): ask the main gateway again."""
@@ -397,17 +395,29 @@ class Conn:
         return await self._wait_for_state(self._config.open_timeout)
 
     async def _reconnect(self) -> None:
-        """A new token or endpoint: the old voice session is dead, connect to the new one."""
+        """A new token or endpoint: the old voice session is dead, connect to the new one.
+
+        Updates that arrive together are served once, with the newest token and endpoint."""
         async with self._reconnect_lock:
             state = self._current_state()
-            if state is None or self._closed:
+            if state is None or not self._opened or (state.token, state.endpoint) == self._connected_with:
                 return
-            self._log.info("guild %d: reconnecting to voice server %s", self._guild_id, state.endpoint)
+            self._log.info("guild %d: reconnecting to voice server %s", self._guild_id, shown(state.endpoint))
             await self._teardown(keep_audio=True)
-            try:
-                await self._connect(state, self._config.open_timeout)
-            except Exception as exc:
-                self._log.error("guild %d: reconnect failed: %s", self._guild_id, exc)
+            state = self._current_state()  # the newest, if another update came during the teardown
+            if state is None or not self._opened:
+                return
+            self._connect(state)
+            ready = self._audio_ready
+        if self._opening or ready is None:
+            return  # open() is waiting for this session and reports its outcome
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), self._config.open_timeout)
+        except asyncio.TimeoutError:
+            self._log.error("guild %d: reconnect failed: not ready within %g s", self._guild_id,
+                            self._config.open_timeout)
+        except Exception as exc:
+            self._log.error("guild %d: reconnect failed: %s", self._guild_id, cut(str(exc), _REASON_MAX))
 
     async def close(self) -> None:
         """Leave the channel and release every task and socket (seed: ``Close``)."""
@@ -416,9 +426,6 @@ class Conn:
         self._closed = True
         was_open = self._opened
         self._opened = False
-        for task in list(self._ready_tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
         if self._dave is not None:
             self._dave.close()
         # Audio stops first: a send tick during the teardown would announce Speaking on a
@@ -429,7 +436,13 @@ class Conn:
         if self._audio_receiver is not None:
             self._audio_receiver.close()
             self._audio_receiver = None
-        await self._teardown()
+        async with self._reconnect_lock:  # a reconnect mid-teardown finishes it first
+            await self._teardown()
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         if was_open:
             try:
                 await self._call_state_update(None, False, False)
@@ -439,9 +452,14 @@ class Conn:
             self._remove()
 
     async def _teardown(self, keep_audio: bool = False) -> None:
+        """End the voice session: its gateway, socket and tasks. ``keep_audio`` (a change of
+        server) keeps the SSRC map, the users and a pending ``open()`` waiting."""
         self._connected_with = None
         gateway, self._gateway = self._gateway, None
         udp, self._udp = self._udp, None
+        tasks = [task for task in self._session_tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
         if udp is not None:
             self._counters = udp.stream_counters or self._counters
             udp.close()
@@ -449,9 +467,10 @@ class Conn:
             self._sender.reset_session()
         if gateway is not None:
             await gateway.close()
-        if self._audio_ready is not None and not self._audio_ready.done():
-            self._audio_ready.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # each releases what it opened (a socket mid-discovery)
         if not keep_audio:
+            self._fail_open(ConnOpenError(f"guild {self._guild_id}: the connection was closed while opening"))
             self._ssrcs.clear()
             self._connected_users.clear()
 
@@ -464,9 +483,10 @@ class Conn:
                 if dave is not None:
                     await dave.on_event(opcode, data)
             if isinstance(data, GatewayMessageDataReady):
-                task = asyncio.get_running_loop().create_task(self._on_ready(data))
-                self._ready_tasks.add(task)
-                task.add_done_callback(self._ready_tasks.discard)
+                # A newer Ready (a new session after 4006...) supersedes a setup still in progress.
+                if self._setup_task is not None and not self._setup_task.done():
+                    self._setup_task.cancel()
+                self._setup_task = self._spawn(self._on_ready(data, self._gateway), session=True)
             elif isinstance(data, GatewayMessageDataSessionDescription):
                 refused = self._unsupported_dave_version(data.dave_protocol_version or 0)
                 if refused is None:
@@ -500,18 +520,19 @@ class Conn:
             except Exception:
                 self._log.exception("guild %d: voice event handler raised", self._guild_id)
 
-    async def _on_ready(self, ready: GatewayMessageDataReady) -> None:
-        """Ready (new session): UDP, IP discovery, Select Protocol."""
-        gateway = self._gateway
+    async def _on_ready(self, ready: GatewayMessageDataReady, gateway: Gateway | None) -> None:
+        """Ready (new session): UDP, IP discovery, Select Protocol. A setup that fails, is
+        cancelled or superseded closes its socket; only a selected one stays as ``udp``."""
+        udp: UDPConn | None = None
+        selected = False
         try:
             mode = choose_encryption_mode(ready.modes, allow_discontinued=self._config.allow_discontinued_modes)
             if self._udp is not None:
                 self._counters = self._udp.stream_counters or self._counters
                 self._udp.close()
-            udp = self._config.udp_conn_create_func(replace(self._config.udp_config))
-            self._udp = udp
+            udp = self._udp = self._config.udp_conn_create_func(replace(self._config.udp_config))
             address, port = await udp.open(ready.ip, ready.port, ready.ssrc)
-            if gateway is not self._gateway or gateway is None:
+            if gateway is None or gateway is not self._gateway or udp is not self._udp:
                 return  # superseded while discovering
             self._mode = mode.value
             if self._sender is not None:
@@ -523,10 +544,18 @@ class Conn:
                     data=GatewayMessageDataSelectProtocolData(address=address, port=port, mode=mode),
                 ),
             )
+            selected = True
         except Exception as exc:
-            self._log.error("guild %d: voice UDP setup failed: %s", self._guild_id, exc)
-            if self._audio_ready is not None and not self._audio_ready.done():
-                self._audio_ready.set_exception(ConnOpenError(f"guild {self._guild_id}: voice UDP setup failed: {exc}"))
+            if gateway is not self._gateway or (udp is not None and udp is not self._udp):
+                return  # superseded: the newer session reports
+            reason = cut(str(exc), _REASON_MAX)  # errors quote peer values: bounded whatever raised
+            self._log.error("guild %d: voice UDP setup failed: %s", self._guild_id, reason)
+            self._fail_open(ConnOpenError(f"guild {self._guild_id}: voice UDP setup failed: {reason}"))
+        finally:
+            if udp is not None and not selected:
+                if self._udp is udp:
+                    self._udp = None
+                udp.close()
 
     def _on_session_description(self, data: GatewayMessageDataSessionDescription) -> ConnOpenError | None:
         """Key the UDP connection; returns the error that ends the session when the
@@ -537,7 +566,7 @@ class Conn:
             return None
         try:
             if str(data.mode) != self._mode:
-                raise ValueError(f"it names encryption mode {str(data.mode)!r}, but {self._mode!r} was selected")
+                raise ValueError(f"it names encryption mode {shown(str(data.mode))}, but {self._mode!r} was selected")
             udp.set_secret_key(data.mode, data.secret_key, counters=self._counters)
         except (ValueError, TypeError) as exc:
             return ConnOpenError(f"guild {self._guild_id}: the voice server's Session Description is unusable: {exc}")
@@ -636,9 +665,7 @@ class Conn:
             udp.close()
         if self._sender is not None:
             self._sender.reset_session()
-        if self._audio_ready is not None and not self._audio_ready.done():
-            self._audio_ready.set_exception(error)
-            self._audio_ready.exception()  # open() may already have given up
+        self._fail_open(error)
 
     def __repr__(self) -> str:
         return f"Conn(guild_id={self._guild_id}, channel_id={self._channel_id}, open={self._opened})"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+from ._shown import cut, shown
+
 __all__ = ["EncryptionMode", "choose_encryption_mode", "AVAILABLE_MODES", "DISCONTINUED_MODES"]
 
 
@@ -49,7 +51,7 @@ class EncryptionMode(str, enum.Enum):
             return cls(value)
         except ValueError:
             known = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown encryption mode {value!r}; expected one of: {known}") from None
+            raise ValueError(f"unknown encryption mode {shown(value)}; expected one of: {known}") from None
 
 
 #: Modes Discord still accepts, in order of preference.
@@ -68,6 +70,10 @@ DISCONTINUED_MODES: frozenset[EncryptionMode] = frozenset(
         EncryptionMode.AEAD_AES256_GCM,
     }
 )
+
+# A server may offer any number of names: the error shows the first few, bounded.
+_NAMES_SHOWN = 5
+_MODE_TEXT = 60
 
 # Discontinued modes the packet core can still speak, best first (seed compatibility).
 _LEGACY_PREFERENCE: tuple[EncryptionMode, ...] = (
@@ -92,7 +98,8 @@ def choose_encryption_mode(
 
     ``aes_gcm_available`` overrides the CPU check (tests, or to force XChaCha20).
 
-    Raises ``ValueError`` naming what was offered when no usable mode is among them.
+    Raises ``ValueError`` naming what was offered (the first names, the count, cut to a bounded
+    length) when no usable mode is among them.
     """
     if isinstance(offered, (str, bytes)):
         raise TypeError(f"offered must be an iterable of mode names, not {type(offered).__name__}")
@@ -110,8 +117,11 @@ def choose_encryption_mode(
         for mode in _LEGACY_PREFERENCE:
             if mode.value in names:
                 return mode
+    first = sorted(names)[:_NAMES_SHOWN]
+    offered_text = cut(", ".join(shown(name) for name in first) + (", ..." if len(names) > len(first) else ""),
+                       2 * _MODE_TEXT)
     raise ValueError(
-        f"no supported encryption mode among those offered ({sorted(names)!r}); expected "
+        f"no supported encryption mode among the {len(names)} offered ({offered_text}); expected "
         f"'aead_xchacha20_poly1305_rtpsize' or 'aead_aes256_gcm_rtpsize'"
         + ("" if allow_discontinued else " (discontinued modes need allow_discontinued=True)")
     )

@@ -19,10 +19,12 @@ import subprocess
 from collections import deque
 from collections.abc import Sequence
 
+from ._ffmpeg_safety import SafeSourcePolicy, UnsafeSourceError
+from ._shown import cut
 from .errors import VoiceError
 from .ogg import MAX_PACKET_SIZE, OggError, _OggReadAhead
 
-__all__ = ["FFmpegError", "FFmpegNotFoundError", "FFmpegOpusProvider"]
+__all__ = ["FFmpegError", "FFmpegNotFoundError", "FFmpegOpusProvider", "UnsafeSourceError"]
 
 _log = logging.getLogger("fastvoice.ffmpeg")
 
@@ -72,6 +74,21 @@ class FFmpegOpusProvider(_OggReadAhead):
       ``"-reconnect 1"``); ``options``: extra output arguments (they come after the encoder
       settings, so they can override them). A string is split like a shell command line.
     - ``read_ahead``: frames demuxed ahead of the send clock (50 = 1 s).
+    - ``safe``: for a ``source`` that comes from untrusted users (a ``!play <url>`` command).
+      ffmpeg opens local files and many protocols besides the web (``file:``, ``concat:``,
+      ``subfile:``, ``data:``, ``pipe:``...), and playlists (HLS) or concatenation scripts
+      name further inputs. With ``safe=True`` a source must be a URL of one of
+      ``allowed_protocols`` (default ``("http", "https")``), a local path or ``file:`` is
+      refused unless ``allow_local_files=True``, a URL whose host is (or resolves to) a
+      loopback, private or link-local address is refused at :meth:`start` unless
+      ``allow_private_hosts=True``, and ffmpeg gets ``-protocol_whitelist`` with the allowed
+      protocols (and the ``tls``/``tcp`` they run on), which also binds every input a
+      playlist or a script opens. ``before_options`` may not then set ``-f``, ``-safe``,
+      ``-i`` or the protocol lists, nor ``options`` ``-i``. A refusal raises
+      :class:`UnsafeSourceError` (a ``ValueError``) naming the reason: at once for the
+      source and the options, from :meth:`start` for the host. Not covered: an HTTP
+      redirect, or a playlist entry, to an internal address (firewall the bot's outgoing
+      traffic for that).
 
     Starting: ``await provider.start()`` (or ``async with provider``) starts ffmpeg and raises
     :class:`FFmpegNotFoundError` at once if the executable is missing. A provider handed to a
@@ -102,6 +119,10 @@ class FFmpegOpusProvider(_OggReadAhead):
         read_ahead: int = 50,
         max_packet_size: int = MAX_PACKET_SIZE,
         logger: logging.Logger | None = None,
+        safe: bool = False,
+        allowed_protocols: Sequence[str] | None = None,
+        allow_local_files: bool = False,
+        allow_private_hosts: bool = False,
     ) -> None:
         if not isinstance(bitrate, int) or not 6 <= bitrate <= 510:
             raise ValueError(f"bitrate must be an int of kbit/s between 6 and 510, got {bitrate!r}")
@@ -109,19 +130,30 @@ class FFmpegOpusProvider(_OggReadAhead):
             raise ValueError(f"volume must be a finite number >= 0, got {volume!r}")
         if seek is not None and (not isinstance(seek, (int, float)) or not math.isfinite(seek) or seek < 0):
             raise ValueError(f"seek must be a finite number of seconds >= 0, got {seek!r}")
+        if not safe and (allowed_protocols is not None or allow_local_files or allow_private_hosts):
+            raise TypeError("allowed_protocols, allow_local_files and allow_private_hosts need safe=True")
         super().__init__(buffer_frames=read_ahead, chunk_size=4096, max_packet_size=max_packet_size)
         self._source = os.fspath(source)
         self._executable = os.fspath(executable)
         self._log = logger or _log
+        self._policy: SafeSourcePolicy | None = None
         args = [self._executable, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning"]
-        args += _option_list(before_options, "before_options")
+        before = _option_list(before_options, "before_options")
+        after = _option_list(options, "options")
+        args += before
+        if safe:
+            policy = self._policy = SafeSourcePolicy(allowed_protocols, allow_local_files, allow_private_hosts)
+            policy.check_source(self._source)
+            policy.check_options(before, "before_options")
+            policy.check_options(after, "options")
+            args += ["-protocol_whitelist", policy.whitelist()]
         if seek:
             args += ["-ss", _seconds(seek)]
         args += ["-i", self._source, "-vn"]
         if volume != 1.0:
             args += ["-filter:a", f"volume={volume:g}"]
         args += ["-ac", "2", "-ar", "48000", "-c:a", "libopus", "-b:a", f"{bitrate}k", "-frame_duration", "20"]
-        args += _option_list(options, "options")
+        args += after
         args += ["-f", "ogg", "-page_duration", "20000", "-flush_packets", "1", "pipe:1"]
         self._args = args
         self._process: asyncio.subprocess.Process | None = None
@@ -166,7 +198,8 @@ class FFmpegOpusProvider(_OggReadAhead):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start ffmpeg and the read-ahead task; raises :class:`FFmpegError` if ffmpeg cannot run."""
+        """Start ffmpeg and the read-ahead task; raises :class:`FFmpegError` if ffmpeg cannot run
+        and, in safe mode, :class:`UnsafeSourceError` for a URL whose host is not public."""
         if self._started:
             return
         if self._closed:
@@ -174,10 +207,16 @@ class FFmpegOpusProvider(_OggReadAhead):
         lazy = self._start_task
         if lazy is not None and lazy is not asyncio.current_task():
             await asyncio.wait({lazy})  # the first provide_opus_frame call is starting it
-            if isinstance(self._failure, FFmpegError) and self._process is None:
+            if isinstance(self._failure, (FFmpegError, UnsafeSourceError)) and self._process is None:
                 raise self._failure
             return
         self._started = True
+        if self._policy is not None:
+            try:
+                await self._policy.check_host(self._source)
+            except UnsafeSourceError as exc:
+                self._fail(exc)
+                raise
         try:
             process = await asyncio.create_subprocess_exec(
                 *self._args,
@@ -213,7 +252,7 @@ class FFmpegOpusProvider(_OggReadAhead):
     async def _lazy_start(self) -> None:
         try:
             await self.start()
-        except FFmpegError:
+        except (FFmpegError, UnsafeSourceError):
             pass  # kept in self.error and raised through provide_opus_frame
 
     def provide_opus_frame(self) -> bytes | None:
@@ -241,7 +280,8 @@ class FFmpegOpusProvider(_OggReadAhead):
             if self._stderr_task is not None:
                 await asyncio.wait({self._stderr_task}, timeout=1.0)
             if returncode != 0 and not self._killed:
-                tail = " | ".join(list(self._stderr_tail)[-5:]) or "no message"
+                # Bounded: ffmpeg's messages quote the source and what the remote side sent.
+                tail = cut(" | ".join(list(self._stderr_tail)[-5:]), 500) or "no message"
                 raise FFmpegError(f"ffmpeg exited with status {returncode}: {tail}") from demux_error
             if demux_error is not None:
                 raise demux_error

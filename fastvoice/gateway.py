@@ -28,6 +28,7 @@ from typing import Any, Union
 
 import aiohttp
 
+from ._shown import cut
 from .close_codes import CloseBehaviour, GatewayCloseEventCode, gateway_close_event_code_by_code
 from .constants import GATEWAY_VERSION
 from .errors import (
@@ -89,6 +90,7 @@ GatewayCreateFunc = Callable[
 # 1000/1001 would end the voice session on Discord's side.
 _RESUMABLE_CLOSE = 4000
 _MIN_HEARTBEAT_INTERVAL = 0.01
+_DESCRIBED_MAX = 200
 
 
 class Status(enum.IntEnum):
@@ -405,7 +407,7 @@ class Gateway:
                 self._log.debug("voice gateway send op=%s", _op_name(opcode))
                 await ws.send_str(text)
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            raise GatewayNotConnectedError(f"voice gateway not connected: {exc}") from exc
+            raise GatewayNotConnectedError(f"voice gateway not connected: {cut(str(exc), _DESCRIBED_MAX)}") from exc
 
     # -- the connection loop --------------------------------------------------
 
@@ -656,6 +658,11 @@ class Gateway:
         if op == Opcode.HELLO and isinstance(data, GatewayMessageDataHello):
             await self._on_hello(ws, data, resume)
         elif op == Opcode.READY and isinstance(data, GatewayMessageDataReady):
+            if self._session_ready:
+                # One Ready per identified session: a repeat (a broken or hostile server) would
+                # make the connection set up a second socket and select a protocol twice.
+                self._log.warning("voice gateway ignored a repeated Ready (ssrc %d) in the same session", data.ssrc)
+                return
             self._ssrc = data.ssrc
             self._session_ready = True
             self._connection_was_ready = True
@@ -778,10 +785,11 @@ def _ws_timeout() -> Any:
 
 
 def _describe(exc: object) -> str:
+    # Bounded: aiohttp's errors quote what the server sent (a bad status line, a close reason).
     if isinstance(exc, BaseException):
-        text = str(exc)
+        text = cut(str(exc), _DESCRIBED_MAX)
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return repr(exc)
+    return cut(repr(exc), _DESCRIBED_MAX)
 
 
 def _op_name(op: Opcode | int) -> str:

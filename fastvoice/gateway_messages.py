@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
+from ._shown import shown
 from .errors import GatewayDecodeError
 
 __all__ = [
@@ -70,6 +71,8 @@ __all__ = [
 _MAX_U16 = 0xFFFF
 _MAX_U32 = 0xFFFFFFFF
 _MAX_SNOWFLAKE = 0xFFFFFFFFFFFFFFFF
+# Longest heartbeat interval accepted in Hello (about 24.8 days; Discord sends ~13.75 s).
+_MAX_HEARTBEAT_MS = 2**31 - 1
 
 
 class Opcode(enum.IntEnum):
@@ -140,22 +143,8 @@ def _where(cls: type, name: str) -> str:
     return f"{cls.__name__} field {name!r}"
 
 
-# Fields whose value is never shown in an error, whatever it is.
-_SECRET_FIELDS = frozenset({"token", "session_id", "secret_key"})
-_SHOWN_MAX = 60
-
-
-def _brief(value: Any, name: str = "") -> str:
-    """A rejected value as shown in an error: bounded in length (a hostile frame may be
-    megabytes, and errors are logged), and never the value of a secret field."""
-    if name in _SECRET_FIELDS:
-        return f"a {type(value).__name__}"
-    if isinstance(value, (list, dict)):
-        return f"a {type(value).__name__} of {len(value)} items"
-    if isinstance(value, str) and len(value) > _SHOWN_MAX:
-        return f"{value[:_SHOWN_MAX]!r}... ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= _SHOWN_MAX else f"{text[:_SHOWN_MAX]}... ({len(text)} characters)"
+# Rejected values are shown bounded (a hostile frame may be megabytes) and secrets never.
+_brief = shown
 
 
 def _require(cls: type, d: dict[str, Any], name: str) -> Any:
@@ -173,7 +162,18 @@ def _int(cls: type, name: str, value: Any, lo: int, hi: int) -> int:
 def _str(cls: type, name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise GatewayDecodeError(f"{_where(cls, name)} must be a string, got {_brief(value, name)}")
+    if not value.isascii() and not _encodable(value):
+        # JSON escapes can spell lone surrogates, which no UTF-8 text (a log, a socket) can carry.
+        raise GatewayDecodeError(f"{_where(cls, name)} must be valid Unicode text (it holds a lone surrogate)")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _snowflake(cls: type, name: str, value: Any) -> int:
@@ -356,6 +356,8 @@ class GatewayMessageDataReady(GatewayMessageData):
         modes = _require(cls, d, "modes")
         if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
             raise GatewayDecodeError(f"{_where(cls, 'modes')} must be a list of strings, got {_brief(modes)}")
+        for mode in modes:
+            _str(cls, "modes", mode)
         return cls(
             ssrc=_int(cls, "ssrc", _require(cls, d, "ssrc"), 0, _MAX_U32),
             ip=_str(cls, "ip", _require(cls, d, "ip")),
@@ -544,8 +546,12 @@ class GatewayMessageDataHello(GatewayMessageData):
         """Decode a Hello ``d`` object; the interval must be a positive finite number."""
         d = _dict(cls, d)
         value = _require(cls, d, "heartbeat_interval")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise GatewayDecodeError(f"{_where(cls, 'heartbeat_interval')} must be a positive number, got {_brief(value)}")
+        # Compared before any float conversion: a 400-digit integer does not fit in a float.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _MAX_HEARTBEAT_MS:
+            raise GatewayDecodeError(
+                f"{_where(cls, 'heartbeat_interval')} must be a positive number of milliseconds "
+                f"(at most {_MAX_HEARTBEAT_MS}), got {_brief(value)}"
+            )
         return cls(heartbeat_interval=float(value))
 
 
@@ -968,14 +974,13 @@ def decode_message(frame: str | bytes | bytearray) -> GatewayMessage:
     non-integer ``op``, a non-integer ``seq`` or a malformed payload of a known op.
     """
     try:
-        obj = json.loads(frame)
-    except (ValueError, TypeError, RecursionError) as exc:
+        obj = json.loads(frame, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
         # The frame's text is not shown: it may hold a token or a key.
         size = len(frame) if isinstance(frame, (str, bytes, bytearray)) else 0
         where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise GatewayDecodeError(
-            f"frame of {size} characters is not valid JSON ({exc.__class__.__name__}{where})"
-        ) from None
+        detail = str(exc) if isinstance(exc, _NotStrictJSON) else f"{exc.__class__.__name__}{where}"
+        raise GatewayDecodeError(f"frame of {size} characters is not valid JSON ({detail})") from None
     if not isinstance(obj, dict):
         raise GatewayDecodeError(f"frame must be a JSON object with 'op' and 'd', got {type(obj).__name__}")
     op = obj.get("op")
@@ -989,6 +994,27 @@ def decode_message(frame: str | bytes | bytearray) -> GatewayMessage:
     except GatewayDecodeError as exc:
         exc.seq = seq
         raise
+    except Exception as exc:
+        # A payload reader missed a case: still only GatewayDecodeError leaves (the cause is
+        # chained for a bug report; the message shows no value).
+        error = GatewayDecodeError(f"op {op} payload could not be decoded ({type(exc).__name__})")
+        error.seq = seq
+        raise error from exc
+
+
+class _NotStrictJSON(ValueError):
+    """JSON that Python's parser accepts but the JSON standard does not (NaN, Infinity, 1e999)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotStrictJSON(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotStrictJSON(f"a number of {len(text)} characters is out of the float range")
+    return value
 
 
 def _decode_json_payload(op: int, d: Any, seq: int | None) -> GatewayMessage:
@@ -1029,6 +1055,10 @@ def decode_server_binary(frame: bytes | bytearray | memoryview) -> GatewayMessag
     except GatewayDecodeError as exc:
         exc.seq = seq
         raise
+    except Exception as exc:
+        error = GatewayDecodeError(f"op {data[2]} binary payload could not be decoded ({type(exc).__name__})")
+        error.seq = seq
+        raise error from exc
 
 
 def decode_client_binary(frame: bytes | bytearray | memoryview) -> GatewayMessage:
@@ -1036,7 +1066,12 @@ def decode_client_binary(frame: bytes | bytearray | memoryview) -> GatewayMessag
     data = bytes(frame)
     if len(data) < 1:
         raise GatewayDecodeError("binary frame is empty; expected at least an opcode byte")
-    return _decode_binary(data[0], data[1:], None)
+    try:
+        return _decode_binary(data[0], data[1:], None)
+    except GatewayDecodeError:
+        raise
+    except Exception as exc:
+        raise GatewayDecodeError(f"op {data[0]} binary payload could not be decoded ({type(exc).__name__})") from exc
 
 
 def _payload_for(op: int, data: _JSONData) -> Any:

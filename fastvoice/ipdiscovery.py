@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from ._shown import shown
 from .errors import IPDiscoveryError
 
 __all__ = [
@@ -85,5 +86,5 @@ def parse_ip_discovery_response(data: bytes, ssrc: int) -> tuple[str, int]:
         address = raw_address[:end].decode("ascii")
         ipaddress.ip_address(address)
     except (UnicodeDecodeError, ValueError):
-        raise IPDiscoveryError(f"IP discovery reply address {raw_address[:end]!r} is not an IP address") from None
+        raise IPDiscoveryError(f"IP discovery reply address {shown(raw_address[:end])} is not an IP address") from None
     return address, port

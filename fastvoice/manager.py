@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .conn import Conn, ConnConfig, StateUpdateFunc, VoiceServerUpdate, VoiceStateUpdate, _snowflake
+from .conn import Conn, ConnConfig, StateUpdateFunc
+from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, _snowflake
 
 __all__ = ["Manager", "ManagerConfig"]
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._shown import shown
 from .constants import UDP_TIMEOUT
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError, IPDiscoveryError, VoiceError
@@ -198,24 +199,34 @@ class UDPConn:
 
         Returns ``(address, port)`` from the IP discovery reply. Raises ``IPDiscoveryError``
         on a malformed reply or when no reply comes within ``discovery_timeout`` seconds,
-        and ``OSError`` when the socket cannot be created.
+        ``OSError`` when the socket cannot be created, and ``ConnectionError`` when
+        :meth:`close` is called meanwhile (the socket is closed in every case).
         """
         if self._transport is not None:
             raise VoiceError("UDPConn is already open")
         if not isinstance(port, int) or not 0 < port <= 0xFFFF:
-            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+            raise ValueError(f"port must be an int in 1..65535, got {shown(port)}")
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        transport, _ = await loop.create_datagram_endpoint(
+        self._closed = False
+        making = asyncio.ensure_future(loop.create_datagram_endpoint(
             lambda: _Protocol(self), remote_addr=(ip, port), local_addr=self._config.local_addr, family=family
-        )
+        ))
+        try:
+            # Shielded: uvloop leaves the socket of an endpoint cancelled half-made open for good.
+            transport, _ = await asyncio.shield(making)
+        except asyncio.CancelledError:
+            making.add_done_callback(_close_endpoint)  # finished, then closed
+            raise
+        if self._closed:  # close() came while the socket was being made: it must not outlive it
+            transport.close()
+            raise ConnectionError("the voice UDP connection was closed while opening")
         self._transport = transport  # type: ignore[assignment]
         self._remote = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
         self._router.remote = self._remote
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1
         self._ssrc = ssrc
-        self._closed = False
         try:
             address = await self._discover(loop, ssrc)
         except BaseException:
@@ -291,8 +302,12 @@ class UDPConn:
         if self._depacketizer is not None:
             self._depacketizer.wipe()
             self._depacketizer = None
-        if self._discovery is not None and not self._discovery.done():
-            self._discovery.cancel()
+        discovery = self._discovery
+        if discovery is not None and not discovery.done():
+            # An open() waiting for its reply fails with ConnectionError (a cancel would look
+            # to its caller like a cancellation of its own).
+            discovery.set_exception(ConnectionError("the voice UDP connection was closed during IP discovery"))
+            discovery.exception()  # retrieved here: open() may have been cancelled meanwhile
         self._readable.set()
 
     # -- send -----------------------------------------------------------------------
@@ -465,6 +480,12 @@ class UDPConn:
                     await asyncio.wait_for(self._readable.wait(), self._read_timeout)
                 except asyncio.TimeoutError:
                     raise TimeoutError(f"no voice packet within {self._read_timeout:g} s") from None
+
+
+def _close_endpoint(making: asyncio.Future[Any]) -> None:
+    """Close the transport of an endpoint whose opener was cancelled meanwhile."""
+    if not making.cancelled() and making.exception() is None:
+        making.result()[0].close()
 
 
 #: Creates a UDPConn (seed: ``UDPConnCreateFunc``).

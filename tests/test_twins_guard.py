@@ -75,6 +75,9 @@ CONSTRUCTOR_CALLS = [
     ("SSRCEntry", (1,), {}),
     ("SSRCTable", (), {}),
     ("SSRCTable", (1,), {}),
+    ("SSRCTable", (), {"max_entries": 3}),
+    ("SSRCTable", ("3",), {}),
+    ("SSRCTable", (1, 2), {}),
 ]
 
 

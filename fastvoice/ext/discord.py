@@ -728,6 +728,10 @@ class VoiceClient(_VoiceProtocol):
         Raises ``ClientException`` when not connected or already playing (paused included),
         ``TypeError`` for a wrong ``source`` or ``after``, and ``discord.opus.OpusNotLoaded``
         for a PCM source when libopus cannot be loaded.
+
+        discord.py's ``FFmpegOpusAudio(text)`` hands ``text`` to ffmpeg unchecked: local files,
+        ``file:``/``concat:`` inputs and internal URLs included. For text from untrusted users
+        play ``fastvoice.FFmpegOpusProvider(text, safe=True)`` instead.
         """
         if not self.is_connected():
             raise ClientException("Not connected to voice.")

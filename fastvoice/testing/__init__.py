@@ -19,6 +19,7 @@ VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE dispatches that lead to the server.
 from __future__ import annotations
 
 from ._main_gateway import MainGatewayStandIn
+from ._recording import Recording
 from ._server import (
     ReceivedPacket,
     RecordedMessage,
@@ -38,6 +39,7 @@ __all__ = [
     "RecordedMessage",
     "ReceivedPacket",
     "RejectedDatagram",
+    "Recording",
     "build_ip_discovery_reply",
     "build_rtcp_receiver_report",
 ]

@@ -91,7 +91,7 @@ class KeepaliveWatch:
         session = self._by_address.get(address)
         if session is None:
             return False
-        session.keepalives.append(ReceivedKeepalive(struct.unpack_from("<I", data)[0], now, address))
+        session.keepalives.record(ReceivedKeepalive(struct.unpack_from("<I", data)[0], now, address))
         self.heard(session, address, now)
         return True
 

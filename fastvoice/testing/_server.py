@@ -13,7 +13,6 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -51,6 +50,7 @@ from ..gateway_messages import (
 from ._dave_relay import DaveRelay
 from ._keepalive import KeepaliveLapse, KeepaliveWatch, ReceivedKeepalive
 from ._mls import is_dave_frame
+from ._recording import Recording, ReceivedPacket, RecordedMessage, RejectedDatagram, check_limit
 from ._stamps import kernel_receive_clock
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("fastvoice.testing")
+# Frames one connection handles before the server lets the others run.
+_FAIR_SHARE = 8
 
 _CLIENT_OPS_BEFORE_IDENTIFY = frozenset({Opcode.IDENTIFY, Opcode.RESUME, Opcode.HEARTBEAT})
 _DAVE_CLIENT_OPS = frozenset(
@@ -99,65 +101,23 @@ def build_rtcp_receiver_report(ssrc: int) -> bytes:
     return struct.pack(">BBHI", 0x80, 201, 1, ssrc & 0xFFFFFFFF)
 
 
-@dataclass(slots=True)
-class RecordedMessage:
-    """One gateway frame seen by the server.
-
-    ``direction`` is ``"in"`` (client to server) or ``"out"``; ``op`` the opcode
-    (``-1`` for a frame that could not be decoded); ``data`` the decoded JSON ``d``
-    value or the binary payload; ``seq`` the server seq it carried; ``time`` a
-    ``time.monotonic()`` stamp; ``raw`` the frame as sent or received.
-    """
-
-    direction: str
-    op: int
-    data: Any
-    seq: int | None
-    time: float
-    raw: str | bytes = field(repr=False)
-
-    @property
-    def binary(self) -> bool:
-        """True for a binary frame."""
-        return isinstance(self.raw, bytes)
-
-
-@dataclass(slots=True)
-class ReceivedPacket:
-    """One audio packet the server received and decrypted.
-
-    ``arrival`` is ``time.monotonic()`` at reception; ``opus`` the decrypted payload.
-    """
-
-    ssrc: int
-    user_id: int
-    sequence: int
-    timestamp: int
-    opus: bytes
-    marker: bool
-    arrival: float
-    address: tuple[str, int]
-
-
-@dataclass(slots=True)
-class RejectedDatagram:
-    """A datagram the UDP side could not use, with the reason (for tests of garbage handling)."""
-
-    address: tuple[str, int]
-    reason: str
-    data: bytes = field(repr=False)
-    arrival: float = 0.0
+def _message_size(message: RecordedMessage) -> int:
+    return len(message.raw)
 
 
 class ServerConnection:
-    """One websocket connection; ``messages`` records every frame both ways, in order."""
+    """One websocket connection; ``messages`` records its frames both ways, in order (the
+    newest, within the server's ``record_messages`` and ``record_message_bytes``)."""
 
     def __init__(self, server: VoiceServer, number: int, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.server = server
         #: 1, 2, 3... in order of arrival.
         self.number = number
-        #: Every frame of this connection, both directions.
-        self.messages: list[RecordedMessage] = []
+        #: The frames of this connection, both directions (a bounded :class:`Recording`:
+        #: ``messages.dropped`` counts the oldest ones it let go).
+        self.messages: Recording[RecordedMessage] = Recording(
+            server.record_messages, server.record_message_bytes, _message_size
+        )
         #: The voice session this connection identified or resumed, if any.
         self.session: ServerSession | None = None
         #: When True, heartbeats on this connection get no ACK (a zombie connection).
@@ -247,7 +207,7 @@ class ServerConnection:
             transport.write(header)
 
     def _record(self, direction: str, op: int, data: Any, seq: int | None, raw: str | bytes) -> None:
-        self.messages.append(RecordedMessage(direction, op, data, seq, time.monotonic(), raw))
+        self.messages.record(RecordedMessage(direction, op, data, seq, time.monotonic(), raw))
         self.server._notify()
 
 
@@ -273,10 +233,12 @@ class ServerSession:
         self.announced_address: tuple[str, int] | None = None
         #: The last Speaking flags the client sent (``None`` before any op 5).
         self.speaking: SpeakingFlags | None = None
-        #: Every audio packet received from this session, in arrival order.
-        self.packets: list[ReceivedPacket] = []
-        #: Every UDP keepalive received from this session, in arrival order.
-        self.keepalives: list[ReceivedKeepalive] = []
+        #: The audio packets received from this session, in arrival order (the newest
+        #: ``record_packets``; ``packets.dropped`` counts older ones let go).
+        self.packets: Recording[ReceivedPacket] = Recording(server.record_packets)
+        #: Every UDP keepalive received from this session, in arrival order (the newest
+        #: ``record_packets``).
+        self.keepalives: Recording[ReceivedKeepalive] = Recording(server.record_packets)
         #: Every websocket connection this session used (identify first, then resumes).
         self.connections: list[ServerConnection] = []
         #: The last seq_ack the client reported.
@@ -443,9 +405,13 @@ class VoiceServer:
       session: ``close``, ``close_after``, ``drop``, ``inject_datagram``, ``send_raw``;
       per connection: ``announce_frame`` (a hostile frame header) and ``closed_at``.
 
-    Recordings: ``connections`` (every frame both ways), ``sessions``,
-    :meth:`packets` (per SSRC, arrival time and decrypted payload) and
-    ``rejected_datagrams``. With ``kernel_stamps`` on (Linux), a packet's arrival is the
+    Recordings: ``connections`` (their frames both ways), ``sessions``,
+    :meth:`packets` (per SSRC, arrival time and decrypted payload), ``rejected_datagrams``
+    and ``rtcp_received``. Each is a bounded :class:`Recording` (a ``list`` whose ``dropped``
+    counts what it let go): ``record_messages`` frames and ``record_message_bytes`` bytes of
+    them per connection (defaults 10,000 and 4 MiB), ``record_packets`` per SSRC and per
+    datagram list (default 10,000); ``None`` lifts a limit. A limit changed on a running
+    server applies to the recordings it starts afterwards. With ``kernel_stamps`` on (Linux), a packet's arrival is the
     time the kernel received it rather than the time the server's loop read it, so pacing
     measured at the server excludes the server's own delays (it shares the loop under test).
 
@@ -468,10 +434,16 @@ class VoiceServer:
         seed: int | None = None,
         kernel_stamps: bool = False,
         expect_keepalive: float | None = None,
+        record_messages: int | None = 10_000,
+        record_message_bytes: int | None = 4 * 1024 * 1024,
+        record_packets: int | None = 10_000,
     ) -> None:
         self._keepalive = KeepaliveWatch(expect_keepalive)
         self.host = host
         self.kernel_stamps = kernel_stamps
+        self.record_messages = check_limit("record_messages", record_messages)
+        self.record_message_bytes = check_limit("record_message_bytes", record_message_bytes)
+        self.record_packets = check_limit("record_packets", record_packets)
         self.tls = tls
         self.heartbeat_interval = heartbeat_interval
         self.modes: list[str] = [str(m) for m in (modes if modes is not None else AVAILABLE_MODES)]
@@ -499,16 +471,16 @@ class VoiceServer:
         self.connections: list[ServerConnection] = []
         #: Every voice session, in order of creation.
         self.sessions: list[ServerSession] = []
-        #: Datagrams the UDP side could not use.
-        self.rejected_datagrams: list[RejectedDatagram] = []
-        #: RTCP datagrams received, as ``(address, bytes)``.
-        self.rtcp_received: list[tuple[tuple[str, int], bytes]] = []
+        #: Datagrams the UDP side could not use (the newest ``record_packets``).
+        self.rejected_datagrams: Recording[RejectedDatagram] = Recording(self.record_packets)
+        #: RTCP datagrams received, as ``(address, bytes)`` (the newest ``record_packets``).
+        self.rtcp_received: Recording[tuple[tuple[str, int], bytes]] = Recording(self.record_packets)
         self._random = random.Random(seed)
         # (session id, guild id) -> (user id, channel id, token)
         self._registered: dict[tuple[str, int], tuple[int, int, str]] = {}
         self._calls: dict[tuple[int, int], list[ServerSession]] = {}
         self._by_ssrc: dict[int, ServerSession] = {}
-        self._packets: dict[int, list[ReceivedPacket]] = {}
+        self._packets: dict[int, Recording[ReceivedPacket]] = {}
         self._refuse_resumes = 0
         self._close_next: list[tuple[int, int | None, str]] = []
         self._runner: web.AppRunner | None = None
@@ -819,9 +791,10 @@ class VoiceServer:
             raise ValueError("silent_sessions() needs seconds when expect_keepalive is not set")
         return self._keepalive.silent_sessions(seconds, time.monotonic())
 
-    def packets(self, ssrc: int) -> list[ReceivedPacket]:
-        """Every audio packet received from ``ssrc``, in arrival order."""
-        return self._packets.get(ssrc, [])
+    def packets(self, ssrc: int) -> Recording[ReceivedPacket]:
+        """The audio packets received from ``ssrc``, in arrival order (the newest
+        ``record_packets``; ``dropped`` counts older ones let go)."""
+        return self._packets.get(ssrc) or Recording(self.record_packets)
 
     def session_for_user(self, user_id: int) -> ServerSession | None:
         """The most recent session of ``user_id``, or ``None``."""
@@ -924,7 +897,13 @@ class VoiceServer:
         try:
             if not ws.closed:
                 await self._send_plain(conn, Opcode.HELLO, GatewayMessageDataHello(self.heartbeat_interval))
+            handled = 0
             async for msg in ws:
+                handled += 1
+                if handled % _FAIR_SHARE == 0:
+                    # Frames already buffered are read without a pause: one client's flood
+                    # would hold the loop, and every other client's handshake, until it ends.
+                    await asyncio.sleep(0)
                 if msg.type is WSMsgType.TEXT:
                     await self._on_text(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
@@ -1170,7 +1149,7 @@ class VoiceServer:
     # -- internals: UDP ----------------------------------------------------------------
 
     def _reject(self, addr: tuple[str, int], reason: str, data: bytes) -> None:
-        self.rejected_datagrams.append(RejectedDatagram(addr, reason, data[:2048], time.monotonic()))
+        self.rejected_datagrams.record(RejectedDatagram(addr, reason, data[:2048], time.monotonic()))
         self._notify()
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> None:
@@ -1186,7 +1165,7 @@ class VoiceServer:
             self._notify()
             return
         if len(data) >= 8 and data[0] >> 6 == 2 and 200 <= data[1] <= 204:
-            self.rtcp_received.append((addr, bytes(data)))
+            self.rtcp_received.record((addr, bytes(data[:2048])))
             self._notify()
             return
         keepalive = self._keepalive.received(data, addr, now)
@@ -1226,8 +1205,11 @@ class VoiceServer:
         received = ReceivedPacket(
             ssrc, session.user_id, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr
         )
-        session.packets.append(received)
-        self._packets.setdefault(ssrc, []).append(received)
+        session.packets.record(received)
+        recording = self._packets.get(ssrc)
+        if recording is None:
+            recording = self._packets[ssrc] = Recording(self.record_packets)
+        recording.record(received)
         group = self.dave.groups.get((session.guild_id, session.channel_id))
         if (
             group is not None
