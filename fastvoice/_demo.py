@@ -24,7 +24,7 @@ SILENCE = b"\xf8\xff\xfe"
 
 def load_clip() -> list[bytes]:
     """The bundled clip's Opus frames (length-prefixed file, the seed's OpusReader format)."""
-    data = resources.files("fastvoice").joinpath("data/demo_clip.opus").read_bytes()
+    data = resources.files("fastvoice").joinpath("data/demo_clip.dca").read_bytes()
     frames, offset = [], 0
     while offset < len(data):
         (length,) = struct.unpack_from("<I", data, offset)

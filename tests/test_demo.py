@@ -34,3 +34,22 @@ def test_demo_clip_is_opus():
     assert len(frames) >= 100
     # TOC byte of every frame: CELT fullband 20 ms (config 31), stereo
     assert all(f[0] >> 3 == 31 and f[0] & 0x04 for f in frames)
+
+
+def test_bundled_files_are_named_for_their_format():
+    # The clip is length-prefixed frames (OpusReader's format, ".dca"); a ".opus" name would
+    # promise an Ogg Opus file, which OggOpusReader would then fail to read.
+    import io
+    from importlib import resources
+
+    from fastvoice import OggOpusReader, OpusReader
+    from fastvoice._demo import load_clip
+
+    data = resources.files("fastvoice").joinpath("data")
+    names = sorted(entry.name for entry in data.iterdir())
+    assert "demo_clip.dca" in names
+    for name in names:
+        if name.endswith(".opus"):
+            OggOpusReader(io.BytesIO(data.joinpath(name).read_bytes())).provide_opus_frame()
+    reader = OpusReader(io.BytesIO(data.joinpath("demo_clip.dca").read_bytes()))
+    assert [reader.provide_opus_frame() for _ in range(3)] == load_clip()[:3]
