@@ -160,3 +160,67 @@ def test_is_dave_frame() -> None:
     assert not is_dave_frame(b"\xfc" + bytes(60))
     assert not is_dave_frame(b"\xf8\xff\xfe")
     assert not is_dave_frame(bytes(20) + b"\x40\xfa\xfa")  # supplemental size larger than the frame
+
+
+def test_builtin_p256_signer_agrees_with_cryptography() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from fastvoice.testing._p256 import N, P256SigningKey
+
+    rng = random.Random(11)
+    scalars = [1, 2, 15, 16, 17, N - 1, N - 2, 2**255, 15 << 252] + [rng.randrange(1, N) for _ in range(40)]
+    for d in scalars:
+        key = P256SigningKey(d)
+        reference = ec.derive_private_key(d, ec.SECP256R1()).public_key()
+        assert key.public_key == reference.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        message = os.urandom(rng.randrange(0, 300))
+        signature = key.sign(message)
+        reference.verify(signature, message, ec.ECDSA(hashes.SHA256()))  # raises if wrong
+        _, s = decode_dss_signature(signature)  # strict DER
+        assert s <= N // 2
+    for bad in (0, N, -1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="private_value"):
+            P256SigningKey(bad)  # type: ignore[arg-type]
+
+
+def test_default_external_sender_signs_with_the_builtin_code() -> None:
+    sender = DaveExternalSender()
+    member = davey.DaveSession(1, 42, CHANNEL)
+    key_package = member.get_serialized_key_package()
+    message = sender.propose_add(GROUP_ID, 3, key_package)
+    # framing, group id <V>, epoch, sender, aad <V>, content type, proposal type, key package; then the signature <V>
+    head = 4 + 1 + len(GROUP_ID) + 8 + 1 + 4 + 1 + 1 + 2 + len(key_package)
+    tbs, rest = message[:head], message[head:]
+    assert len(rest) == 2 + (int.from_bytes(rest[:2], "big") & 0x3FFF)
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), sender.public_key)
+    public.verify(rest[2:], _vec(b"MLS 1.0 FramedContentTBS") + _vec(tbs), ec.ECDSA(hashes.SHA256()))
+
+
+def test_the_server_side_of_dave_needs_no_cryptography_package() -> None:
+    # A plain install has no `cryptography`: the external sender and a whole call group still work.
+    code = """
+import sys
+sys.modules["cryptography"] = None  # import cryptography now raises ImportError
+import davey
+from fastvoice.testing._dave import DaveCallGroup
+group = DaveCallGroup(5)
+sessions = {u: davey.DaveSession(1, u, 5) for u in (1, 2)}
+out = []
+for uid, session in sessions.items():
+    out += group.join(uid)
+    session.set_external_sender(group.sender.payload)
+for uid, session in sessions.items():
+    out += group.key_package(uid, session.get_serialized_key_package())
+proposals = [m for uid, m in out if uid == 1 and m.OPCODE == 27]
+result = sessions[1].process_proposals(davey.ProposalsOperationType.append, proposals[0].proposals, [1, 2])
+accepted = group.commit_welcome(1, result.commit + (result.welcome or b""))
+assert group.epoch == 1, group
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..gateway_messages import (
     GatewayMessageData,
@@ -287,22 +288,32 @@ def is_dave_frame(payload: bytes) -> bool:
 class DaveExternalSender:
     """The server's MLS identity: a P-256 signing key named in every call group's External Senders.
 
-    ``signing_key`` is a ``cryptography`` EC private key on SECP256R1 (a fresh one by default).
+    ``signing_key`` is ``None`` for a fresh key signed by the built-in P-256 code (no extra
+    package needed), or a ``cryptography`` EC private key on SECP256R1 (signed with it).
     """
 
     def __init__(self, signing_key: object | None = None, identity: bytes = b"\x00" * 8) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         if signing_key is None:
-            signing_key = ec.generate_private_key(ec.SECP256R1())
-        if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or signing_key.curve.name != "secp256r1":
-            raise ValueError(f"signing_key must be a SECP256R1 EllipticCurvePrivateKey, got {signing_key!r}")
-        self._key = signing_key
-        self._ec = ec
-        self.public_key = signing_key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+            from ._p256 import P256SigningKey
+
+            builtin = P256SigningKey()
+            self._sign_bytes: Callable[[bytes], bytes] = builtin.sign
+            self.public_key = builtin.public_key
+        else:
+            try:
+                from cryptography.hazmat.primitives import hashes, serialization
+                from cryptography.hazmat.primitives.asymmetric import ec
+            except ImportError:
+                ec = None  # type: ignore[assignment]
+            if ec is None or not isinstance(signing_key, ec.EllipticCurvePrivateKey) or (
+                signing_key.curve.name != "secp256r1"
+            ):
+                raise ValueError(f"signing_key must be None or a SECP256R1 EllipticCurvePrivateKey, got {signing_key!r}")
+            algorithm = ec.ECDSA(hashes.SHA256())
+            self._sign_bytes = lambda data: signing_key.sign(data, algorithm)
+            self.public_key = signing_key.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
         self.identity = bytes(identity)
 
     def __repr__(self) -> str:
@@ -314,10 +325,7 @@ class DaveExternalSender:
         return _vec(self.public_key) + struct.pack(">H", _CREDENTIAL_BASIC) + _vec(self.identity)
 
     def _sign(self, label: bytes, content: bytes) -> bytes:
-        from cryptography.hazmat.primitives import hashes
-
-        sign_content = _vec(b"MLS 1.0 " + label) + _vec(content)
-        return self._key.sign(sign_content, self._ec.ECDSA(hashes.SHA256()))  # type: ignore[attr-defined]
+        return self._sign_bytes(_vec(b"MLS 1.0 " + label) + _vec(content))
 
     def _proposal_message(self, group_id: bytes, epoch: int, proposal: bytes) -> bytes:
         content = (
