@@ -53,6 +53,7 @@ from ..gateway_messages import (
 )
 
 from ._dave import is_dave_frame
+from ._sockbuf import enlarge_receive_buffer, receive_drops
 from ._stamps import kernel_receive_clock
 
 if TYPE_CHECKING:
@@ -436,7 +437,8 @@ class VoiceServer:
 
     Recordings: ``connections`` (every frame both ways), ``sessions``,
     :meth:`packets` (per SSRC, arrival time and decrypted payload) and
-    ``rejected_datagrams``. With ``kernel_stamps`` on (Linux), a packet's arrival is the
+    ``rejected_datagrams``; ``udp_receive_drops`` counts datagrams the kernel dropped at the
+    server's socket (its receive buffer, ``udp_receive_buffer``, was full). With ``kernel_stamps`` on (Linux), a packet's arrival is the
     time the kernel received it rather than the time the server's loop read it, so pacing
     measured at the server excludes the server's own delays (it shares the loop under test).
 
@@ -513,6 +515,8 @@ class VoiceServer:
         self._dave_lock: asyncio.Lock | None = None
         self._connection_count = 0
         self._closing = False
+        #: Receive buffer of the UDP socket as the kernel reports it (``SO_RCVBUF``), once started.
+        self.udp_receive_buffer = 0
 
     # -- UDP fault rates ---------------------------------------------------------------
 
@@ -633,6 +637,8 @@ class VoiceServer:
         )
         self._udp = transport  # type: ignore[assignment]
         self._udp_port = transport.get_extra_info("sockname")[1]
+        # A tick's burst from many calls waits here while the shared loop is busy elsewhere.
+        self.udp_receive_buffer = enlarge_receive_buffer(transport.get_extra_info("socket").fileno())
         _log.debug("voice server listening on %s (UDP %d)", self.url, self._udp_port)
 
     async def close(self) -> None:
@@ -681,6 +687,12 @@ class VoiceServer:
     def url(self) -> str:
         """The websocket URL with scheme (``ws://`` or ``wss://``)."""
         return f"{'wss' if self.tls else 'ws'}://{self.endpoint}"
+
+    @property
+    def udp_receive_drops(self) -> int | None:
+        """Datagrams the kernel dropped at the server's UDP socket since it opened (its receive
+        buffer was full: the server could not keep up), or ``None`` where unknown (not Linux)."""
+        return None if self._udp is None else receive_drops(self._udp.get_extra_info("socket").fileno())
 
     @property
     def udp_port(self) -> int:
