@@ -105,13 +105,27 @@ class Frames:
 
 
 async def main(n: int, seconds: float) -> dict:
-    from fastvoice import ConnConfig, Manager, speedups_enabled
-    from fastvoice.gateway import GatewayConfig
-
     server = await asyncio.create_subprocess_exec(
         sys.executable, os.path.join(HERE, "voice_server_process.py"),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**28,
     )
+    try:
+        return await measure(n, seconds, server)
+    finally:
+        await stop(server)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """Kill ``process`` if it is still running and reap it (on every way out, Ctrl-C included)."""
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+
+
+async def measure(n: int, seconds: float, server: asyncio.subprocess.Process) -> dict:
+    from fastvoice import ConnConfig, Manager, speedups_enabled
+    from fastvoice.gateway import GatewayConfig
+
     url = (await asyncio.wait_for(server.stdout.readline(), 60)).decode().strip()
 
     manager: Manager
@@ -214,5 +228,8 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+    try:
+        result = asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+    except KeyboardInterrupt:  # Ctrl-C: the server process is gone too (see main)
+        sys.exit(130)
     print(json.dumps(result))
