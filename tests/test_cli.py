@@ -7,6 +7,7 @@ child inherits it, however deep) and look for survivors in /proc after the inter
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,13 +98,15 @@ def _start(command: list[str], mark: str, **env: str) -> subprocess.Popen[str]:
 
 @linux_only
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("contender", ["compiled", "discord.py"])
+@pytest.mark.parametrize("contender", ["compiled", "discord.py", "discord.js"])
 def test_interrupted_bench_leaves_no_process_and_prints_one_line(contender, sig):
     if contender == "discord.py":
         pytest.importorskip("discord")
+    if contender == "discord.js" and not (ROOT / "bench" / "discordjs" / "node_modules" / "@discordjs" / "voice").is_dir():
+        pytest.skip("the @discordjs/voice peer is not set up (cd bench/discordjs && npm ci)")
     pytest.importorskip("pytest_benchmark")
     mark = uuid.uuid4().hex
-    client = "discordpy_client.py" if contender == "discord.py" else "connections_client.py"
+    client = {"discord.py": "discordpy_client.py", "discord.js": "client.mjs"}.get(contender, "connections_client.py")
     bench = _start([sys.executable, "-m", "fastvoice", "bench", "--quick", "-k", f"live_connections and {contender}"],
                    mark, FASTVOICE_BENCH_SECONDS="120", PYTHONPATH=str(ROOT))
     try:
@@ -126,18 +129,23 @@ def test_interrupted_bench_leaves_no_process_and_prints_one_line(contender, sig)
 
 
 @linux_only
-@pytest.mark.parametrize("client", ["connections_client.py", "discordpy_client.py"])
+@pytest.mark.parametrize("client", ["connections_client.py", "discordpy_client.py", "discordjs/client.mjs"])
 def test_ctrl_c_stops_a_benchmark_client_and_its_server(client):
     if client == "discordpy_client.py":
         pytest.importorskip("discord")
+    command = [sys.executable, str(ROOT / "bench" / client), "5", "120"]
+    if client.endswith(".mjs"):
+        if not (ROOT / "bench" / "discordjs" / "node_modules" / "@discordjs" / "voice").is_dir():
+            pytest.skip("the @discordjs/voice peer is not set up (cd bench/discordjs && npm ci)")
+        command[0] = shutil.which("node") or "node"
     mark = uuid.uuid4().hex
-    proc = _start([sys.executable, str(ROOT / "bench" / client), "5", "120"], mark, PYTHONPATH=str(ROOT))
+    proc = _start(command, mark, PYTHONPATH=str(ROOT), FASTVOICE_PYTHON=sys.executable)
     try:
         _wait_for(lambda: any("voice_server_process.py" in c for _, c in _marked(mark)), 60, "the voice server process")
         time.sleep(1.5)  # connections opening, or streaming
         proc.send_signal(signal.SIGINT)  # to the client alone, not to its process group
         _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 130, err[-3000:]
+        assert proc.returncode == 130, err[-3000:]  # node: 128 + SIGINT too
         _wait_for(lambda: not _marked(mark), 10, "the client's server process to end")
     finally:
         if proc.poll() is None:
