@@ -209,9 +209,11 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
         print("\n  OK: every frame arrived, in order")
         return OK
     if loss.before_server and not loss.after_server and not loss.changed and plaintext == 0:
-        print(f"\n  INCOMPLETE: the local test server did not read {loss.before_server} packets (its UDP socket "
-              f"overflowed while the shared event loop was busy); fastvoice delivered every packet the server "
-              f"forwarded. Run fewer calls (-n) to check every frame; see --help for this server's limit.")
+        print("\n" + textwrap.fill(
+            f"INCOMPLETE: the local test server did not read {loss.before_server} packets (its UDP socket "
+            "overflowed while the shared event loop was busy); fastvoice delivered every packet the server "
+            "forwarded. Run fewer calls (-n) to check every frame; see --help for this server's limit.",
+            width=92, initial_indent="  ", subsequent_indent="  "))
         return SERVER_DROPPED
     print("\n  FAILED: frames were lost or changed between the test server and the listeners"
           if loss.after_server or loss.changed else "\n  FAILED: a DAVE call carried plaintext")
