@@ -438,9 +438,10 @@ class VoiceServer:
     Recordings: ``connections`` (every frame both ways), ``sessions``,
     :meth:`packets` (per SSRC, arrival time and decrypted payload) and
     ``rejected_datagrams``; ``udp_receive_drops`` counts datagrams the kernel dropped at the
-    server's socket (its receive buffer, ``udp_receive_buffer``, was full). With ``kernel_stamps`` on (Linux), a packet's arrival is the
-    time the kernel received it rather than the time the server's loop read it, so pacing
-    measured at the server excludes the server's own delays (it shares the loop under test).
+    server's socket (its receive buffer, ``udp_receive_buffer``, was full). With
+    ``kernel_stamps`` on (Linux), a packet's arrival is the time the kernel received it
+    rather than the time the server's loop read it, so pacing measured at the server excludes
+    the server's own delays (it shares the loop under test).
 
     The main gateway's part: :meth:`voice_updates` returns the VOICE_STATE_UPDATE
     and VOICE_SERVER_UPDATE payloads for a guild/user/channel, and
