@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from fastvoice._env import NO_EXTENSIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "FASTVOICE_TEST_PROCESS_MARK"
 linux_only = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/<pid>/environ")
+# Process handling does not depend on the packet core: run these once, with the compiled twin.
+once = pytest.mark.skipif(NO_EXTENSIONS, reason="already covered by the run with extensions enabled")
 
 
 def test_no_command_prints_usage_to_stderr_and_exits_2():
@@ -97,6 +101,7 @@ def _start(command: list[str], mark: str, **env: str) -> subprocess.Popen[str]:
 
 
 @linux_only
+@once
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("contender", ["compiled", "discord.py", "discord.js"])
 def test_interrupted_bench_leaves_no_process_and_prints_one_line(contender, sig):
@@ -129,6 +134,7 @@ def test_interrupted_bench_leaves_no_process_and_prints_one_line(contender, sig)
 
 
 @linux_only
+@once
 @pytest.mark.parametrize("client", ["connections_client.py", "discordpy_client.py", "discordjs/client.mjs"])
 def test_ctrl_c_stops_a_benchmark_client_and_its_server(client):
     if client == "discordpy_client.py":
