@@ -31,8 +31,8 @@ prints its tables. It needs the test extra (pytest, pytest-benchmark, discord.py
      bench/discordpy_client.py; @discordjs/voice in node: bench/discordjs/client.mjs, when
      set up), each with its voice server process (bench/voice_server_process.py).
 
-The full suite takes about 7 minutes on a 2-core machine (3 more with the @discordjs/voice
-peer set up), and loads both cores. --quick runs every benchmark small (10 calls, 1 s of
+The full suite takes about 6 to 7 minutes on a 2-core machine (2 to 3 more with the
+@discordjs/voice peer set up), and loads both cores. --quick runs every benchmark small (10 calls, 1 s of
 audio, few rounds) in about 30 seconds: a check that it works, not figures to quote.
 Ctrl-C (or SIGTERM) stops the suite and every process it started.
 
