@@ -95,9 +95,12 @@ def _kill_leftovers(mark: str) -> None:
 def _start(command: list[str], mark: str, **env: str) -> subprocess.Popen[str]:
     environ = dict(os.environ, **env)
     environ[MARK] = mark
-    # A session of its own, as a shell would run it in the foreground: the signal goes to it alone.
+    # A session of its own, as a shell would run it in the foreground: the signal goes to it alone,
+    # and Ctrl-C's SIGINT is not ignored (as it is in a job a non-interactive shell put in the
+    # background, which is how this test run itself may have been started).
     return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @linux_only
