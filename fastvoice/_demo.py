@@ -68,19 +68,22 @@ class Listener:
 class CallLoss:
     """Where one call's packets went missing, by RTP sequence number."""
 
+    not_sent: int = 0  # frames the speaker never sent
     before_server: int = 0  # sent, never read by the test server
     after_server: int = 0  # read (and forwarded) by the server, never delivered to the listener
     changed: int = 0  # delivered with other bytes than were sent
 
 
-def account(first: int, want: list[bytes], server_seqs: list[int], heard_seqs: list[int],
+def account(first: int, want: list[bytes], sent_count: int, server_seqs: list[int], heard_seqs: list[int],
             heard_frames: list[bytes]) -> CallLoss:
-    """Compare what the speaker sent (``want``, from sequence ``first`` on), what the server
-    read (``server_seqs``) and what the listener got (``heard_seqs`` / ``heard_frames``)."""
-    sent = {(first + i) & 0xFFFF for i in range(len(want))}
+    """Compare what the speaker should send (``want``) and sent (``sent_count`` packets from
+    sequence ``first`` on), what the server read (``server_seqs``) and what the listener got
+    (``heard_seqs`` / ``heard_frames``)."""
+    sent = {(first + i) & 0xFFFF for i in range(min(sent_count, len(want)))}
     at_server = set(server_seqs) & sent
     heard = set(heard_seqs)
-    loss = CallLoss(before_server=len(sent - at_server), after_server=len(at_server - heard))
+    loss = CallLoss(not_sent=max(0, len(want) - sent_count), before_server=len(sent - at_server),
+                    after_server=len(at_server - heard))
     for seq, frame in zip(heard_seqs, heard_frames):
         position = (seq - first) & 0xFFFF
         if position >= len(want) or want[position] != frame:
@@ -170,7 +173,8 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
             first = 0 if counters is None else (counters[0] - call_sent) & 0xFFFF
             server_seqs = [p.sequence for p in server.packets(conn.udp.ssrc)] if conn.udp is not None else []
             at_server += len(server_seqs)
-            one = account(first, want, server_seqs, lst.sequences, lst.frames)
+            one = account(first, want, call_sent, server_seqs, lst.sequences, lst.frames)
+            loss.not_sent += one.not_sent
             loss.before_server += one.before_server
             loss.after_server += one.after_server
             loss.changed += one.changed
@@ -195,9 +199,13 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
         ("CPU", f"{cpu:.2f} s over {wall:.1f} s ({cpu / wall:.2f} cores)"),
         ("DAVE", f"on, {plaintext} plaintext packets in E2EE calls" if dave else "off"),
     ]
-    if loss.before_server or loss.after_server or loss.changed:
+    # Loss before the server is the server's own when its socket's drop counter covers it.
+    server_dropped = loss.before_server and (socket_drops is None or socket_drops >= loss.before_server)
+    if loss.not_sent or loss.before_server or loss.after_server or loss.changed:
         rows += [
-            ("lost before the test server", f"{loss.before_server} packets (the server's limit, not fastvoice's)"),
+            ("not sent by speakers", f"{loss.not_sent} frames"),
+            ("lost before the test server", f"{loss.before_server} packets" + (
+                " (its socket overflowed: the server's limit, not fastvoice's)" if server_dropped else "")),
             ("lost between server and listeners", f"{loss.after_server} packets"),
             ("delivered changed", f"{loss.changed} frames"),
         ]
@@ -208,15 +216,26 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
     if intact == calls and plaintext == 0:
         print("\n  OK: every frame arrived, in order")
         return OK
-    if loss.before_server and not loss.after_server and not loss.changed and plaintext == 0:
+    if server_dropped and not (loss.not_sent or loss.after_server or loss.changed or plaintext):
         print("\n" + textwrap.fill(
             f"INCOMPLETE: the local test server did not read {loss.before_server} packets (its UDP socket "
             "overflowed while the shared event loop was busy); fastvoice delivered every packet the server "
             "forwarded. Run fewer calls (-n) to check every frame; see --help for this server's limit.",
             width=92, initial_indent="  ", subsequent_indent="  "))
         return SERVER_DROPPED
-    print("\n  FAILED: frames were lost or changed between the test server and the listeners"
-          if loss.after_server or loss.changed else "\n  FAILED: a DAVE call carried plaintext")
+    causes = []
+    if loss.not_sent:
+        causes.append(f"{loss.not_sent} frames were never sent")
+    if loss.before_server and not server_dropped:
+        causes.append(f"{loss.before_server} packets were lost before the test server, more than its socket "
+                      f"dropped ({socket_drops})")
+    if loss.after_server:
+        causes.append(f"{loss.after_server} packets were lost between the test server and the listeners")
+    if loss.changed:
+        causes.append(f"{loss.changed} frames arrived changed")
+    if plaintext:
+        causes.append(f"{plaintext} packets of DAVE calls were plaintext")
+    print("\n" + textwrap.fill("FAILED: " + "; ".join(causes), width=92, initial_indent="  ", subsequent_indent="  "))
     return LOST
 
 
