@@ -124,7 +124,10 @@ def test_interrupted_bench_leaves_no_process_and_prints_one_line(contender, sig)
         bench.send_signal(sig)
         out, err = bench.communicate(timeout=30)
         assert bench.returncode == 130, err[-3000:]
-        _wait_for(lambda: not _marked(mark), 10, "the bench's processes to end")
+        try:
+            _wait_for(lambda: not _marked(mark), 10, "the bench's processes to end")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still running: {_marked(mark)}") from None
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
         assert err.strip().splitlines()[-1] == (
             "python -m fastvoice bench: interrupted; every benchmark process it started was stopped")
@@ -155,7 +158,10 @@ def test_ctrl_c_stops_a_benchmark_client_and_its_server(client):
         proc.send_signal(signal.SIGINT)  # to the client alone, not to its process group
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err[-3000:]  # node: 128 + SIGINT too
-        _wait_for(lambda: not _marked(mark), 10, "the client's server process to end")
+        try:
+            _wait_for(lambda: not _marked(mark), 10, "the client's server process to end")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still running: {_marked(mark)}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
