@@ -280,9 +280,10 @@ def server_limit() -> str:
         "The local test server runs in this process, on the event loop of the calls, and decrypts, "
         "records and forwards every packet in Python. Each 20 ms tick the speakers' packets wait in "
         f"its UDP receive buffer until the loop reads them: {granted // 1024} KiB on this machine "
-        f"({how}). On a 2-core machine it kept up with 150 calls, not with 200; with more, its socket "
-        "can overflow: the summary then counts those packets as lost before the test server "
-        "(not fastvoice's loss) and the demo exits 3.", width=92)
+        f"({how}). On an otherwise idle 2-core machine it kept up with 400 calls (the loop then near a "
+        "full core); on a busy machine it can fall behind with fewer. When its socket "
+        "overflows, the summary counts those packets as lost before the test server (not fastvoice's "
+        "loss) and the demo exits 3.", width=92)
 
 
 DESCRIPTION = """\
