@@ -2,7 +2,13 @@
 
 Metadata lives in pyproject.toml.  ``FASTVOICE_NO_EXTENSIONS=1`` skips the
 extensions; a machine without a C compiler gets a working pure-Python install
-and a printed warning.
+and a warning.
+
+pip shows a build's output only when the build fails or with ``-v``, so the
+warning goes to stderr (for ``-v`` and logs) and also to the terminal itself
+(``/dev/tty``) when the build has one. Where it has none (CI), importing
+fastvoice warns too (``RuntimeWarning``), and ``fastvoice.speedups_enabled()``
+says which core is in use.
 """
 
 import os
@@ -27,8 +33,24 @@ WARNING: fastvoice's compiled extensions could not be built ({error}).
 fastvoice is installed with its pure-Python twins: it works, but its packet
 core is several times slower.  Install a C compiler and the Python headers and
 reinstall to get the speedups (FASTVOICE_REQUIRE_EXTENSIONS=1 makes this fatal).
+fastvoice.speedups_enabled() tells which core an installation uses.
 ********************************************************************************
 """
+
+
+def warn(message):
+    """Print ``message`` to stderr and, when there is one, to the terminal pip runs in."""
+    print(message, file=sys.stderr)
+    try:
+        fd = os.open("/dev/tty", os.O_WRONLY | getattr(os, "O_NOCTTY", 0))
+    except OSError:  # no terminal (CI, a service), or not a POSIX system
+        return
+    try:
+        os.write(fd, message.replace("\n", "\r\n").encode("utf-8", "replace") + b"\r\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class OptionalBuildExt(build_ext):
@@ -40,7 +62,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # no compiler, no headers, ...
             if REQUIRE_EXTENSIONS:
                 raise
-            print(WARNING.format(error=exc), file=sys.stderr)
+            warn(WARNING.format(error=exc))
 
     def build_extension(self, ext):
         try:
@@ -48,7 +70,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             if REQUIRE_EXTENSIONS:
                 raise
-            print(WARNING.format(error=f"{ext.name}: {exc}"), file=sys.stderr)
+            warn(WARNING.format(error=f"{ext.name}: {exc}"))
 
 
 def extensions():
@@ -60,12 +82,11 @@ def extensions():
     except ImportError:
         if REQUIRE_EXTENSIONS:
             raise
-        print(WARNING.format(error="Cython is not installed"), file=sys.stderr)
+        warn(WARNING.format(error="Cython is not installed"))
         return []
-    modules = [
-        Extension(name, [name.replace(".", "/") + ".pyx"], extra_compile_args=["-O2"] if os.name != "nt" else [])
-        for name in EXTENSION_MODULES
-    ]
+    # -g0 after Python's own CFLAGS (which carry -g): wheels ship no debug information.
+    flags = ["-O2", "-g0"] if os.name != "nt" else []
+    modules = [Extension(name, [name.replace(".", "/") + ".pyx"], extra_compile_args=flags) for name in EXTENSION_MODULES]
     compiled = cythonize(
         modules,
         compiler_directives={"language_level": "3", "embedsignature": True},

@@ -105,13 +105,35 @@ class Frames:
 
 
 async def main(n: int, seconds: float) -> dict:
-    from fastvoice import ConnConfig, Manager, speedups_enabled
-    from fastvoice.gateway import GatewayConfig
-
     server = await asyncio.create_subprocess_exec(
         sys.executable, os.path.join(HERE, "voice_server_process.py"),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**28,
     )
+    closers: list = []  # what measure() opened, closed on every way out (Ctrl-C too)
+    try:
+        return await measure(n, seconds, server, closers)
+    finally:
+        for close in closers:
+            try:
+                # Closed here rather than left to asyncio.run's cancellation of the remaining
+                # tasks: a reconnecting voice gateway would keep this process waiting.
+                await asyncio.wait_for(close(), 10)
+            except BaseException:  # noqa: BLE001 - the server must still be stopped
+                pass
+        await stop(server)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """Kill ``process`` if it is still running and reap it (on every way out, Ctrl-C included)."""
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+
+
+async def measure(n: int, seconds: float, server: asyncio.subprocess.Process, closers: list) -> dict:
+    from fastvoice import ConnConfig, Manager, speedups_enabled
+    from fastvoice.gateway import GatewayConfig
+
     url = (await asyncio.wait_for(server.stdout.readline(), 60)).decode().strip()
 
     manager: Manager
@@ -132,6 +154,7 @@ async def main(n: int, seconds: float) -> dict:
         SendClock._clocks[asyncio.get_running_loop()] = SendClock(asyncio.get_running_loop(), precise=False)
     manager = Manager(update_voice_state, 1, conn_config=ConnConfig(
         open_timeout=120, gateway_config=GatewayConfig(open_timeout=120, connect_timeout=60)))
+    closers.append(manager.close)
     rss_before = rss_kib()
     conns = [manager.create_conn(g) for g in range(1, n + 1)]
     opened_at = time.monotonic()
@@ -214,5 +237,8 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+    try:
+        result = asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+    except KeyboardInterrupt:  # Ctrl-C: the server process is gone too (see main)
+        sys.exit(130)
     print(json.dumps(result))

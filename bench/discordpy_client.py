@@ -76,6 +76,20 @@ async def main(n: int, seconds: float) -> dict:
         sys.executable, os.path.join(HERE, "voice_server_process.py"), "--tls",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**28,
     )
+    try:
+        return await measure(n, seconds, server)
+    finally:
+        await stop(server)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """Kill ``process`` if it is still running and reap it (on every way out, Ctrl-C included)."""
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+
+
+async def measure(n: int, seconds: float, server: asyncio.subprocess.Process) -> dict:
     _url, endpoint, ca_file = (await asyncio.wait_for(server.stdout.readline(), 60)).decode().split()
     loop = asyncio.get_running_loop()
     context = ssl.create_default_context(cafile=ca_file)
@@ -136,4 +150,8 @@ async def main(n: int, seconds: float) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))))
+    try:
+        result = asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+    except KeyboardInterrupt:  # Ctrl-C: the server process is gone too (see main)
+        sys.exit(130)
+    print(json.dumps(result))

@@ -148,8 +148,17 @@ class PollingReceiver:
             self.thread.join()
 
 
+async def stdin_reader() -> asyncio.StreamReader:
+    """stdin as an asyncio stream: waiting on it keeps no thread (an executor thread blocked in
+    ``readline`` would keep this process alive after Ctrl-C until a line came)."""
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
 async def main() -> None:
     tls = "--tls" in sys.argv
+    commands = await stdin_reader()
     async with VoiceServer(heartbeat_interval=30000, tls=tls) as server:
         clock = kernel_clock(server)
         print("clock: kernel receive timestamps" if clock else "clock: time.monotonic at delivery", file=sys.stderr)
@@ -163,7 +172,7 @@ async def main() -> None:
         else:
             print("receiver: the event loop, woken by each datagram", file=sys.stderr)
         print(server.url if not tls else f"{server.url} {server.endpoint} {server.ca_file}", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await commands.readline()
         if polling is not None:
             polling.close()
         # Gaps between consecutive sequence numbers only: a datagram lost on the way (or
@@ -180,7 +189,7 @@ async def main() -> None:
         if clock is not None and clock.missing[0]:
             print(f"kernel stamps missing for {clock.missing[0]} datagrams (wall clock used)", file=sys.stderr)
         print(json.dumps(result), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await commands.read()
 
 
 #: How media is read: "poll" (default, see :class:`PollingReceiver`) or "epoll" (the event
@@ -200,4 +209,7 @@ if __name__ == "__main__":
             uvloop.install()
         except ImportError:
             pass
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # Ctrl-C: leave quietly (the server closed on the way out)
+        sys.exit(130)

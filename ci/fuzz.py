@@ -379,6 +379,22 @@ def run_atheris(target: str, seconds: float) -> None:
     atheris.Fuzz()
 
 
+def native_toolchain() -> tuple[str, str, str | None]:
+    """``(clang, libFuzzer runtime, None)``, or what is missing for ``--native`` as the third item."""
+    import shutil
+    import subprocess
+
+    cc = os.environ.get("CC") or shutil.which("clang") or shutil.which("clang-14") or ""
+    if not cc or "clang" not in os.path.basename(cc):
+        return cc, "", "it needs clang (set CC, or apt-get install clang)"
+    resource = subprocess.run([cc, "-print-resource-dir"], check=True, capture_output=True, text=True).stdout.strip()
+    runtime = os.path.join(resource, "lib", "linux", "libclang_rt.fuzzer_no_main-x86_64.a")
+    if not os.path.exists(runtime):
+        return cc, runtime, (f"clang's libFuzzer runtime is missing ({os.path.basename(runtime)}; "
+                             "Debian: apt-get install libclang-rt-dev or libclang-rt-14-dev)")
+    return cc, runtime, None
+
+
 def build_native() -> str:
     """Compile an instrumented ``_rtp_c`` into a copy of the package, and a bare libFuzzer;
     return the copy's root (``libfuzzer.so`` beside the package)."""
@@ -386,13 +402,9 @@ def build_native() -> str:
     import subprocess
     import sysconfig
 
-    cc = os.environ.get("CC") or shutil.which("clang") or shutil.which("clang-14")
-    if not cc or "clang" not in os.path.basename(cc):
-        raise SystemExit("--native needs clang (set CC, or apt-get install clang)")
-    resource = subprocess.run([cc, "-print-resource-dir"], check=True, capture_output=True, text=True).stdout.strip()
-    runtime = os.path.join(resource, "lib", "linux", "libclang_rt.fuzzer_no_main-x86_64.a")
-    if not os.path.exists(runtime):
-        raise SystemExit(f"--native: clang's libFuzzer runtime is missing ({os.path.basename(runtime)})")
+    cc, runtime, missing = native_toolchain()
+    if missing:
+        raise SystemExit(f"--native: {missing}")
     repo = os.path.dirname(HERE)
     root = os.path.join(repo, ".fuzz_work", "native")
     shutil.rmtree(root, ignore_errors=True)
@@ -428,9 +440,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="total time budget")
     parser.add_argument("--engine", choices=["auto", "atheris", "random"], default="auto")
     parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument("--check-native", action="store_true",
+                        help="exit 0 if --native can run here (clang and its libFuzzer runtime), else say why and exit 1")
     parser.add_argument("--native", action="store_true",
                         help="also guide by the compiled twin's C coverage (needs clang and atheris)")
     args = parser.parse_args()
+    if args.check_native:
+        missing = native_toolchain()[2]
+        if missing:
+            print(f"fuzz --native cannot run here: {missing}")
+        raise SystemExit(1 if missing else 0)
     if args.native and not os.environ.get("FASTVOICE_FUZZ_NATIVE"):
         import subprocess
 

@@ -1,4 +1,4 @@
-"""Regenerate fastvoice/data/demo_clip.opus, the demo's bundled clip (needs ffmpeg with libopus).
+"""Regenerate fastvoice/data/demo_clip.dca, the demo's bundled clip (needs ffmpeg with libopus).
 
 ffmpeg encodes three seconds of an A-major chord to Ogg Opus in 20 ms frames; the Ogg pages
 are split into Opus packets here and written in the seed's OpusReader format (each frame
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fastvoice", "data", "demo_clip.opus")
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fastvoice", "data", "demo_clip.dca")
 
 
 def ogg_packets(data: bytes):

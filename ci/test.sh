@@ -26,13 +26,26 @@ python -m pytest
 echo "::: tests, FASTVOICE_NO_EXTENSIONS=1"
 FASTVOICE_NO_EXTENSIONS=1 FASTVOICE_REQUIRE_EXTENSIONS=0 python -m pytest -q
 
+echo "::: the wheel alone: built, checked, installed into a fresh venv outside the checkout, demo run elsewhere"
+dist_work=$(mktemp -d)
+python -m venv "$dist_work/tools" && "$dist_work/tools/bin/pip" install -q build
+"$dist_work/tools/bin/python" -m build --outdir "$dist_work/dist" .   # the sdist, then the wheel from it
+python ci/check_dist.py "$dist_work"/dist/*.whl "$dist_work"/dist/*.tar.gz   # LICENSE, no C/debug info/tests
+python -m venv "$dist_work/user"
+"$dist_work/user/bin/pip" install -q "$dist_work"/dist/*.whl   # no extras: no cryptography, no test tools
+(cd "$dist_work" && "$dist_work/user/bin/python" -m fastvoice demo -n 20 -s 3)
+rm -rf "$dist_work"
+
+echo "::: other Pythons: a fresh venv each, compiled build, the test suite (compiled + pure twins)"
+bash ci/pythons.sh 3.10 3.12 3.13
+
 echo "::: fuzzing the parsers, 2 minutes (README: Fuzzing)"
 pip install -e ".[test,fuzz]"
-if command -v clang >/dev/null || command -v clang-14 >/dev/null; then
-    # clang is there: the compiled twin's C branches guide the search too.
+if python ci/fuzz.py --check-native; then
+    # clang and its libFuzzer runtime are there: the compiled twin's C branches guide the search too.
     python ci/fuzz.py --target all --seconds 120 --native
 else
-    echo "(no clang: coverage of the Python code guides the search; the compiled twin is compared on every input)"
+    echo "(coverage of the Python code guides the search; the compiled twin is compared on every input)"
     python ci/fuzz.py --target all --seconds 120
 fi
 

@@ -66,7 +66,7 @@ log = logging.getLogger("load_test")
 
 def load_clip() -> bytes:
     """The bundled clip: Opus frames, each after its length (the OpusReader format)."""
-    return resources.files("fastvoice").joinpath("data/demo_clip.opus").read_bytes()
+    return resources.files("fastvoice").joinpath("data/demo_clip.dca").read_bytes()
 
 
 class JitterHistogram:

@@ -4,10 +4,14 @@ Selects the compiled twin (``fastvoice._rtp_c``) when it is built and allowed,
 else the pure-Python twin (``fastvoice._rtp_py``), which has the same API and
 behaviour.  ``FASTVOICE_NO_EXTENSIONS=1`` forces the pure twin;
 ``FASTVOICE_REQUIRE_EXTENSIONS=1`` makes a missing compiled twin an ImportError.
+Otherwise a missing compiled twin on CPython (where it is built) falls back to the pure
+one with a ``RuntimeWarning``, once; :func:`speedups_enabled` says which one is in use.
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import TYPE_CHECKING
 
 from ._env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
@@ -67,6 +71,15 @@ else:
             send_prepared,
             DatagramRouter,
         )
+
+        if sys.implementation.name == "cpython":  # where the build makes the compiled twin
+            warnings.warn(
+                f"fastvoice's compiled packet core is not available ({str(exc)[:120]}): using the pure-Python "
+                "twin, several times slower. Reinstall with a C compiler and the Python headers for the speedups, "
+                "or set FASTVOICE_NO_EXTENSIONS=1 to choose the pure twin without this warning "
+                "(fastvoice.speedups_enabled() says which is in use)",
+                RuntimeWarning,
+            )
 
 
 def speedups_enabled() -> bool:

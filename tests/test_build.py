@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,24 +37,107 @@ def _pip_install(source: Path, target: Path, **env_overrides: str) -> subprocess
     )
 
 
-@pytest.mark.skipif(shutil.which("false") is None, reason="needs a failing stand-in compiler")
-@pytest.mark.skipif(NO_EXTENSIONS, reason="already covered by the run with extensions enabled")
-def test_no_compiler_gives_working_pure_install(tmp_path):
-    broken = {"CC": "false", "LDSHARED": "false"}
-    source = _clean_source(tmp_path)
-    result = _pip_install(source, tmp_path / "site", **broken)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "compiled extensions could not be built" in result.stdout + result.stderr
-    assert not list((tmp_path / "site" / "fastvoice").glob("_rtp_c*.so"))
+def _in_a_terminal(command: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str]:
+    """Run ``command`` with a pseudo-terminal as its controlling terminal and stdio (as a user
+    at a shell would); return its exit status and everything the terminal showed."""
+    import fcntl
+    import select
+    import termios
+
+    master, slave = os.openpty()
+
+    def take_terminal() -> None:  # runs in the child, after setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(command, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=take_terminal)
+    os.close(slave)
+    shown = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer has closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), shown.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def _import_from(site: Path, cwd: Path, **env_overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
-    env["PYTHONPATH"] = str(tmp_path / "site")
+    env.update(env_overrides, PYTHONPATH=str(site))
     # An editable install of the checkout under test would resolve fastvoice._rtp_c from the
     # checkout; drop its import hook so only the target directory is seen.
     code = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
-    code += "import fastvoice; assert fastvoice.__file__.startswith(%r); print(fastvoice.speedups_enabled())" % str(tmp_path)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    code += "import fastvoice; assert fastvoice.__file__.startswith(%r); print(fastvoice.speedups_enabled())" % str(site)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("false") is None, reason="needs a failing stand-in compiler")
+@pytest.mark.skipif(NO_EXTENSIONS, reason="already covered by the run with extensions enabled")
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_no_compiler_gives_working_pure_install_and_says_so(tmp_path):
+    broken = {"CC": "false", "LDSHARED": "false"}
+    source = _clean_source(tmp_path)
+    # pip without -v, in a terminal, as the README's user runs it: pip hides the build's output
+    # (it shows it only if the build fails), so the warning must reach the terminal itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
+    env.update(broken)
+    code, shown = _in_a_terminal([sys.executable, "-m", "pip", "install", "--no-deps", "--target",
+                                  str(tmp_path / "site"), str(source)], env)
+    assert code == 0, shown[-3000:]
+    assert "compiled extensions could not be built" in shown, shown[-3000:]
+    assert "speedups_enabled()" in shown
+    assert not list((tmp_path / "site" / "fastvoice").glob("_rtp_c*.so"))
+
+    run = _import_from(tmp_path / "site", tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+    # Importing says it too, once: the compiled core is missing on CPython, where it is built.
+    assert run.stderr.count("RuntimeWarning") == 1, run.stderr
+    assert "compiled packet core is not available" in run.stderr and "FASTVOICE_NO_EXTENSIONS=1" in run.stderr
+    # ... unless the pure twins were asked for.
+    chosen = _import_from(tmp_path / "site", tmp_path, FASTVOICE_NO_EXTENSIONS="1")
+    assert chosen.returncode == 0 and chosen.stdout.strip() == "False" and chosen.stderr == "", chosen.stderr
 
     required = _pip_install(source, tmp_path / "site2", FASTVOICE_REQUIRE_EXTENSIONS="1", **broken)
     assert required.returncode != 0
+
+
+def _check_dist():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_check_dist", ROOT / "ci" / "check_dist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="builds the compiled wheel")
+def test_wheel_has_the_license_and_neither_generated_c_nor_debug_info(tmp_path):
+    source = _clean_source(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
+    env["FASTVOICE_REQUIRE_EXTENSIONS"] = "1"
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(source)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("fastvoice-*.whl")
+    check = _check_dist()
+    assert check.check_wheel(str(wheel)) == []
+    # The checker itself sees debug information where there is some: an object built with -g.
+    if shutil.which("cc"):
+        (tmp_path / "x.c").write_text("int f(int x) { return x + 1; }\n")
+        subprocess.run(["cc", "-g", "-c", str(tmp_path / "x.c"), "-o", str(tmp_path / "x.o")], check=True)
+        assert ".debug_info" in check.elf_sections((tmp_path / "x.o").read_bytes())

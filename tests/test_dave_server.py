@@ -160,3 +160,119 @@ def test_is_dave_frame() -> None:
     assert not is_dave_frame(b"\xfc" + bytes(60))
     assert not is_dave_frame(b"\xf8\xff\xfe")
     assert not is_dave_frame(bytes(20) + b"\x40\xfa\xfa")  # supplemental size larger than the frame
+
+
+def test_builtin_p256_signer_agrees_with_cryptography() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from fastvoice.testing._p256 import N, P256SigningKey
+
+    rng = random.Random(11)
+    scalars = [1, 2, 15, 16, 17, N - 1, N - 2, 2**255, 15 << 252] + [rng.randrange(1, N) for _ in range(40)]
+    for d in scalars:
+        key = P256SigningKey(d)
+        reference = ec.derive_private_key(d, ec.SECP256R1()).public_key()
+        assert key.public_key == reference.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        message = os.urandom(rng.randrange(0, 300))
+        signature = key.sign(message)
+        reference.verify(signature, message, ec.ECDSA(hashes.SHA256()))  # raises if wrong
+        _, s = decode_dss_signature(signature)  # strict DER
+        assert s <= N // 2
+    for bad in (0, N, -1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="private_value"):
+            P256SigningKey(bad)  # type: ignore[arg-type]
+
+
+def test_default_external_sender_signs_with_the_builtin_code() -> None:
+    sender = DaveExternalSender()
+    member = davey.DaveSession(1, 42, CHANNEL)
+    key_package = member.get_serialized_key_package()
+    message = sender.propose_add(GROUP_ID, 3, key_package)
+    # framing, group id <V>, epoch, sender, aad <V>, content type, proposal type, key package; then the signature <V>
+    head = 4 + 1 + len(GROUP_ID) + 8 + 1 + 4 + 1 + 1 + 2 + len(key_package)
+    tbs, rest = message[:head], message[head:]
+    assert len(rest) == 2 + (int.from_bytes(rest[:2], "big") & 0x3FFF)
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), sender.public_key)
+    public.verify(rest[2:], _vec(b"MLS 1.0 FramedContentTBS") + _vec(tbs), ec.ECDSA(hashes.SHA256()))
+
+
+def test_the_server_side_of_dave_needs_no_cryptography_package() -> None:
+    # A plain install has no `cryptography`: the external sender and a whole call group still work.
+    code = """
+import sys
+sys.modules["cryptography"] = None  # import cryptography now raises ImportError
+import davey
+from fastvoice.testing._dave import DaveCallGroup
+group = DaveCallGroup(5)
+sessions = {u: davey.DaveSession(1, u, 5) for u in (1, 2)}
+out = []
+for uid, session in sessions.items():
+    out += group.join(uid)
+    session.set_external_sender(group.sender.payload)
+for uid, session in sessions.items():
+    out += group.key_package(uid, session.get_serialized_key_package())
+proposals = [m for uid, m in out if uid == 1 and m.OPCODE == 27]
+result = sessions[1].process_proposals(davey.ProposalsOperationType.append, proposals[0].proposals, [1, 2])
+accepted = group.commit_welcome(1, result.commit + (result.welcome or b""))
+assert group.epoch == 1, group
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_builtin_p256_verifier_agrees_with_cryptography() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    from fastvoice.testing._p256 import N, verify
+
+    rng = random.Random(13)
+    for _ in range(12):
+        private = ec.generate_private_key(ec.SECP256R1())
+        public = private.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        message = os.urandom(rng.randrange(0, 200))
+        signature = private.sign(message, ec.ECDSA(hashes.SHA256()))
+        assert verify(public, message, signature)
+        r, s = decode_dss_signature(signature)
+        assert verify(public, message, encode_dss_signature(r, N - s))  # ECDSA accepts both s
+        assert not verify(public, message + b"x", signature)
+        assert not verify(public, message, encode_dss_signature(r, (s % (N - 1)) + 1))
+        assert not verify(public, message, encode_dss_signature((r % (N - 1)) + 1, s))
+        flipped = bytearray(public)
+        flipped[-1] ^= 1  # no longer on the curve
+        assert not verify(bytes(flipped), message, signature)
+        for broken in (b"", signature[:-1], signature + b"\x00", b"\x30\x00", bytes(len(signature)),
+                       encode_dss_signature(0, s), encode_dss_signature(r, N)):
+            assert not verify(public, message, broken)
+    assert not verify(b"\x04" + bytes(64), b"m", b"\x30\x06\x02\x01\x01\x02\x01\x01")
+
+
+def test_key_packages_are_checked_without_the_cryptography_package() -> None:
+    # Validation of members' key packages (signatures included) works from a plain install too.
+    code = """
+import sys
+sys.modules["cryptography"] = None
+import davey
+from fastvoice.testing._mls import MLSValidationError, validate_key_package
+good = davey.DaveSession(1, 7, 5).get_serialized_key_package()
+assert validate_key_package(good).user_id == 7
+bad = bytearray(good)
+bad[-5] ^= 0x01  # inside the key package's own signature
+try:
+    validate_key_package(bytes(bad))
+except MLSValidationError as exc:
+    print("refused:", exc)
+"""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "refused: key package signature does not verify" in run.stdout, (
+        run.stdout + run.stderr[-2000:])

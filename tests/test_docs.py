@@ -6,12 +6,18 @@
   next to its Python name;
 * the example test file in docs/testing.md runs and passes, in a pytest of its own;
 * relative links in docs/*.md and README.md lead to files that exist;
-* examples/load_test.py runs (local server, and a stand-in for Discord's main gateway).
+* examples/load_test.py runs (local server, and a stand-in for Discord's main gateway);
+* every code block of README.md and docs/*.md runs as written, with stand-ins where it leaves
+  names to the reader (``<!-- docs-test: run with stand-ins for a, b -->``), or says why not
+  (``<!-- docs-test: not run: <reason> -->``, a reason this file checks against the block);
+  shell blocks are checked (extras exist, every option is in the command's --help).
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import builtins
 import importlib
 import importlib.util
 import inspect
@@ -19,7 +25,11 @@ import json
 import os
 import pkgutil
 import re
+import shutil
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -263,10 +273,23 @@ def test_testing_guide_has_an_example_file():
     assert files and all(code.count("def test_") >= 3 for code in files.values())
 
 
+def _example_config() -> str:
+    block = next(b for b in _code_blocks() if b.lang == "ini" and b.marker.startswith("pytest.ini for the example"))
+    return block.code
+
+
+def test_testing_guide_shows_the_loop_scope_setting():
+    # pytest-asyncio 0.24-0.26 warn at start-up unless this is set: the guide shows the line.
+    config = _example_config()
+    assert config.splitlines()[0] == "[pytest]"
+    assert re.search(r"^asyncio_default_fixture_loop_scope = function$", config, re.MULTILINE)
+
+
 async def test_testing_guide_example_passes(tmp_path):
     files = _example_files()
     for name, code in files.items():
         (tmp_path / name).write_text(code, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text(_example_config(), encoding="utf-8")
     expected = sum(code.count("\nasync def test_") + code.count("\ndef test_") for code in files.values())
     # A pytest of its own, outside this repository's configuration: as a bot author would run it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
@@ -278,6 +301,7 @@ async def test_testing_guide_example_passes(tmp_path):
     report = out.decode(errors="replace")
     assert proc.returncode == 0, report
     assert f"{expected} passed" in report, report
+    assert "asyncio_default_fixture_loop_scope" not in report and "PytestConfigWarning" not in report, report
 
 
 def _knob_tables() -> str:
@@ -486,3 +510,257 @@ async def test_load_script_without_the_token():
     env = {k: v for k, v in os.environ.items() if k != "LOAD_TEST_TOKEN"}
     code, out = await _run("--discord", "--channels", "1", "--token-env", "LOAD_TEST_TOKEN", env=env)
     assert code == 2 and "LOAD_TEST_TOKEN" in out
+
+
+# -- 6. every code block runs as written, or says why not ----------------------------------------
+
+
+@dataclass
+class Block:
+    path: Path
+    line: int
+    lang: str
+    code: str
+    marker: str  # what the <!-- docs-test: ... --> line before the fence says ("" for none)
+
+    def __str__(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+_FENCE = re.compile(r"(?:<!-- docs-test: (?P<marker>[^\n]*?) -->\n)?^```(?P<lang>[\w-]*)\n(?P<code>.*?)^```",
+                    re.DOTALL | re.MULTILINE)
+
+#: Why a Python block may stay unrun, and what the block must show for the reason to hold.
+NOT_RUN = {
+    "it needs a Discord bot token": lambda code: "bot.run(" in code and "YOUR_BOT_TOKEN" in code,
+    "it fetches a URL": lambda code: re.search(r"\bhttps?://", code) is not None,
+}
+
+
+def _code_blocks() -> list[Block]:
+    blocks = []
+    for path in _markdown_files():
+        text = path.read_text(encoding="utf-8")
+        for m in _FENCE.finditer(text):
+            line = text.count("\n", 0, m.start("lang")) + 1
+            blocks.append(Block(path, line, m.group("lang"), m.group("code"), m.group("marker") or ""))
+    return blocks
+
+
+def _blocks(kind: str) -> list[Block]:
+    def kind_of(b: Block) -> str:
+        if b.lang == "python" and not b.marker:
+            return "run"
+        if b.lang == "python" and b.marker.startswith("run with stand-ins for "):
+            return "stand-ins"
+        if b.lang == "python" and b.marker.startswith("not run: "):
+            return "not run"
+        if b.lang == "sh":
+            return "shell"
+        return "other"
+
+    return [b for b in _code_blocks() if kind_of(b) == kind]
+
+
+def _free_names(code: str) -> set[str]:
+    """Names a block reads that it neither assigns, imports, defines nor gets from builtins
+    (function parameters count inside their function only)."""
+
+    def scope(body: list[ast.AST], params: set[str]) -> set[str]:
+        loaded, bound, nested = set(), set(params), []
+        stack = list(body)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                if not isinstance(node, ast.Lambda):
+                    bound.add(node.name)
+                    stack.extend(node.decorator_list)
+                args = node.args
+                names = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+                names |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+                stack.extend(d for d in args.defaults + args.kw_defaults if d is not None)
+                nested.append((node.body if isinstance(node.body, list) else [node.body], names))
+                continue
+            if isinstance(node, ast.ClassDef):
+                bound.add(node.name)
+            elif isinstance(node, ast.Name):
+                (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+            stack.extend(ast.iter_child_nodes(node))
+        free = loaded - bound
+        for inner_body, names in nested:
+            free |= scope(inner_body, names) - bound
+        return free
+
+    return scope(ast.parse(code).body, set()) - set(dir(builtins))
+
+
+def _stand_in_names(block: Block) -> set[str]:
+    return {n.strip() for n in block.marker.removeprefix("run with stand-ins for ").split(",")}
+
+
+async def _execute(block: Block, namespace: dict) -> None:
+    """Run a block as written, at module level (top-level ``await`` allowed, as in asyncio's REPL)."""
+    code = compile(block.code, str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    result = eval(code, namespace)  # noqa: S307 - the repository's own documentation
+    if inspect.iscoroutine(result):
+        await asyncio.wait_for(result, 60)
+
+
+def test_every_code_block_is_run_or_says_why_not():
+    blocks = _code_blocks()
+    assert len(blocks) >= 10
+    for block in blocks:
+        assert block.lang in ("python", "sh", "ini", "text"), f"{block}: a fence needs one of these languages"
+        if block.lang == "text":
+            assert not block.marker, block
+        elif block.lang == "ini":
+            assert block.marker.startswith("pytest.ini for the example"), block
+        elif block.lang == "sh":
+            assert block.marker.startswith("checked, not run: "), f"{block}: say why a shell block is not run"
+        elif block.marker.startswith("a pytest file"):
+            assert re.match(r"# test_\w+\.py", block.code), block
+            assert "test_testing_guide_example_passes" in block.marker
+        elif block.marker.startswith("not run: "):
+            reason = block.marker.removeprefix("not run: ")
+            assert reason in NOT_RUN, f"{block}: unknown reason {reason!r}"
+            assert NOT_RUN[reason](block.code), f"{block}: the block does not show that {reason}"
+        elif block.marker.startswith("run with stand-ins for "):
+            # The stand-ins are exactly the names the block leaves to the reader.
+            assert _free_names(block.code) == _stand_in_names(block), block
+        else:
+            assert not block.marker, f"{block}: unknown docs-test marker {block.marker!r}"
+            assert not _free_names(block.code), f"{block}: uses names it does not define: {_free_names(block.code)}"
+    assert _blocks("run") and _blocks("stand-ins") and _blocks("not run") and _blocks("shell")
+
+
+@pytest.mark.parametrize("block", _blocks("not run"), ids=str)
+def test_blocks_that_are_not_run_compile_and_import(block):
+    tree = ast.parse(block.code)
+    compile(block.code, str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    imports = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    if "discord" in block.code:
+        pytest.importorskip("discord")
+    exec(compile(imports, str(block), "exec"), {})  # every name it imports exists
+
+
+@pytest.mark.parametrize("block", _blocks("run"), ids=str)
+async def test_python_blocks_run_as_written(block, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__docs__"}
+    await _execute(block, namespace)
+    if "kernel_receive_clock" in block.code:
+        # The guide's protocol, used as its text says: arrivals on the wall clock, near now.
+        loop = asyncio.get_running_loop()
+        transport, receiver = await loop.create_datagram_endpoint(namespace["Receiver"], local_addr=("127.0.0.1", 0))
+        try:
+            import socket
+
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.sendto(b"x", transport.get_extra_info("sockname"))
+            sender.close()
+            for _ in range(100):
+                if receiver.arrivals:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(receiver.arrivals) == 1 and abs(receiver.arrivals[0] - time.time()) < 5
+        finally:
+            transport.close()
+
+
+async def test_readme_connect_block_runs_with_a_stand_in_main_gateway(tmp_path, monkeypatch):
+    from fastvoice._demo import load_clip
+    from fastvoice.testing import MainGatewayStandIn, VoiceServer
+
+    (block,) = [b for b in _blocks("stand-ins") if "my_shard_for" in b.marker]
+    monkeypatch.chdir(tmp_path)
+    clip = load_clip()[:50]
+    (tmp_path / "song.dca").write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in clip))
+    namespace: dict = {"__name__": "__docs__", "BOT_USER_ID": 4242, "guild_id": 10, "channel_id": 20}
+    async with VoiceServer() as server:
+        main = MainGatewayStandIn(server, 4242)
+
+        class Shard:  # the bot's shard: its op 4 goes to the stand-in, whose dispatches reach `voice`
+            async def send_voice_state(self, guild_id, channel_id, self_mute, self_deaf):
+                main.attach(namespace["voice"])  # the block's dispatch handler, as its comment says
+                await main.update_voice_state(guild_id, channel_id, self_mute, self_deaf)
+
+        namespace["my_shard_for"] = lambda guild_id: Shard()
+        await _execute(block, namespace)
+        assert main.requests[0][:2] == (10, 20)  # open() joined through the shard
+        assert main.requests[-1][:2] == (10, None)  # voice.close() left
+        assert [s.guild_id for s in server.sessions] == [10]
+    assert (tmp_path / "call.dca").exists()
+
+
+async def test_readme_discordpy_block_runs_with_stand_in_channels(tmp_path, monkeypatch):
+    pytest.importorskip("discord")
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the block plays a file through discord.FFmpegOpusAudio: needs ffmpeg")
+    import wave
+
+    from fastvoice.testing import VoiceServer
+
+    spec = importlib.util.spec_from_file_location("_ext_discord_harness", ROOT / "tests" / "test_ext_discord.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)  # a discord.Client with a guild of two voice channels
+    (block,) = [b for b in _blocks("stand-ins") if "other_channel" in b.marker]
+    monkeypatch.chdir(tmp_path)
+    with wave.open(str(tmp_path / "song.mp3"), "wb") as song:  # ffmpeg goes by the content, not the name
+        song.setnchannels(1)
+        song.setsampwidth(2)
+        song.setframerate(48000)
+        song.writeframes(bytes(48000 * 2))
+    async with VoiceServer(heartbeat_interval=1000.0) as server:
+        client, guild = harness.make_client(server)
+        try:
+            channel, other_channel = guild.get_channel(harness.VOICE_A), guild.get_channel(harness.VOICE_B)
+            namespace = {"__name__": "__docs__", "channel": channel, "other_channel": other_channel}
+            await _execute(block, namespace)
+            requests = client.ws.stand_in.requests
+            assert [r[:2] for r in requests] == [(harness.GUILD, harness.VOICE_A), (harness.GUILD, harness.VOICE_B),
+                                                 (harness.GUILD, None)]
+            assert not namespace["vc"].is_connected() and guild.voice_client is None
+        finally:
+            await client.close()
+    assert (tmp_path / "call.dca").exists()
+
+
+def _extras() -> set[str]:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    section = text[text.index("[project.optional-dependencies]"):]
+    section = section[:section.index("\n[", 1)]
+    return set(re.findall(r"^(\w[\w-]*) = \[", section, re.MULTILINE))
+
+
+def _shell_commands(block: Block) -> list[str]:
+    commands = []
+    for line in block.code.splitlines():
+        line = line.split("#", 1)[0].strip()
+        commands += [part.strip() for part in line.split("&&") if part.strip()]
+    return commands
+
+
+@pytest.mark.parametrize("block", _blocks("shell"), ids=str)
+def test_shell_blocks_use_real_extras_and_options(block):
+    ci = (ROOT / "ci" / "test.sh").read_text(encoding="utf-8")
+    checked = 0
+    for command in _shell_commands(block):
+        words = command.split()
+        if words[:2] == ["pip", "install"]:
+            extras = re.search(r'"\.\[([\w,-]+)\]"', command)
+            assert extras and set(extras.group(1).split(",")) <= _extras(), f"{block}: {command}"
+        elif words[:3] in (["python", "-m", "pytest"], ["python", "-m", "fastvoice"]) or words[1:2] == ["ci/fuzz.py"]:
+            # Every option the command uses is one its --help lists.
+            head = words[:4] if words[:3] == ["python", "-m", "fastvoice"] else words[:3] if words[1] == "-m" else words[:2]
+            helptext = subprocess.run([sys.executable, *head[1:], "--help"], cwd=ROOT, capture_output=True, text=True,
+                                      timeout=120).stdout
+            for option in (w for w in words[len(head):] if w.startswith("--")):
+                assert option.split("=")[0] in helptext, f"{block}: {command}: {option} is not an option"
+        else:
+            raise AssertionError(f"{block}: no check for the command {command!r}")
+        if "ci/test.sh runs these" in block.marker:
+            assert command in ci, f"{block}: ci/test.sh does not run {command!r}"
+        checked += 1
+    assert checked >= 2

@@ -645,3 +645,41 @@ async def test_main_gateway_stand_in_needs_a_target(server):
         await main.update_voice_state(GUILD, 1)
     with pytest.raises(TypeError, match="handle_voice_state_update"):
         main.attach(on_voice_state_update=lambda d: None)
+
+
+async def test_udp_receive_buffer_is_enlarged_and_socket_drops_are_counted():
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    default = probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    probe.close()
+    async with VoiceServer() as server:
+        fd = server._udp.get_extra_info("socket").fileno()
+        sock = socket.socket(fileno=fd)
+        try:
+            assert server.udp_receive_buffer == sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            limit = _rmem_max()
+            if os.geteuid() == 0 or (limit is not None and 2 * limit > default):
+                assert server.udp_receive_buffer > default  # SO_RCVBUFFORCE as root, else up to rmem_max
+            if server.udp_receive_drops is None:
+                pytest.skip("the kernel's per-socket drop counter is not readable here (Linux /proc/net/udp)")
+            assert server.udp_receive_drops == 0
+            # Shrink the buffer to the kernel's minimum and send a burst while the loop cannot read it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        finally:
+            sock.detach()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _ in range(300):
+                sender.sendto(b"\x80\x78" + bytes(200), ("127.0.0.1", server.udp_port))
+        finally:
+            sender.close()
+        assert server.udp_receive_drops > 100
+
+
+def _rmem_max():
+    try:
+        with open("/proc/sys/net/core/rmem_max") as fh:
+            return int(fh.read())
+    except OSError:
+        return None

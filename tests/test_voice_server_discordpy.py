@@ -110,7 +110,12 @@ async def test_discordpy_handshake_heartbeat_and_audio(server, http_session):
         assert session.announced_address == session.udp_address  # what our discovery reply told it
         assert session.mode == "aead_xchacha20_poly1305_rtpsize"  # its first supported offered mode
         assert bytes(vc.secret_key) == session.secret_key
-        assert session.speaking == 0  # discord.py announces its SSRC with speaking 0
+        # discord.py announces its SSRC with speaking 0 on the Session Description, and connect()
+        # returns once it has written that op 5: nothing acknowledges it, so the server may read
+        # it a moment later (on 3.12+, whose asyncio.wait_for adds no task, connect() returns
+        # two loop iterations before the server's reader runs).
+        await server.wait_for(lambda: session.speaking is not None, timeout=5)
+        assert session.speaking == 0
         assert session.channel_id == CHANNEL
         # heartbeats {t, seq_ack} acknowledged: discord.py measures a latency
         await server.wait_for(lambda: len(conn.messages_in(Opcode.HEARTBEAT)) >= 2, timeout=5)

@@ -201,11 +201,23 @@ function jitterStats(report) {
 	};
 }
 
+// Every process this one starts, so that a signal that stops it stops them too.
+const children = new Set();
+
+function stopChildrenOn(signal, number) {
+	process.on(signal, () => {
+		for (const proc of children) if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+		process.exit(128 + number);
+	});
+}
+
 async function main(n, seconds) {
+	for (const [signal, number] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]]) stopChildrenOn(signal, number);
 	const python = process.env.FASTVOICE_PYTHON || 'python3';
 	const server = spawn(python, [join(HERE, '..', 'voice_server_process.py'), '--tls'], {
 		stdio: ['pipe', 'pipe', 'inherit'],
 	});
+	children.add(server);
 	const serverExit = exited(server);
 	const lines = createInterface({ input: server.stdout, crlfDelay: Infinity })[Symbol.asyncIterator]();
 	let child;
@@ -217,6 +229,7 @@ async function main(n, seconds) {
 			env: { ...process.env, NODE_EXTRA_CA_CERTS: caFile, FASTVOICE_BENCH_ENDPOINT: endpoint },
 			stdio: ['ignore', 2, 2, 'ipc'],
 		});
+		children.add(child);
 		const childExit = exited(child);
 		const message = await Promise.race([
 			new Promise((resolve) => child.once('message', resolve)),
@@ -250,6 +263,8 @@ async function main(n, seconds) {
 
 const [n, seconds] = [Number(process.argv[2] ?? 10), Number(process.argv[3] ?? 10)];
 if (process.send) {
+	// The measured process goes when the process that started it does, however that ended.
+	process.on('disconnect', () => process.exit(1));
 	await measured(n, seconds);
 } else {
 	try {

@@ -51,6 +51,7 @@ from ._dave_relay import DaveRelay
 from ._keepalive import KeepaliveLapse, KeepaliveWatch, ReceivedKeepalive
 from ._mls import is_dave_frame
 from ._recording import Recording, ReceivedPacket, RecordedMessage, RejectedDatagram, check_limit
+from ._sockbuf import enlarge_receive_buffer, receive_drops
 from ._stamps import kernel_receive_clock
 
 if TYPE_CHECKING:
@@ -411,7 +412,9 @@ class VoiceServer:
     counts what it let go): ``record_messages`` frames and ``record_message_bytes`` bytes of
     them per connection (defaults 10,000 and 4 MiB), ``record_packets`` per SSRC and per
     datagram list (default 10,000); ``None`` lifts a limit. A limit changed on a running
-    server applies to the recordings it starts afterwards. With ``kernel_stamps`` on (Linux), a packet's arrival is the
+    server applies to the recordings it starts afterwards. ``udp_receive_drops`` counts
+    datagrams the kernel dropped at the server's socket (its receive buffer,
+    ``udp_receive_buffer``, was full). With ``kernel_stamps`` on (Linux), a packet's arrival is the
     time the kernel received it rather than the time the server's loop read it, so pacing
     measured at the server excludes the server's own delays (it shares the loop under test).
 
@@ -496,6 +499,8 @@ class VoiceServer:
         self.dave = DaveRelay(self)
         self._connection_count = 0
         self._closing = False
+        #: Receive buffer of the UDP socket as the kernel reports it (``SO_RCVBUF``), once started.
+        self.udp_receive_buffer = 0
 
     # -- UDP fault rates ---------------------------------------------------------------
 
@@ -616,6 +621,8 @@ class VoiceServer:
         )
         self._udp = transport  # type: ignore[assignment]
         self._udp_port = transport.get_extra_info("sockname")[1]
+        # A tick's burst from many calls waits here while the shared loop is busy elsewhere.
+        self.udp_receive_buffer = enlarge_receive_buffer(transport.get_extra_info("socket").fileno())
         _log.debug("voice server listening on %s (UDP %d)", self.url, self._udp_port)
 
     async def close(self) -> None:
@@ -665,6 +672,12 @@ class VoiceServer:
     def url(self) -> str:
         """The websocket URL with scheme (``ws://`` or ``wss://``)."""
         return f"{'wss' if self.tls else 'ws'}://{self.endpoint}"
+
+    @property
+    def udp_receive_drops(self) -> int | None:
+        """Datagrams the kernel dropped at the server's UDP socket since it opened (its receive
+        buffer was full: the server could not keep up), or ``None`` where unknown (not Linux)."""
+        return None if self._udp is None else receive_drops(self._udp.get_extra_info("socket").fileno())
 
     @property
     def udp_port(self) -> int:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test suite on other Python versions: for each MAJOR.MINOR given, the newest patch
+# release pyenv has, a fresh venv, fastvoice installed editable with its compiled core
+# (FASTVOICE_REQUIRE_EXTENSIONS=1: a pure fallback fails), then `python -m pytest`
+# (both twins through the shared fixture). The main version's full run is ci/test.sh's.
+#
+#     bash ci/pythons.sh 3.10 3.12 3.13
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v pyenv >/dev/null || { echo "ci/pythons.sh needs pyenv to find Python $*" >&2; exit 1; }
+export FASTVOICE_REQUIRE_EXTENSIONS=1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+for minor in "$@"; do
+    version=$(pyenv versions --bare | grep -E "^${minor//./\\.}\.[0-9]+$" | sort -V | tail -n 1 || true)
+    if [ -z "$version" ]; then
+        echo "Python $minor is not installed (pyenv install $minor)" >&2
+        exit 1
+    fi
+    python=$(PYENV_VERSION="$version" pyenv which python)
+    echo "::: Python $version ($python)"
+    started=$SECONDS
+    "$python" -m venv "$work/py$minor"
+    "$work/py$minor/bin/pip" install -q --upgrade pip
+    "$work/py$minor/bin/pip" install -q -e ".[test]"
+    "$work/py$minor/bin/python" -c "import fastvoice, sys; assert fastvoice.speedups_enabled(); print(sys.version)"
+    cache=(-o "cache_dir=$work/cache$minor")
+    if ! "$work/py$minor/bin/python" -m pytest -q "${cache[@]}"; then
+        # A few tests measure pacing and flake when the machine is busy; a failure that is
+        # the Python version's fails again. Said loudly, so that a flake is not forgotten.
+        echo "::: Python $version: rerunning only the tests that failed, once"
+        "$work/py$minor/bin/python" -m pytest -q "${cache[@]}" --last-failed --last-failed-no-failures none
+        echo "::: Python $version: the failures above passed on a rerun (flaky)"
+    fi
+    echo "::: Python $version: $((SECONDS - started)) s"
+done
