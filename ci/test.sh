@@ -23,6 +23,9 @@ pip install -e ".[test]" && python -m fastvoice demo
 echo "::: tests, compiled + pure twins (README)"
 python -m pytest
 
+echo "::: type checking: mypy --strict over the package (pyproject: [tool.mypy])"
+python -m mypy
+
 echo "::: tests, FASTVOICE_NO_EXTENSIONS=1"
 FASTVOICE_NO_EXTENSIONS=1 FASTVOICE_REQUIRE_EXTENSIONS=0 python -m pytest -q
 
@@ -34,6 +37,15 @@ python ci/check_dist.py "$dist_work"/dist/*.whl "$dist_work"/dist/*.tar.gz   # L
 python -m venv "$dist_work/user"
 "$dist_work/user/bin/pip" install -q "$dist_work"/dist/*.whl   # no extras: no cryptography, no test tools
 (cd "$dist_work" && "$dist_work/user/bin/python" -m fastvoice demo -n 20 -s 3)
+# A user's code type-checks against the installed wheel, and against an editable install made
+# the way the README says for that (editable_mode=compat; the pure build, to skip compiling).
+"$dist_work/user/bin/pip" install -q "mypy==2.4.1"
+cp ci/typecheck_user.py "$dist_work/user_script.py"
+(cd "$dist_work" && "$dist_work/user/bin/python" -m mypy --strict user_script.py)
+python -m venv "$dist_work/editable"
+FASTVOICE_NO_EXTENSIONS=1 FASTVOICE_REQUIRE_EXTENSIONS=0 "$dist_work/editable/bin/pip" install -q \
+    -e . --config-settings editable_mode=compat "mypy==2.4.1"
+(cd "$dist_work" && "$dist_work/editable/bin/python" -m mypy --strict user_script.py)
 rm -rf "$dist_work"
 
 echo "::: other Pythons: a fresh venv each, compiled build, the test suite (compiled + pure twins)"

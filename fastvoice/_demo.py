@@ -22,6 +22,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from importlib import resources
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 SPEAKER, LISTENER = 1001, 1002
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         # The core is chosen at import: run again with the switch set.
         env = dict(os.environ, FASTVOICE_NO_EXTENSIONS="1")
         os.execve(sys.executable, [sys.executable, "-m", "fastvoice", "demo", *(argv or sys.argv[2:])], env)
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 

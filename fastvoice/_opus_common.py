@@ -228,5 +228,5 @@ def load_opus(path: str | os.PathLike[str] | None = None) -> str:
     if loaded is not None:
         if name is not None and name != loaded.path:
             raise RuntimeError(f"libopus is already loaded from {loaded.path}; it cannot be replaced in this process")
-        return loaded.version
-    return _load(name).version
+        return str(loaded.version)
+    return str(_load(name).version)

@@ -52,7 +52,7 @@ def _libc_timerfd() -> tuple[Callable[[], int], Callable[[int, int], None]] | No
     spec_ref = ctypes.byref(spec)
 
     def create() -> int:
-        fd = c_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        fd: int = c_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
@@ -71,11 +71,17 @@ def _os_timerfd() -> tuple[Callable[[], int], Callable[[int, int], None]] | None
     if not hasattr(os, "timerfd_create"):
         return None
 
+    # Python 3.13+ (type checkers reading an older version's stubs do not know these names).
+    timerfd_create: Callable[..., int] = getattr(os, "timerfd_create")
+    timerfd_settime_ns: Callable[..., object] = getattr(os, "timerfd_settime_ns")
+    nonblock_cloexec: int = getattr(os, "TFD_NONBLOCK") | getattr(os, "TFD_CLOEXEC")
+    abstime: int = getattr(os, "TFD_TIMER_ABSTIME")
+
     def create() -> int:
-        return os.timerfd_create(time.CLOCK_MONOTONIC, flags=os.TFD_NONBLOCK | os.TFD_CLOEXEC)
+        return timerfd_create(time.CLOCK_MONOTONIC, flags=nonblock_cloexec)
 
     def arm(fd: int, ns: int) -> None:
-        os.timerfd_settime_ns(fd, flags=os.TFD_TIMER_ABSTIME, initial=ns)
+        timerfd_settime_ns(fd, flags=abstime, initial=ns)
 
     return create, arm
 

@@ -584,6 +584,7 @@ class Conn:
             self._start_receiver()
         if self._audio_ready is not None and not self._audio_ready.done():
             self._audio_ready.set_result(None)
+        return None
 
     def _unsupported_dave_version(self, version: int) -> ConnOpenError | None:
         """A DAVE version above the one offered in Identify: nothing could be sent or heard, so the

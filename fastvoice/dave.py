@@ -46,6 +46,7 @@ from .gateway_messages import (
     Opcode,
 )
 
+_davey: Any
 try:
     import davey as _davey
 except ImportError:  # pragma: no cover - davey is a runtime dependency; tolerate a broken install
@@ -234,7 +235,8 @@ class DaveManager:
         session = self._session
         if session is None or not session.ready:
             return None
-        return session.voice_privacy_code
+        code: str = session.voice_privacy_code
+        return code
 
     @property
     def connected_users(self) -> frozenset[int]:
@@ -257,7 +259,8 @@ class DaveManager:
         if session is None or not session.ready:
             return None
         try:
-            return session.get_verification_code(user_id)
+            code: str = session.get_verification_code(user_id)
+            return code
         except (ValueError, TypeError, OverflowError) as exc:
             self._log.debug("no verification code for user %s: %s", user_id, exc)
             return None
@@ -300,7 +303,7 @@ class DaveManager:
             self.stats.frames_held += 1
             return None
         try:
-            frame = session.encrypt_opus(opus)
+            frame: bytes = session.encrypt_opus(opus)
         except ValueError as exc:
             self.stats.frames_held += 1
             self._log.debug("DAVE encryption failed, frame held: %s", exc)

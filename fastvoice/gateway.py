@@ -500,7 +500,7 @@ class Gateway:
     def _backoff(self, attempt: int) -> float:
         cap = max(0.0, self._config.backoff_max)
         base = max(0.0, self._config.backoff_base)
-        delay = min(cap, base * (2 ** min(attempt - 1, 30)))
+        delay: float = min(cap, base * (2 ** min(attempt - 1, 30)))
         return delay * random.uniform(0.5, 1.0)
 
     async def _refresh_state(self) -> None:
@@ -595,9 +595,9 @@ class Gateway:
                     pass
             if self._ws is ws:
                 self._ws = None
-        if not reader.cancelled() and reader.exception() is not None:
-            exc = reader.exception()
-            self._log.error("voice gateway reader failed: %s", _describe(exc), exc_info=exc)
+        failure = None if reader.cancelled() else reader.exception()
+        if failure is not None:
+            self._log.error("voice gateway reader failed: %s", _describe(failure), exc_info=failure)
         if self._zombie:
             return _ConnectionEnded(None, "heartbeat ACK missed", zombie=True)
         code = ws.close_code

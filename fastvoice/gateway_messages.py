@@ -963,7 +963,7 @@ class GatewayMessage:
         return self.d.BINARY
 
 
-_JSONData = Union[GatewayMessageData, dict, list, str, int, float, bool, None]
+_JSONData = Union[GatewayMessageData, "dict[str, Any]", "list[Any]", str, int, float, bool, None]
 
 
 def decode_message(frame: str | bytes | bytearray) -> GatewayMessage:

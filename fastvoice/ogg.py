@@ -292,10 +292,10 @@ class OggOpusDemuxer:
         size = _HEADER_SIZE + segments + sum(table)
         if available < size:
             return False
-        page = buffer[pos : pos + size]
-        page[22:26] = b"\0\0\0\0"  # the checksum is computed with its own field zeroed
-        computed = ogg_crc32(page)
-        page = bytes(page)
+        checked = buffer[pos : pos + size]
+        checked[22:26] = b"\0\0\0\0"  # the checksum is computed with its own field zeroed
+        computed = ogg_crc32(checked)
+        page = bytes(checked)
         if computed != crc:
             raise self._fail(f"CRC-32 mismatch: page says {crc:#010x}, contents give {computed:#010x}")
         self._handle_page(flags, serial, sequence, table, page, _HEADER_SIZE + segments)

@@ -162,7 +162,8 @@ class UDPConn:
         """The local (host, port) of the socket, once open."""
         if self._transport is None:
             return None
-        return self._transport.get_extra_info("sockname")[:2]
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
 
     @property
     def remote_addr(self) -> tuple[str, int] | None:
@@ -221,8 +222,9 @@ class UDPConn:
         if self._closed:  # close() came while the socket was being made: it must not outlive it
             transport.close()
             raise ConnectionError("the voice UDP connection was closed while opening")
-        self._transport = transport  # type: ignore[assignment]
-        self._remote = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
+        self._transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self._remote = (str(host), int(port))
         self._router.remote = self._remote
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1

@@ -42,17 +42,20 @@ import os
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import opus as _discord_opus
 from discord.errors import ClientException
 from discord.player import AudioSource, FFmpegAudio, FFmpegOpusAudio, FFmpegPCMAudio
 
-try:  # py-cord 2.7+ moved it (the old name warns)
-    from discord.voice import VoiceProtocol as _VoiceProtocol
-except ImportError:  # discord.py
+if TYPE_CHECKING:  # type checkers read discord.py's own name
     from discord import VoiceProtocol as _VoiceProtocol
+else:
+    try:  # py-cord 2.7+ moved it (the old name warns)
+        from discord.voice import VoiceProtocol as _VoiceProtocol
+    except ImportError:  # discord.py
+        from discord import VoiceProtocol as _VoiceProtocol
 
 from ..conn import Conn
 from ..errors import VoiceError
@@ -263,7 +266,7 @@ class _PipeReader:
             except Exception as exc:  # reading its stderr failed: report the exit code anyway
                 _log.debug("checking ffmpeg's exit failed: %s", exc)
             error = getattr(self.source, "_current_error", None)
-            if error is not None:
+            if isinstance(error, BaseException):
                 return error
         code = getattr(self.process, "returncode", None)
         if code:
@@ -384,7 +387,8 @@ class _Playback:
         source = self.source
         try:
             if self._provider:
-                return source.provide_opus_frame()
+                frame: bytes | None = source.provide_opus_frame()
+                return frame
             data = source.read()
             if not data:
                 raise EOFError("end of the audio source")
@@ -396,7 +400,8 @@ class _Playback:
             elif size > PCM_FRAME_BYTES:
                 raise ValueError(f"the PCM source returned {size} bytes; expected {PCM_FRAME_BYTES} "
                                  "(20 ms of 16-bit 48 kHz stereo)")
-            return self._encoder.encode(data, _PCM_FRAME_SAMPLES)
+            encoded: bytes = self._encoder.encode(data, _PCM_FRAME_SAMPLES)
+            return encoded
         except _Underrun:
             return None
         except EOFError:
@@ -444,7 +449,9 @@ class _Playback:
         after = self.after
         if after is not None:
             try:
-                result = after(error)
+                # discord.py's after() takes an Exception; a BaseException here is one too
+                # in practice (ffmpeg's and the source's errors), passed on as it came.
+                result = after(error)  # type: ignore[arg-type]
                 if inspect.isawaitable(result):
                     await result
             except Exception:
@@ -555,7 +562,8 @@ class VoiceClient(_VoiceProtocol):
         conn.set_event_handler_func(self._on_voice_event)
         self._conn = conn
         try:
-            await asyncio.wait_for(conn.open(self.channel.id, self._self_mute, self._self_deaf), timeout)
+            channel: Any = self.channel  # discord.py types it as the abstract Connectable
+            await asyncio.wait_for(conn.open(channel.id, self._self_mute, self._self_deaf), timeout)
         except BaseException:
             await self._shutdown(leave=True)
             raise
@@ -608,7 +616,8 @@ class VoiceClient(_VoiceProtocol):
     @property
     def guild(self) -> Any:
         """The guild of the voice channel."""
-        return self.channel.guild
+        channel: Any = self.channel  # discord.py types it as the abstract Connectable
+        return channel.guild
 
     @property
     def user(self) -> Any:

@@ -349,7 +349,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._stamp = kernel_receive_clock(transport)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         stamp = self._stamp() if self.server.kernel_stamps and self._stamp is not None else None
         try:
             if stamp is None:
@@ -619,7 +619,7 @@ class VoiceServer:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _UDPProtocol(self), local_addr=(self.host, 0), family=socket.AF_INET
         )
-        self._udp = transport  # type: ignore[assignment]
+        self._udp = transport
         self._udp_port = transport.get_extra_info("sockname")[1]
         # A tick's burst from many calls waits here while the shared loop is busy elsewhere.
         self.udp_receive_buffer = enlarge_receive_buffer(transport.get_extra_info("socket").fileno())
@@ -924,9 +924,9 @@ class VoiceServer:
                 elif msg.type is WSMsgType.ERROR:
                     # aiohttp closed the socket itself (1009 for a frame over max_msg_size);
                     # its close_code then reads 1006, so record the code it sent now.
-                    code = getattr(msg.data, "code", None)
-                    if isinstance(code, int) and conn.close_code is None:
-                        conn.close_code = code
+                    sent = getattr(msg.data, "code", None)
+                    if isinstance(sent, int) and conn.close_code is None:
+                        conn.close_code = sent
                         conn._server_closed = True
                 if conn._close_after is not None:
                     limit, code, reason = conn._close_after

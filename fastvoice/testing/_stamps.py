@@ -11,6 +11,7 @@ call turns stamping on for the socket.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import sys
@@ -22,7 +23,7 @@ _SIOCGSTAMPNS = 0x8907
 _STAMP_OPTIONS = (("SO_TIMESTAMP", 29), ("SO_TIMESTAMPNS", 35))
 
 
-def kernel_receive_clock(transport) -> Callable[[], float | None] | None:
+def kernel_receive_clock(transport: asyncio.BaseTransport) -> Callable[[], float | None] | None:
     """A function giving the kernel receive time of the datagram just delivered by ``transport``.
 
     Call the function from the protocol's ``datagram_received``: it returns the time, in
@@ -66,6 +67,6 @@ def kernel_receive_clock(transport) -> Callable[[], float | None] | None:
         except OSError:
             return None
         sec, nsec = unpack(buf)
-        return sec + nsec * 1e-9
+        return float(sec + nsec * 1e-9)
 
     return stamp
