@@ -117,6 +117,22 @@ def as_packet(data: object) -> bytes:
         return view.tobytes()
 
 
+def batch_job(job: object) -> tuple[object, bytes | None, bool]:
+    """One job of ``decode_batch`` checked: ``(decoder, packet as bytes or None, fec)``."""
+    try:
+        decoder, packet, fec = job  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise TypeError(f"a decode_batch job is (decoder, packet or None, fec), not {str(job)[:60]}") from None
+    fec = bool(fec)
+    if packet is None:
+        if fec:
+            raise fec_without_packet_error()
+        return decoder, None, False
+    if type(packet) is not bytes:
+        packet = as_packet(packet)
+    return decoder, packet, fec
+
+
 # ------------------------------------------------------------------ loading libopus
 
 _lock = threading.Lock()

@@ -22,11 +22,14 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .opus_decoder import OpusDecodeError
+from .opus_decoder import OpusDecodeError, decode_batch
 
 __all__ = ["DecodePool", "DecodeJob", "decode_jobs", "default_threads"]
 
 _log = logging.getLogger("fastvoice.playout")
+
+#: A batch is cut into about this many chunks per thread, taken in turn.
+CHUNKS_PER_THREAD = 8
 
 #: One decode: ``(decoder, packet or None, fec)``; the result is ``decoder.decode(packet, fec)``.
 DecodeJob = tuple[Any, "bytes | None", bool]
@@ -40,30 +43,58 @@ def default_threads() -> int:
 def decode_jobs(jobs: Sequence[DecodeJob], results: list[bytes | None], errors: list[int],
                 start: int = 0, stop: int | None = None) -> None:
     """Decode ``jobs[start:stop]`` into ``results`` (same indices).  A packet libopus refuses
-    is concealed instead (``decoder.decode(None)``) and its index appended to ``errors``."""
-    for i in range(start, len(jobs) if stop is None else stop):
+    is concealed instead (``decoder.decode(None)``) and its index appended to ``errors``.
+
+    The frames go to :func:`~fastvoice.opus_decoder.decode_batch` (with the compiled decoder,
+    one release of the GIL for all of them); decoders of another kind, or one appearing
+    twice, are called one job at a time.
+    """
+    stop = len(jobs) if stop is None else stop
+    try:
+        decoded, failed = decode_batch(jobs[start:stop])
+    except (TypeError, ValueError):
+        _decode_one_by_one(jobs, results, errors, start, stop)
+        return
+    results[start:stop] = decoded
+    for i in failed:
+        errors.append(start + i)
+        _conceal(jobs[start + i][0], results, start + i)
+
+
+def _decode_one_by_one(jobs: Sequence[DecodeJob], results: list[bytes | None], errors: list[int],
+                       start: int, stop: int) -> None:
+    for i in range(start, stop):
         decoder, packet, fec = jobs[i]
         try:
             results[i] = decoder.decode(packet, fec)
         except OpusDecodeError:
             errors.append(i)
-            try:
-                results[i] = decoder.decode(None)
-            except Exception:  # pragma: no cover - concealment does not fail on a live decoder
-                results[i] = None
+            _conceal(decoder, results, i)
         except Exception:
             errors.append(i)
             results[i] = None
             _log.exception("decoding a frame failed")
 
 
+def _conceal(decoder: Any, results: list[bytes | None], i: int) -> None:
+    try:
+        results[i] = decoder.decode(None)
+    except Exception:  # pragma: no cover - concealment does not fail on a live decoder
+        results[i] = None
+
+
 class _Batch:
-    __slots__ = ("jobs", "results", "errors", "remaining", "lock", "done")
+    """One batch: its threads take chunks of it in turn until none is left, so they finish
+    together whatever each frame costs."""
+
+    __slots__ = ("jobs", "results", "errors", "next", "chunk", "remaining", "lock", "done")
 
     def __init__(self, jobs: Sequence[DecodeJob], shares: int, done: Callable[[], None]) -> None:
         self.jobs = jobs
         self.results: list[bytes | None] = [None] * len(jobs)
         self.errors: list[int] = []
+        self.next = 0
+        self.chunk = max(1, -(-len(jobs) // (shares * CHUNKS_PER_THREAD)))
         self.remaining = shares
         self.lock = threading.Lock()
         self.done = done
@@ -74,9 +105,10 @@ class DecodePool:
 
     :meth:`submit` hands a batch over and returns at once; ``done(results, errors)`` is
     called on the event loop when every frame is decoded.  :meth:`decode` decodes a batch
-    and waits for it (for a thread that may block: tests, benchmarks).  Batches submitted
-    together are decoded together (the pool has one queue per thread); a caller that needs
-    its streams decoded in order submits its next batch after the previous one is done.
+    and waits for it (for a thread that may block: tests, benchmarks).  The threads take a
+    batch's frames a chunk at a time until none is left.  Batches submitted together are
+    decoded together; a caller that needs its streams decoded in order submits its next
+    batch after the previous one is done.
     """
 
     _shared: dict[int, DecodePool] = {}
@@ -121,13 +153,8 @@ class DecodePool:
         return self._closed
 
     def _split(self, batch: _Batch) -> None:
-        count = len(batch.jobs)
-        shares = batch.remaining
-        start = 0
-        for n in range(shares):
-            stop = start + (count - start) // (shares - n)
-            self._queues[n].put((batch, start, stop))
-            start = stop
+        for n in range(batch.remaining):
+            self._queues[n].put(batch)
 
     def submit(self, jobs: Sequence[DecodeJob], done: Callable[[list[bytes | None], list[int]], None],
                loop: asyncio.AbstractEventLoop) -> None:
@@ -161,15 +188,22 @@ class DecodePool:
     @staticmethod
     def _run(q: Any) -> None:
         while True:
-            item = q.get()
-            if item is None:
+            batch = q.get()
+            if batch is None:
                 return
-            batch, start, stop = item
+            jobs, lock = batch.jobs, batch.lock
+            count, chunk = len(jobs), batch.chunk
             errors: list[int] = []
             try:
-                decode_jobs(batch.jobs, batch.results, errors, start, stop)
+                while True:
+                    with lock:
+                        start = batch.next
+                        batch.next = start + chunk
+                    if start >= count:
+                        break
+                    decode_jobs(jobs, batch.results, errors, start, min(count, start + chunk))
             finally:
-                with batch.lock:
+                with lock:
                     batch.errors.extend(errors)
                     batch.remaining -= 1
                     last = batch.remaining == 0
