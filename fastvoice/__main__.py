@@ -25,7 +25,7 @@ def bench(argv: list[str]) -> int:
         return 2
     status = 0
     for suite, report in (("test_bench_packets.py", "report.py"), ("test_bench_dave.py", "report.py"),
-                          ("test_bench_opus.py", "report_opus.py"),
+                          ("test_bench_opus.py", "report_opus.py"), ("test_bench_playout.py", "report_playout.py"),
                           ("test_bench_connections.py", "report_connections.py")):
         out = os.path.join(bench_dir, suite.replace("test_bench_", "").replace(".py", ".json"))
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", os.path.join(bench_dir, suite),

@@ -30,6 +30,8 @@ _log = logging.getLogger("fastvoice.playout")
 TickListener = Callable[[VoiceTick], None]
 
 _RATES = (8000, 12000, 16000, 24000, 48000)
+_NO_JOBS: list[DecodeJob] = []  # shared by empty ticks: never modified
+_NO_META: list[tuple[Any, int, bytes | None]] = []
 
 
 class _User:
@@ -118,7 +120,9 @@ class PlayoutReceiver:
         self._busy: dict[int, _User] = {}
         self._known: frozenset[int] = frozenset()
         self._listeners: list[TickListener] = []
-        self._streams: weakref.WeakSet[BoundedStream] = weakref.WeakSet()
+        # Streams are held weakly: one its consumer dropped (a ``break`` out of ``async for``)
+        # detaches itself when it is collected.
+        self._streams: list[weakref.ref[BoundedStream]] = []
         self._origin: int | None = None
         self._expect = 0
         self._closed = False
@@ -214,9 +218,11 @@ class PlayoutReceiver:
         self._closed = True
         if self._clock is not None and self._origin is not None:
             self._clock._remove(self)
-        for stream in list(self._streams):
-            stream._source_ended()
-        self._streams = weakref.WeakSet()
+        streams, self._streams = self._streams, []
+        for ref in streams:
+            stream = ref()
+            if stream is not None:
+                stream._source_ended()
         self._listeners.clear()
         self._users.clear()
         self._busy.clear()
@@ -269,10 +275,13 @@ class PlayoutReceiver:
             stream._source_ended()
             return
         self._attach()
-        self._streams.add(stream)
+        self._streams.append(weakref.ref(stream, self._stream_collected))
 
     def _detach_stream(self, stream: BoundedStream) -> None:
-        self._streams.discard(stream)
+        self._streams = [ref for ref in self._streams if ref() is not stream and ref() is not None]
+
+    def _stream_collected(self, ref: weakref.ref[BoundedStream]) -> None:
+        self._streams = [other for other in self._streams if other is not ref]
 
     # -- the timeline --------------------------------------------------------------------------
 
@@ -306,26 +315,33 @@ class PlayoutReceiver:
                 user.buffer.purge(index)
         self._expect = index + 1
         self.ticks_run += 1
-        consumers = bool(self._listeners) or bool(self._streams)
+        busy = self._busy
+        if not busy:  # nobody to play: an empty tick, if anyone listens
+            if self._listeners or self._streams:
+                return _Plan(self, index, due, _NO_JOBS, _NO_META, self._known)
+            return None
+        consumers = self._listeners or self._streams
         jobs: list[DecodeJob] = []
         meta: list[tuple[_User, int, bytes | None]] = []
-        if self._busy:
-            following = index + 1
-            for user in list(self._busy.values()):
-                buffer = user.buffer
-                action, opus = buffer.take(index)
-                if action != IDLE:
-                    meta.append((user, action, opus))
-                    jobs.append((user.decoder, opus, action == FEC))
-                if user.leaving and not buffer.buffered:
-                    self._forget(user)  # what was buffered has played out
-                elif buffer.is_idle(following):
-                    del self._busy[user.user_id]
+        following = index + 1
+        for user in list(busy.values()):
+            buffer = user.buffer
+            action, opus = buffer.take(index)
+            if action != IDLE:
+                meta.append((user, action, opus))
+                jobs.append((user.decoder, opus, action == FEC))
+            if user.leaving and not buffer.buffered:
+                self._forget(user)  # what was buffered has played out
+            elif buffer.is_idle(following):
+                del busy[user.user_id]
         if not consumers:
             return None
         return _Plan(self, index, due, jobs, meta, self._known)
 
     def _decode_and_deliver(self, plan: _Plan) -> None:
+        if not plan.jobs:
+            self._deliver(plan, _NO_JOBS, _NO_JOBS)  # type: ignore[arg-type]
+            return
         results: list[bytes | None] = [None] * len(plan.jobs)
         errors: list[int] = []
         decode_jobs(plan.jobs, results, errors)
@@ -348,13 +364,23 @@ class PlayoutReceiver:
             speaking[user.user_id] = pcm
             packets[user.user_id] = opus if action == PLAY else None
         tick = VoiceTick(plan.index, plan.time, speaking, packets, plan.users)
-        for consumer in (*self._listeners, *[s._on_tick for s in self._streams]):
+        for listener in self._listeners:
             try:
-                consumer(tick)
+                listener(tick)
             except Exception:
-                self.errors += 1
-                if self.errors <= 3 or self.errors % 1000 == 0:
-                    self._log.exception("a playout tick consumer failed (%d errors so far)", self.errors)
+                self._consumer_failed()
+        for ref in self._streams:
+            stream = ref()
+            if stream is not None:
+                try:
+                    stream._on_tick(tick)
+                except Exception:
+                    self._consumer_failed()
+
+    def _consumer_failed(self) -> None:
+        self.errors += 1
+        if self.errors <= 3 or self.errors % 1000 == 0:
+            self._log.exception("a playout tick consumer failed (%d errors so far)", self.errors)
 
     def _drop(self, plan: _Plan) -> None:
         """A tick the decode pool could not take in time: never decoded nor delivered."""
