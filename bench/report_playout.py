@@ -12,10 +12,14 @@ import json
 import statistics
 import sys
 
+#: A round counts as quiet when no thread of it waited for a CPU longer than this share of it.
+QUIET = 0.05
+
 
 def main(paths: list[str]) -> None:
     speedups: list[float] = []
     unloaded: list[float] = []
+    quiet: list[float] = []
     one: list[float] = []
     two: list[float] = []
     realtime: dict[int, list[dict]] = {}
@@ -30,6 +34,9 @@ def main(paths: list[str]) -> None:
                 unloaded += info.get("unloaded_speedups", [])
                 one += info["us_per_frame_one"][1:]
                 two += info["us_per_frame_two"][1:]
+                for t1, w1, t2, w2 in info.get("rounds", []):
+                    if w1 is not None and w2 is not None and w1 < QUIET * t1 and w2 < QUIET * t2:
+                        quiet.append(t1 / t2)
             elif "realtime" in info:
                 for count, rounds in info["realtime"].items():
                     realtime.setdefault(int(count), []).extend(rounds)
@@ -48,6 +55,10 @@ def main(paths: list[str]) -> None:
                 if unloaded else "- | - | -")
         print(f"| {len(speedups)} | {statistics.median(speedups):.2f}x | {speedups[0]:.2f}x | {speedups[-1]:.2f}x | "
               f"{free} | {statistics.median(one):.1f} | {statistics.median(two):.1f} |")
+        if quiet:
+            quiet.sort()
+            print(f"quiet rounds (every thread waited for a CPU less than {QUIET:.0%} of the time): {len(quiet)}, "
+                  f"median {statistics.median(quiet):.2f}x, lowest {quiet[0]:.2f}x, highest {quiet[-1]:.2f}x")
     if realtime:
         print("\ndecode pool of 2 threads on a 20 ms schedule: late ticks (batch done after the next was due)")
         print("(waited: ms the pool's threads were ready to run while other processes held the CPUs, during the round)")

@@ -116,6 +116,7 @@ def test_pool_speedup(benchmark):
             unloaded.append((one - one_wait) / (two - two_wait))
     frames = STREAMS * TICKS
     benchmark.extra_info.update(
+        rounds=[[one, one_wait, two, two_wait] for (one, one_wait), (two, two_wait) in rounds[1:] or rounds],
         contender=f"DecodePool, {STREAMS} streams x {TICKS} ticks", batch=2 * frames, speedups=sorted(speedups),
         median_speedup=statistics.median(speedups), unloaded_speedups=sorted(unloaded),
         us_per_frame_one=[r[0][0] / frames * 1e6 for r in rounds], us_per_frame_two=[r[1][0] / frames * 1e6 for r in rounds],
