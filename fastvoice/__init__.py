@@ -174,9 +174,8 @@ __all__ += ["OpusDecodeError", "OpusDecoder", "OpusNotAvailableError", "load_opu
 from .decode_pool import DecodePool
 from .playout import PlayoutStats
 from .playout_receiver import PlayoutReceiver
-from .resample import Resampler, resample
+from .resample import Resampler
 from .timeline import PlayoutClock, VoiceTick
 from .utterances import Utterance
 
-__all__ += ["DecodePool", "PlayoutClock", "PlayoutReceiver", "PlayoutStats", "Resampler", "Utterance", "VoiceTick",
-            "resample"]
+__all__ += ["DecodePool", "PlayoutClock", "PlayoutReceiver", "PlayoutStats", "Resampler", "Utterance", "VoiceTick"]

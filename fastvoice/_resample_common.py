@@ -9,7 +9,7 @@ at every ``M``-th input sample only:
   Nyquist frequency on, attenuated by at least ``ATTENUATION_DB``: whatever lies above the
   new Nyquist frequency, which would otherwise alias into the band, is removed first;
 - ``2 * K * M + 1`` taps, so the filter delays its output by exactly ``K`` output samples
-  (``Resampler.delay``); :func:`fastvoice.resample.resample` takes that delay out.
+  (``Resampler.delay``); :func:`fastvoice.resample.resample_pcm` takes that delay out.
 
 The taps are computed here once per factor (the Kaiser window's Bessel function by its
 series), in double precision, and both twins evaluate the same sums in the same order.

@@ -48,7 +48,7 @@ class Resampler:
     over between them. The output lags the input by :attr:`delay` output samples (the
     filter's linear-phase delay: 1.2 ms at 16 kHz); call :meth:`flush` at the end to get the
     last ones, and drop the first ``delay`` samples to align output and input
-    (:func:`fastvoice.resample.resample` does both).
+    (:func:`fastvoice.resample.resample_pcm` does both).
     """
 
     __slots__ = ("_factor", "_taps", "_delay", "_in_channels", "_out_channels", "_work", "_history",

@@ -1,4 +1,4 @@
-"""Resampling 16-bit PCM for speech recognisers: :class:`Resampler` and :func:`resample`.
+"""Resampling 16-bit PCM for speech recognisers: :class:`Resampler` and :func:`resample_pcm`.
 
 Decoded Discord audio is 48 kHz stereo; speech recognisers want 16 kHz (or 8, 12, 24 kHz)
 mono.  The conversion here is a linear-phase windowed-sinc low-pass filter evaluated at the
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ._env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 from ._resample_common import ATTENUATION_DB, PASSBAND
 
-__all__ = ["IMPLEMENTATION", "Resampler", "pcm_rms", "resample", "ATTENUATION_DB", "PASSBAND"]
+__all__ = ["IMPLEMENTATION", "Resampler", "pcm_rms", "resample_pcm", "ATTENUATION_DB", "PASSBAND"]
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._resample_py import IMPLEMENTATION, Resampler, pcm_rms
@@ -32,7 +32,7 @@ else:
         from ._resample_py import IMPLEMENTATION, Resampler, pcm_rms  # noqa: F401
 
 
-def resample(pcm: bytes, in_rate: int = 48000, out_rate: int = 16000, in_channels: int = 2,
+def resample_pcm(pcm: bytes, in_rate: int = 48000, out_rate: int = 16000, in_channels: int = 2,
              out_channels: int = 1) -> bytes:
     """Resample a whole piece of s16le PCM at once, aligned: output sample ``n`` is the input
     at time ``n / out_rate`` (the filter's delay taken out).  ``len(pcm)`` input frames give

@@ -135,13 +135,13 @@ def test_the_twins_agree_sample_for_sample():
 def test_agrees_with_scipys_polyphase_resampler():
     signal = pytest.importorskip("scipy.signal")
     numpy = pytest.importorskip("numpy")
-    from fastvoice.resample import resample
+    from fastvoice.resample import resample_pcm
 
     rate = 48000
     t = numpy.arange(int(0.5 * rate)) / rate
     x = 6000 * numpy.sin(2 * numpy.pi * 440 * t) + 3000 * numpy.sin(2 * numpy.pi * 2500 * t + 1)
     pcm = numpy.stack([x, x], axis=1).astype("<i2").tobytes()
-    ours = numpy.frombuffer(resample(pcm, 48000, 16000, 2, 1), "<i2").astype(float)
+    ours = numpy.frombuffer(resample_pcm(pcm, 48000, 16000, 2, 1), "<i2").astype(float)
     theirs = signal.resample_poly(x.astype("<i2").astype(float), 1, 3)
     inner = slice(300, -300)
     error = ours[inner] - theirs[inner]
@@ -162,3 +162,24 @@ def test_bad_arguments_are_refused_by_name(twin):
         twin.pcm_rms(b"\x00")
     assert twin.pcm_rms(b"") == 0.0
     assert twin.pcm_rms(array.array("h", [3, -4]).tobytes()) == math.sqrt(12.5)
+
+
+def _implementation(code, **env):
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
+    environment.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment)
+
+
+def test_the_selector_gives_the_twin_the_environment_asks_for():
+    _twin("c")  # skips when the compiled twin is not built
+    show = "import fastvoice.resample as r; print(r.IMPLEMENTATION, r.Resampler.__module__)"
+    assert _implementation(show).stdout.split() == ["c", "fastvoice._resample_c"]
+    assert _implementation(show, FASTVOICE_NO_EXTENSIONS="1").stdout.split() == ["py", "fastvoice._resample_py"]
+    missing = "import sys; sys.modules['fastvoice._resample_c'] = None; " + show
+    assert _implementation(missing).stdout.split() == ["py", "fastvoice._resample_py"]
+    required = _implementation(missing, FASTVOICE_REQUIRE_EXTENSIONS="1")
+    assert required.returncode != 0 and "compiled resampler fastvoice._resample_c" in required.stderr
