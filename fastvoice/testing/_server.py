@@ -436,7 +436,7 @@ class VoiceServer:
       later ones. ``udp_jitter`` (seconds): each datagram is delayed by a further random
       0 to ``udp_jitter``. :meth:`stall_udp` holds every datagram to clients for a while, then
       releases them at once (a network stall). Datagrams dropped by ``udp_loss`` are
-      recorded in :attr:`udp_lost`.
+      recorded in :attr:`udp_lost` (the last 65,536).
     - ``expect_keepalive`` (seconds, default ``None``): UDP keepalives are always accepted
       silently and recorded (``ServerSession.keepalives``); with this set, every session
       that sends nothing over UDP for longer is reported in :attr:`keepalive_lapses`
@@ -494,8 +494,8 @@ class VoiceServer:
         self._udp_delay = 0.0
         self._udp_jitter = 0.0
         self._udp_reorder_window = 1
-        #: ``(address, SSRC, sequence number)`` of every datagram ``udp_loss`` dropped.
-        self.udp_lost: list[tuple[tuple[str, int], int, int]] = []
+        #: ``(address, SSRC, sequence number)`` of the datagrams ``udp_loss`` dropped (the last 65,536).
+        self.udp_lost: collections.deque[tuple[tuple[str, int], int, int]] = collections.deque(maxlen=65536)
         self._held_for = 0
         self._stall_until = 0.0
         self._stalled: list[tuple[tuple[str, int], bytes]] = []
