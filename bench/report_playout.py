@@ -69,6 +69,15 @@ def main(paths: list[str]) -> None:
                 waited = "-" if r.get("waited_ms") is None else f"{r['waited_ms']:.0f}"
                 print(f"| {count} | {n} | {r['late']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
                       f"| {waited} |")
+        print(f"\nquiet rounds only (the pool's threads waited for a CPU less than {QUIET:.0%} of the round)")
+        print("| stereo streams | quiet rounds | late ticks in each | p99 ms in each |")
+        print("|---:|---:|---|---|")
+        for count in sorted(realtime):
+            calm = [r for r in realtime[count]
+                    if r.get("waited_ms") is not None and r["waited_ms"] < QUIET * r.get("seconds", 3.0) * 1e3]
+            lates = ", ".join(str(r["late"]) for r in calm) or "-"
+            p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in calm) or "-"
+            print(f"| {count} | {len(calm)} | {lates} | {p99s} |")
     if costs:
         print("\ntimeline: fastvoice's work per tick, decoding stubbed out (best run)")
         print("| calls x speakers | ms per tick | µs per call | µs per speaking user | share of a core |")
