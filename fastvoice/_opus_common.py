@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 from .errors import VoiceError
 
@@ -117,20 +118,22 @@ def as_packet(data: object) -> bytes:
         return view.tobytes()
 
 
-def batch_job(job: object) -> tuple[object, bytes | None, bool]:
+def batch_job(job: object) -> tuple[Any, bytes | None, bool]:
     """One job of ``decode_batch`` checked: ``(decoder, packet as bytes or None, fec)``."""
+    decoder: Any
+    packet: Any
+    fec: Any
     try:
         decoder, packet, fec = job  # type: ignore[misc]
     except (TypeError, ValueError):
         raise TypeError(f"a decode_batch job is (decoder, packet or None, fec), not {str(job)[:60]}") from None
-    fec = bool(fec)
+    use_fec = bool(fec)
     if packet is None:
-        if fec:
+        if use_fec:
             raise fec_without_packet_error()
         return decoder, None, False
-    if type(packet) is not bytes:
-        packet = as_packet(packet)
-    return decoder, packet, fec
+    data: bytes = packet if type(packet) is bytes else as_packet(packet)
+    return decoder, data, use_fec
 
 
 # ------------------------------------------------------------------ loading libopus

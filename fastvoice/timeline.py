@@ -379,6 +379,10 @@ class BoundedStream:
     def _source_ended(self) -> None:
         self._end()
 
+    def _on_tick(self, tick: VoiceTick) -> None:
+        """Read one tick (the receiver calls this for every tick, in order)."""
+        raise NotImplementedError
+
     def get_nowait(self) -> Any:
         """The next item waiting, or None (for code that polls instead of awaiting)."""
         return self._items.popleft() if self._items else None
