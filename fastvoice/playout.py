@@ -106,7 +106,7 @@ class PlayoutStats:
     Packets: ``received`` (all handed in), ``played`` (decoded on their tick, silence frames
     included), ``late`` (arrived after their tick was played, or their tick was skipped),
     ``duplicate``, ``overflow`` (further ahead than ``max_delay``: a flood or a bogus
-    timestamp), ``invalid`` (a sequence number far from the stream's, or two packets for one
+    timestamp; or still buffered when a new stream replaced the old), ``invalid`` (a sequence number far from the stream's, or two packets for one
     tick), ``dropped`` (dropped on purpose to shrink the delay), ``undecodable`` (refused by
     libopus: concealed instead).
 
@@ -236,7 +236,9 @@ class PlayoutBuffer:
     def is_idle(self, index: int) -> bool:
         """True when ticks from ``index`` on have nothing to do until a packet arrives: nothing
         buffered, and no talkspurt to conceal (or its concealment has run out)."""
-        return not self._slots and (not self._active or index - self._last_slot > self._conceal_ticks)
+        if self._slots or (self._active and self._stretching):
+            return False
+        return not self._active or index - self._last_slot > self._conceal_ticks
 
     # -- packets in ------------------------------------------------------------------------
 
