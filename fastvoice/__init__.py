@@ -170,3 +170,13 @@ __all__ += [
 from .opus_decoder import OpusDecodeError, OpusDecoder, OpusNotAvailableError, load_opus
 
 __all__ += ["OpusDecodeError", "OpusDecoder", "OpusNotAvailableError", "load_opus"]
+
+# --- receive playout: jitter buffer, one timeline per call, utterances (libopus at run time) ---
+from .decode_pool import DecodePool
+from .playout import PlayoutStats
+from .playout_receiver import PlayoutReceiver
+from .resample import Resampler
+from .timeline import PlayoutClock, VoiceTick
+from .utterances import Utterance
+
+__all__ += ["DecodePool", "PlayoutClock", "PlayoutReceiver", "PlayoutStats", "Resampler", "Utterance", "VoiceTick"]

@@ -25,7 +25,11 @@ prints its tables. It needs the test extra (pytest, pytest-benchmark, discord.py
   1. per-packet costs, in this process's children: bench/test_bench_packets.py and
      bench/test_bench_dave.py (fastvoice's compiled and pure cores, discord.py's packet
      code, a native C loop over libsodium; the DAVE layer over davey);
-  2. live connections: bench/test_bench_connections.py, for 100, 500, 1,000 and 2,000
+  2. receive-side decoding: bench/test_bench_opus.py (Opus decoding per frame: a C loop over
+     libopus, the compiled and pure decoders, discord.py's decoder; threads) and
+     bench/test_bench_playout.py (the decode pool's speed-up and real-time capacity, the
+     playout timeline's cost); they need libopus;
+  3. live connections: bench/test_bench_connections.py, for 100, 500, 1,000 and 2,000
      calls with 10 s of audio each: one client process per contender (fastvoice compiled
      and pure: bench/connections_client.py; discord.py's VoiceClient:
      bench/discordpy_client.py; @discordjs/voice in node: bench/discordjs/client.mjs, when
@@ -33,7 +37,8 @@ prints its tables. It needs the test extra (pytest, pytest-benchmark, discord.py
 
 The full suite takes about 6 to 7 minutes on a 2-core machine (2 to 3 more with the
 @discordjs/voice peer set up), and loads both cores. --quick runs every benchmark small (10 calls, 1 s of
-audio, few rounds) in about 30 seconds: a check that it works, not figures to quote.
+audio, few rounds) in under a minute (50 seconds here): a check that it works, not figures
+to quote.
 Ctrl-C (or SIGTERM) stops the suite and every process it started.
 
 options:
@@ -43,7 +48,12 @@ options:
 """
 
 #: What --quick sets: the knobs of bench/ (see bench/README.md) and pytest-benchmark's rounds.
-QUICK_ENV = {"FASTVOICE_BENCH_CONNECTIONS": "10", "FASTVOICE_BENCH_SECONDS": "1"}
+QUICK_ENV = {
+    "FASTVOICE_BENCH_CONNECTIONS": "10", "FASTVOICE_BENCH_SECONDS": "1",
+    "FASTVOICE_BENCH_OPUS_FRAMES": "150",
+    "FASTVOICE_BENCH_PLAYOUT_STREAMS": "20", "FASTVOICE_BENCH_PLAYOUT_TICKS": "5",
+    "FASTVOICE_BENCH_REALTIME": "20", "FASTVOICE_BENCH_REALTIME_TICKS": "10", "FASTVOICE_BENCH_CALLS": "10x0,5x4",
+}
 QUICK_ARGS = ["--benchmark-max-time=0.02", "--benchmark-min-rounds=1", "--benchmark-warmup=off"]
 #: Seconds a stopped suite gets to exit after SIGTERM before its processes are killed.
 STOP_GRACE = 5.0
@@ -112,6 +122,7 @@ def bench(argv: list[str]) -> int:
     try:
         for suite, report in (("test_bench_packets.py", "report.py"), ("test_bench_dave.py", "report.py"),
                               ("test_bench_opus.py", "report_opus.py"),
+                              ("test_bench_playout.py", "report_playout.py"),
                               ("test_bench_connections.py", "report_connections.py")):
             out = os.path.join(bench_dir, suite.replace("test_bench_", "").replace(".py", ".json"))
             code = _run_in_own_group([sys.executable, "-m", "pytest", "-q", os.path.join(bench_dir, suite),

@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 from .errors import VoiceError
 
@@ -115,6 +116,24 @@ def as_packet(data: object) -> bytes:
         raise TypeError(f"an Opus packet must be a bytes-like object or None, not {type(data).__name__}") from None
     with view:
         return view.tobytes()
+
+
+def batch_job(job: object) -> tuple[Any, bytes | None, bool]:
+    """One job of ``decode_batch`` checked: ``(decoder, packet as bytes or None, fec)``."""
+    decoder: Any
+    packet: Any
+    fec: Any
+    try:
+        decoder, packet, fec = job  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise TypeError(f"a decode_batch job is (decoder, packet or None, fec), not {str(job)[:60]}") from None
+    use_fec = bool(fec)
+    if packet is None:
+        if use_fec:
+            raise fec_without_packet_error()
+        return decoder, None, False
+    data: bytes = packet if type(packet) is bytes else as_packet(packet)
+    return decoder, data, use_fec
 
 
 # ------------------------------------------------------------------ loading libopus

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Iterable
 
 from . import _opus_common as _c
 from ._opus_common import OpusDecodeError, OpusNotAvailableError
 
-__all__ = ["IMPLEMENTATION", "OpusDecoder", "OpusDecodeError", "OpusNotAvailableError"]
+__all__ = ["IMPLEMENTATION", "OpusDecoder", "OpusDecodeError", "OpusNotAvailableError", "decode_batch"]
 
 IMPLEMENTATION = "py"
 
@@ -120,3 +121,35 @@ class OpusDecoder:
         if state and lib is not None:
             self._state = 0
             lib.decoder_destroy(state)
+
+
+def decode_batch(jobs: Iterable[tuple[OpusDecoder, bytes | None, bool]]) -> tuple[list[bytes | None], list[int]]:
+    """Decode many frames, each of its own decoder: ``jobs`` holds ``(decoder, packet or None,
+    fec)`` and each job is ``decoder.decode(packet, fec)``.
+
+    Returns ``(results, errors)``: ``results[i]`` is the PCM of ``jobs[i]``, or None when its
+    packet was refused (empty, malformed, too long: the decoder is then unchanged), and
+    ``errors`` the indices of those jobs, in order.  The compiled twin releases the GIL once
+    for the whole batch (one acquisition per batch instead of one per frame: what lets a
+    decode pool's threads run side by side).  Every job is checked before any is decoded:
+    ``TypeError`` for an object that is not an ``OpusDecoder`` or a packet that is not
+    bytes-like, ``ValueError`` for a decoder that appears twice (its frames must be decoded
+    in order, one call each) or ``fec=True`` without a packet.
+    """
+    items = [_c.batch_job(job) for job in jobs]
+    seen = set()
+    for decoder, _, _ in items:
+        if type(decoder) is not OpusDecoder:
+            raise TypeError(f"decode_batch takes OpusDecoder objects, not {type(decoder).__name__}")
+        if id(decoder) in seen:
+            raise ValueError("decode_batch: a decoder may appear only once in a batch (its frames are in order)")
+        seen.add(id(decoder))
+    results: list[bytes | None] = []
+    errors: list[int] = []
+    for i, (decoder, packet, fec) in enumerate(items):
+        try:
+            results.append(decoder.decode(packet, fec))
+        except OpusDecodeError:
+            results.append(None)
+            errors.append(i)
+    return results, errors

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING
 from ._env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 from ._opus_common import OpusDecodeError, OpusNotAvailableError, load_opus
 
-__all__ = ["IMPLEMENTATION", "OpusDecoder", "OpusDecodeError", "OpusNotAvailableError", "load_opus"]
+__all__ = ["IMPLEMENTATION", "OpusDecoder", "OpusDecodeError", "OpusNotAvailableError", "decode_batch", "load_opus"]
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._opus_py import IMPLEMENTATION, OpusDecoder
+    from ._opus_py import IMPLEMENTATION, OpusDecoder, decode_batch
 else:
     try:
-        from ._opus_c import IMPLEMENTATION, OpusDecoder
+        from ._opus_c import IMPLEMENTATION, OpusDecoder, decode_batch
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
             raise ImportError(
                 "FASTVOICE_REQUIRE_EXTENSIONS is set but the compiled Opus decoder fastvoice._opus_c "
                 f"could not be imported ({exc}); rebuild with a C compiler: pip install -e ."
             ) from exc
-        from ._opus_py import IMPLEMENTATION, OpusDecoder  # noqa: F401
+        from ._opus_py import IMPLEMENTATION, OpusDecoder, decode_batch  # noqa: F401

@@ -601,7 +601,14 @@ def _stand_in_names(block: Block) -> set[str]:
 
 
 async def _execute(block: Block, namespace: dict) -> None:
-    """Run a block as written, at module level (top-level ``await`` allowed, as in asyncio's REPL)."""
+    """Run a block as written, at module level (top-level ``await`` allowed, as in asyncio's REPL).
+
+    A block that starts its own loop (``asyncio.run(...)``, a script's way) runs in a thread of
+    its own, where no loop is running yet."""
+    if re.search(r"^asyncio\.run\(", block.code, re.M):
+        script = compile(block.code, str(block), "exec")
+        await asyncio.wait_for(asyncio.to_thread(exec, script, namespace), 60)
+        return
     code = compile(block.code, str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     result = eval(code, namespace)  # noqa: S307 - the repository's own documentation
     if inspect.iscoroutine(result):

@@ -396,8 +396,10 @@ class VoiceServer:
     - ``udp_loss``, ``udp_duplicate``, ``udp_reorder`` (probabilities) and ``udp_delay``
       (seconds): applied to datagrams the server sends to clients. ``udp_reorder_window``
       (default 1): a datagram held back by ``udp_reorder`` goes out after 1 to that many
-      later ones. :meth:`stall_udp` holds every datagram to clients for a while, then
-      releases them at once (a network stall).
+      later ones. ``udp_jitter`` (seconds): each datagram is delayed by a further random
+      0 to ``udp_jitter``. :meth:`stall_udp` holds every datagram to clients for a while, then
+      releases them at once (a network stall). Datagrams dropped by ``udp_loss`` are
+      recorded in :attr:`udp_lost` (the last 65,536).
     - ``expect_keepalive`` (seconds, default ``None``): UDP keepalives are always accepted
       silently and recorded (``ServerSession.keepalives``); with this set, every session
       that sends nothing over UDP for longer is reported in :attr:`keepalive_lapses`
@@ -465,7 +467,10 @@ class VoiceServer:
         self._udp_duplicate = 0.0
         self._udp_reorder = 0.0
         self._udp_delay = 0.0
+        self._udp_jitter = 0.0
         self._udp_reorder_window = 1
+        #: ``(address, SSRC, sequence number)`` of the datagrams ``udp_loss`` dropped (the last 65,536).
+        self.udp_lost: collections.deque[tuple[tuple[str, int], int, int]] = collections.deque(maxlen=65536)
         self._held_for = 0
         self._stall_until = 0.0
         self._stalled: list[tuple[tuple[str, int], bytes]] = []
@@ -579,6 +584,17 @@ class VoiceServer:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"udp_delay must be a number of seconds >= 0, got {value!r}")
         self._udp_delay = float(value)
+
+    @property
+    def udp_jitter(self) -> float:
+        """Each datagram sent to a client is delayed by a further random 0 to this many seconds."""
+        return self._udp_jitter
+
+    @udp_jitter.setter
+    def udp_jitter(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"udp_jitter must be a number of seconds >= 0, got {value!r}")
+        self._udp_jitter = float(value)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -1262,6 +1278,8 @@ class VoiceServer:
             return
         rng = self._random
         if self.udp_loss and rng.random() < self.udp_loss:
+            if len(data) >= 12:
+                self.udp_lost.append((addr, int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big")))
             return
         copies = 2 if self.udp_duplicate and rng.random() < self.udp_duplicate else 1
         out: list[tuple[tuple[str, int], bytes]] = [(addr, data)] * copies
@@ -1277,9 +1295,10 @@ class VoiceServer:
             if not out:
                 return
         for target, payload in out:
-            if self.udp_delay > 0:
+            delay = self.udp_delay + (rng.uniform(0.0, self._udp_jitter) if self._udp_jitter else 0.0)
+            if delay > 0:
                 loop = asyncio.get_running_loop()
-                handle = loop.call_later(self.udp_delay, self._udp_send_later, target, payload)
+                handle = loop.call_later(delay, self._udp_send_later, target, payload)
                 self._timers.add(handle)
             else:
                 self._udp_send_now(target, payload)
