@@ -467,6 +467,11 @@ class Conn:
             self._sender.reset_session()
         if gateway is not None:
             await gateway.close()
+        # Events the gateway delivered while closing may have started session tasks too.
+        current = asyncio.current_task()
+        tasks += [task for task in self._session_tasks if task is not current and task not in tasks]
+        for task in tasks:
+            task.cancel()
         if tasks:
             await asyncio.wait(tasks)  # each releases what it opened (a socket mid-discovery)
         if not keep_audio:
@@ -486,7 +491,8 @@ class Conn:
                 # A newer Ready (a new session after 4006...) supersedes a setup still in progress.
                 if self._setup_task is not None and not self._setup_task.done():
                     self._setup_task.cancel()
-                self._setup_task = self._spawn(self._on_ready(data, self._gateway), session=True)
+                if self._gateway is not None:  # None: torn down; a Ready read meanwhile starts nothing
+                    self._setup_task = self._spawn(self._on_ready(data, self._gateway), session=True)
             elif isinstance(data, GatewayMessageDataSessionDescription):
                 refused = self._unsupported_dave_version(data.dave_protocol_version or 0)
                 if refused is None:
