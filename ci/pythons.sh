@@ -2,7 +2,8 @@
 # The test suite on other Python versions: for each MAJOR.MINOR given, the newest patch
 # release pyenv has, a fresh venv, fastvoice installed editable with its compiled core
 # (FASTVOICE_REQUIRE_EXTENSIONS=1: a pure fallback fails), then `python -m pytest`
-# (both twins through the shared fixture). The main version's full run is ci/test.sh's.
+# (both twins through the shared fixture), less the few tests that do not depend on the
+# Python version. The main version's full run is ci/test.sh's.
 #
 #     bash ci/pythons.sh 3.10 3.12 3.13
 set -euo pipefail
@@ -26,12 +27,16 @@ for minor in "$@"; do
     "$work/py$minor/bin/pip" install -q --upgrade pip
     "$work/py$minor/bin/pip" install -q -e ".[test]"
     "$work/py$minor/bin/python" -c "import fastvoice, sys; assert fastvoice.speedups_enabled(); print(sys.version)"
-    cache=(-o "cache_dir=$work/cache$minor")
-    if ! "$work/py$minor/bin/python" -m pytest -q "${cache[@]}"; then
+    args=(-o "cache_dir=$work/cache$minor")
+    # What does not depend on the Python version runs once, in ci/test.sh: packaging builds
+    # (test_build), the long soak, and interrupting the benchmark suite (test_cli's bench runs).
+    args+=(--ignore=tests/test_build.py --ignore=tests/test_soak.py
+            --deselect "tests/test_cli.py::test_interrupted_bench_leaves_no_process_and_prints_one_line")
+    if ! "$work/py$minor/bin/python" -m pytest -q "${args[@]}"; then
         # A few tests measure pacing and flake when the machine is busy; a failure that is
         # the Python version's fails again. Said loudly, so that a flake is not forgotten.
         echo "::: Python $version: rerunning only the tests that failed, once"
-        "$work/py$minor/bin/python" -m pytest -q "${cache[@]}" --last-failed --last-failed-no-failures none
+        "$work/py$minor/bin/python" -m pytest -q "${args[@]}" --last-failed --last-failed-no-failures none
         echo "::: Python $version: the failures above passed on a rerun (flaky)"
     fi
     echo "::: Python $version: $((SECONDS - started)) s"

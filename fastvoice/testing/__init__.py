@@ -13,12 +13,16 @@ other members of a call), records what it saw, and has knobs for faults.
 main gateway: it takes op 4 Voice State Updates and answers with the
 VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE dispatches that lead to the server.
 
+:class:`VoiceServerProcess` runs a VoiceServer in a child process (its own event loop and
+core), so that a client under test does not share its loop with the server.
+
 ``tls=True`` needs the ``cryptography`` package.
 """
 
 from __future__ import annotations
 
 from ._main_gateway import MainGatewayStandIn
+from ._process import VoiceServerProcess
 from ._recording import Recording
 from ._server import (
     ReceivedPacket,
@@ -34,6 +38,7 @@ from ._server import (
 __all__ = [
     "VoiceServer",
     "MainGatewayStandIn",
+    "VoiceServerProcess",
     "ServerSession",
     "ServerConnection",
     "RecordedMessage",

@@ -5,15 +5,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Union
-
-if TYPE_CHECKING:
-    from ._server import VoiceServer
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, Union
 
 __all__ = ["MainGatewayStandIn"]
 
 UpdateHandler = Callable[[dict[str, Any]], Union[None, Awaitable[None]]]
+
+
+class _VoiceServerLike(Protocol):
+    """What the stand-in needs of a server: a VoiceServer, or a VoiceServerProcess."""
+
+    def voice_updates(
+        self, guild_id: int, user_id: int, channel_id: int | None = None, *,
+        session_id: str | None = None, token: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+    async def close_voice_sessions(
+        self, user_id: int, guild_id: int, *, keep_channel: int | None = None, code: int = 4014,
+        reason: str = "disconnected",
+    ) -> int: ...
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> Any: ...
 
 
 class MainGatewayStandIn:
@@ -35,7 +48,7 @@ class MainGatewayStandIn:
     fix it).
     """
 
-    def __init__(self, server: VoiceServer, user_id: int, *, server_update_first: bool = False) -> None:
+    def __init__(self, server: _VoiceServerLike, user_id: int, *, server_update_first: bool = False) -> None:
         self.server = server
         self.user_id = user_id
         self.server_update_first = server_update_first
@@ -106,11 +119,4 @@ class MainGatewayStandIn:
             if inspect.isawaitable(result):
                 await result
         if close_previous is not None:
-            for session in list(self.server.sessions):
-                if (
-                    session.user_id == self.user_id
-                    and session.guild_id == close_previous
-                    and session.channel_id != keep_channel
-                    and not session.ended
-                ):
-                    await session.close(4014, "disconnected")
+            await self.server.close_voice_sessions(self.user_id, close_previous, keep_channel=keep_channel)

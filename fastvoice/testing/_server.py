@@ -48,6 +48,7 @@ from ..gateway_messages import (
 )
 
 from ._dave_relay import DaveRelay
+from ._dispatches import voice_dispatches
 from ._keepalive import KeepaliveLapse, KeepaliveWatch, ReceivedKeepalive
 from ._mls import is_dave_frame
 from ._recording import Recording, ReceivedPacket, RecordedMessage, RejectedDatagram, check_limit
@@ -737,21 +738,7 @@ class VoiceServer:
         session_id = session_id or secrets.token_hex(16)
         token = token or secrets.token_hex(8)
         self._registered[(session_id, guild_id)] = (user_id, channel, token)
-        state = {
-            "guild_id": str(guild_id),
-            "channel_id": str(channel),
-            "user_id": str(user_id),
-            "session_id": session_id,
-            "deaf": False,
-            "mute": False,
-            "self_deaf": False,
-            "self_mute": False,
-            "self_video": False,
-            "suppress": False,
-            "request_to_speak_timestamp": None,
-        }
-        server = {"token": token, "guild_id": str(guild_id), "endpoint": self.endpoint if self.tls else self.url}
-        return state, server
+        return voice_dispatches(self.endpoint if self.tls else self.url, guild_id, user_id, channel, session_id, token)
 
     def main_gateway(self, user_id: int, *, server_update_first: bool = False) -> MainGatewayStandIn:
         """Return a :class:`MainGatewayStandIn` for ``user_id``: the main gateway's part for a Manager.
@@ -762,6 +749,20 @@ class VoiceServer:
         from ._main_gateway import MainGatewayStandIn
 
         return MainGatewayStandIn(self, user_id, server_update_first=server_update_first)
+
+    async def close_voice_sessions(
+        self, user_id: int, guild_id: int, *, keep_channel: int | None = None, code: int = 4014,
+        reason: str = "disconnected",
+    ) -> int:
+        """Close the live sessions of ``user_id`` in ``guild_id`` (except one in ``keep_channel``)
+        with ``code``, as Discord does after a move or a leave; returns how many were closed."""
+        closed = 0
+        for session in list(self.sessions):
+            if (session.user_id == user_id and session.guild_id == guild_id
+                    and session.channel_id != keep_channel and not session.ended):
+                await session.close(code, reason)
+                closed += 1
+        return closed
 
     def make_state(self, guild_id: int, user_id: int, channel_id: int | None = None) -> Any:
         """Register a session and return a :class:`fastvoice.State` pointing at this server.
