@@ -1,6 +1,6 @@
 """``python -m fastvoice demo``: many voice calls against the local voice server, end to end.
 
-Starts a :class:`fastvoice.testing.VoiceServer`, joins N guild calls with a "speaker" bot
+Starts a :class:`fastvoice.testing.VoiceServer` in its own process, joins N guild calls with a "speaker" bot
 and N with a "listener" bot (one speaker and one listener per call), streams the bundled
 Opus clip from every speaker, receives it on every listener, and prints a summary that says
 where any lost packet went missing: before the test server read it (its socket overflowed:
@@ -99,19 +99,48 @@ def _percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))]
 
 
-async def run(calls: int, seconds: float, dave: bool) -> int:
+class _InProcess:
+    """The demo's view of a VoiceServer on this loop (``--in-process``), shaped like a
+    :class:`fastvoice.testing.VoiceServerProcess`'s."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    async def stats(self) -> dict[str, Any]:
+        server = self.server
+        return {"udp_receive_drops": server.udp_receive_drops, "udp_receive_buffer": server.udp_receive_buffer,
+                "dave_plaintext_packets": sum(s.dave_plaintext_packets for s in server.sessions)}
+
+    async def sequences(self, ssrcs: list[int]) -> dict[int, list[int]]:
+        return {ssrc: [p.sequence for p in self.server.packets(ssrc)] for ssrc in ssrcs}
+
+    def cpu_seconds(self) -> float | None:
+        return None  # counted in this process's own CPU
+
+
+def _cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run(calls: int, seconds: float, dave: bool, in_process: bool = False) -> int:
     import fastvoice
     from fastvoice import ConnConfig, GatewayConfig, Manager, OpusReader
-    from fastvoice.testing import MainGatewayStandIn, VoiceServer
+    from fastvoice.testing import MainGatewayStandIn, VoiceServer, VoiceServerProcess
 
     clip = load_clip()
     frames = [clip[i % len(clip)] for i in range(max(1, int(seconds * 50)))]
     stream = b"".join(struct.pack("<I", len(f)) + f for f in frames)
     print(f"fastvoice {fastvoice.__version__} demo: {calls} calls, {len(frames) * 0.02:.2f} s of audio each, "
-          f"DAVE {'on' if dave else 'off'}, {'compiled' if fastvoice.speedups_enabled() else 'pure-Python'} core")
+          f"DAVE {'on' if dave else 'off'}, {'compiled' if fastvoice.speedups_enabled() else 'pure-Python'} core, "
+          f"local server {'on this event loop' if in_process else 'in its own process'}")
     # The demo checks every packet the server read: its recordings must hold the whole run.
-    async with VoiceServer(dave_protocol_version=1 if dave else 0, require_dave=dave,
-                           record_packets=len(frames) + 100) as server:
+    options: dict[str, Any] = dict(dave_protocol_version=1 if dave else 0, require_dave=dave,
+                                   record_packets=len(frames) + 100)
+    server: VoiceServer | VoiceServerProcess
+    server = VoiceServer(**options) if in_process else VoiceServerProcess(**options)
+    view: _InProcess | VoiceServerProcess = _InProcess(server) if isinstance(server, VoiceServer) else server
+    async with server:
         bots = {}
         for user in (SPEAKER, LISTENER):
             main = MainGatewayStandIn(server, user)
@@ -141,8 +170,8 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
                 await asyncio.sleep(0.05)
         print(f"  {2 * calls} connections ready in {time.monotonic() - started:.1f} s")
 
-        drops_before = server.udp_receive_drops
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        drops_before = (await view.stats())["udp_receive_drops"]
+        cpu0, server_cpu0 = _cpu_self(), view.cpu_seconds()
         wall0 = time.monotonic()
         for conn in speakers:
             conn.set_opus_frame_provider(OpusReader(io.BytesIO(stream)))
@@ -160,8 +189,9 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
             if now - wall0 > len(frames) * 0.02 + 10:
                 break
         wall = time.monotonic() - wall0
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        cpu, server_cpu1 = _cpu_self() - cpu0, view.cpu_seconds()
+        server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
+        seen = await view.sequences([c.udp.ssrc for c in speakers if c.udp is not None])
 
         sent = sum(c.sender.stats.sent for c in speakers if c.sender)
         deficit = sum(c.sender.stats.deficit for c in speakers if c.sender)
@@ -174,18 +204,19 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
             counters = conn.udp.stream_counters if conn.udp is not None else None
             call_sent = conn.sender.stats.sent if conn.sender is not None else 0
             first = 0 if counters is None else (counters[0] - call_sent) & 0xFFFF
-            server_seqs = [p.sequence for p in server.packets(conn.udp.ssrc)] if conn.udp is not None else []
+            server_seqs = seen.get(conn.udp.ssrc, []) if conn.udp is not None else []
             at_server += len(server_seqs)
             one = account(first, want, call_sent, server_seqs, lst.sequences, lst.frames)
             loss.not_sent += one.not_sent
             loss.before_server += one.before_server
             loss.after_server += one.after_server
             loss.changed += one.changed
-        drops_after = server.udp_receive_drops
+        after = await view.stats()
+        drops_after = after["udp_receive_drops"]
         socket_drops = None if drops_before is None or drops_after is None else drops_after - drops_before
         jitter = [abs((b - a) - 0.020) * 1000 for lst in listeners for a, b in zip(lst.arrivals, lst.arrivals[1:])]
-        plaintext = sum(s.dave_plaintext_packets for s in server.sessions) if dave else 0
-        buffer_kib = server.udp_receive_buffer // 2 // 1024
+        plaintext = after["dave_plaintext_packets"] if dave else 0
+        buffer_kib = after["udp_receive_buffer"] // 2 // 1024
         await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
 
     server_row = f"{at_server} of {sent}"
@@ -199,7 +230,10 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
         ("calls received intact", f"{intact} of {calls}"),
         ("jitter p50 / p99 at listeners", f"{_percentile(jitter, 0.5):.2f} / {_percentile(jitter, 0.99):.2f} ms"),
         ("deficit", f"{deficit} ticks"),
-        ("CPU", f"{cpu:.2f} s over {wall:.1f} s ({cpu / wall:.2f} cores)"),
+        ("CPU, fastvoice" if server_cpu is not None else "CPU",
+         f"{cpu:.2f} s over {wall:.1f} s ({cpu / wall:.2f} cores)"),
+        *([("CPU, test server", f"{server_cpu:.2f} s ({server_cpu / wall:.2f} cores)")] if server_cpu is not None
+          else []),
         ("DAVE", f"on, {plaintext} plaintext packets in E2EE calls" if dave else "off"),
     ]
     # Loss before the server is the server's own when its socket's drop counter covers it.
@@ -222,7 +256,7 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
     if server_dropped and not (loss.not_sent or loss.after_server or loss.changed or plaintext):
         print("\n" + textwrap.fill(
             f"INCOMPLETE: the local test server did not read {loss.before_server} packets (its UDP socket "
-            "overflowed while the shared event loop was busy); fastvoice delivered every packet the server "
+            "overflowed while the server was busy); fastvoice delivered every packet the server "
             "forwarded. Run fewer calls (-n) to check every frame; see --help for this server's limit.",
             width=92, initial_indent="  ", subsequent_indent="  "))
         return SERVER_DROPPED
@@ -280,11 +314,10 @@ def server_limit() -> str:
     else:
         how = "the most this system grants"
     return textwrap.fill(
-        "The local test server runs in this process, on the event loop of the calls, and decrypts, "
-        "records and forwards every packet in Python. Each 20 ms tick the speakers' packets wait in "
-        f"its UDP receive buffer until the loop reads them: {granted // 1024} KiB on this machine "
-        f"({how}). On an otherwise idle 2-core machine it kept up with 400 calls (the loop then near a "
-        "full core); on a busy machine it can fall behind with fewer. When its socket "
+        "The local test server runs in its own process (with --in-process: on the demo's event loop) "
+        "and decrypts, records and forwards every packet in Python, near 20 us each. Each 20 ms tick "
+        "the speakers' packets wait in its UDP receive buffer until it reads them: "
+        f"{granted // 1024} KiB on this machine ({how}). When the server falls behind and its socket "
         "overflows, the summary counts those packets as lost before the test server (not fastvoice's "
         "loss) and the demo exits 3.", width=92)
 
@@ -315,6 +348,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"seconds of audio per call ({MIN_SECONDS:g} to {MAX_SECONDS:g}; default 10)")
     p.add_argument("--no-dave", action="store_true", help="run the calls without DAVE end-to-end encryption")
     p.add_argument("--pure", action="store_true", help="use the pure-Python packet core")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the local server on the demo's own event loop instead of in its own process")
     return p
 
 
@@ -331,4 +366,4 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(run(args.calls, args.seconds, not args.no_dave))
+    return runner(run(args.calls, args.seconds, not args.no_dave, in_process=args.in_process))

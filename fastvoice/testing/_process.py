@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import ssl
 import sys
@@ -15,6 +16,8 @@ from ._dispatches import voice_dispatches
 from ._main_gateway import MainGatewayStandIn
 
 __all__ = ["VoiceServerProcess"]
+
+_MAX_REPLY = 256 * 1024 * 1024  # one reply line (sequences of thousands of calls)
 
 
 class VoiceServerProcess:
@@ -59,6 +62,7 @@ class VoiceServerProcess:
         self._process = await asyncio.create_subprocess_exec(
             self._python, "-m", "fastvoice.testing._serve", self._options,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=_MAX_REPLY,
         )
         try:
             assert self._process.stdout is not None
@@ -183,10 +187,26 @@ class VoiceServerProcess:
 
     async def stats(self) -> dict[str, Any]:
         """What the server saw: ``sessions`` (live), ``ssrcs`` (user id -> SSRC, keys as strings),
-        ``packets`` (SSRC -> audio packets received from it) and ``udp_receive_drops``."""
+        ``packets`` (SSRC -> audio packets received from it), ``udp_receive_drops``,
+        ``udp_receive_buffer`` and ``dave_plaintext_packets`` (summed over sessions)."""
         result = await self._send("stats")
         assert isinstance(result, dict)
         return result
+
+    async def sequences(self, ssrcs: list[int]) -> dict[int, list[int]]:
+        """The RTP sequence numbers of the audio packets the server recorded from each SSRC, in
+        arrival order (``VoiceServer.packets(ssrc)``; the newest ``record_packets``)."""
+        result = await self._send("sequences", ssrcs=[int(s) for s in ssrcs])
+        return {int(ssrc): list(seqs) for ssrc, seqs in result.items()}
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the child has used so far, or ``None`` where unknown (not Linux)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     # -- internals -----------------------------------------------------------------
 

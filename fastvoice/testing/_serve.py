@@ -40,6 +40,8 @@ def stats(server: VoiceServer) -> dict[str, Any]:
         "ssrcs": {str(s.user_id): s.ssrc for s in live},
         "packets": {str(s.ssrc): len(server.packets(s.ssrc)) + server.packets(s.ssrc).dropped for s in live},
         "udp_receive_drops": server.udp_receive_drops,
+        "udp_receive_buffer": server.udp_receive_buffer,
+        "dave_plaintext_packets": sum(s.dave_plaintext_packets for s in server.sessions),
     }
 
 
@@ -59,6 +61,8 @@ async def answer(server: VoiceServer, request: dict[str, Any]) -> Any:
         )
     if op == "stats":
         return stats(server)
+    if op == "sequences":
+        return {str(ssrc): [p.sequence for p in server.packets(int(ssrc))] for ssrc in request["ssrcs"]}
     if op == "set":
         name = request.get("name")
         if name not in KNOBS:
