@@ -33,9 +33,11 @@ prints its tables. It needs the test extra (pytest, pytest-benchmark, discord.py
      calls with 10 s of audio each: one client process per contender (fastvoice compiled
      and pure: bench/connections_client.py; discord.py's VoiceClient:
      bench/discordpy_client.py; @discordjs/voice in node: bench/discordjs/client.mjs, when
-     set up), each with its voice server process (bench/voice_server_process.py).
+     set up), each with its voice server process (bench/voice_server_process.py);
+  4. scale-out: bench/test_bench_scaleout.py, 1,000 and 2,000 calls held by one client
+     process, then split over two running side by side (as a sharded bot would).
 
-The full suite takes about 6 to 7 minutes on a 2-core machine (2 to 3 more with the
+The full suite takes about 7 to 8 minutes on a 2-core machine (2 to 3 more with the
 @discordjs/voice peer set up), and loads both cores. --quick runs every benchmark small (10 calls, 1 s of
 audio, few rounds) in under a minute (50 seconds here): a check that it works, not figures
 to quote.
@@ -49,7 +51,7 @@ options:
 
 #: What --quick sets: the knobs of bench/ (see bench/README.md) and pytest-benchmark's rounds.
 QUICK_ENV = {
-    "FASTVOICE_BENCH_CONNECTIONS": "10", "FASTVOICE_BENCH_SECONDS": "1",
+    "FASTVOICE_BENCH_CONNECTIONS": "10", "FASTVOICE_BENCH_SECONDS": "1", "FASTVOICE_BENCH_SCALEOUT": "10",
     "FASTVOICE_BENCH_OPUS_FRAMES": "150",
     "FASTVOICE_BENCH_PLAYOUT_STREAMS": "20", "FASTVOICE_BENCH_PLAYOUT_TICKS": "5",
     "FASTVOICE_BENCH_REALTIME": "20", "FASTVOICE_BENCH_REALTIME_TICKS": "10", "FASTVOICE_BENCH_CALLS": "10x0,5x4",
