@@ -3,7 +3,8 @@
 The other member is @discordjs/voice 0.19.2 in Node (``tests/interop/discordjs_member.mjs``,
 through ``interop_discordjs.DiscordjsMember``): its own gateway, UDP, transport encryption,
 AudioPlayer and receiver, and its own DAVE state machine on @snazzah/davey. Skipped when
-``node`` or ``bench/discordjs/node_modules`` is missing, unless FASTVOICE_REQUIRE_INTEROP=1.
+``node`` or the packages (``bench/discordjs/node_modules``, or ``FASTVOICE_DISCORDJS_DIR``)
+are missing, unless FASTVOICE_REQUIRE_INTEROP=1.
 """
 
 from __future__ import annotations
