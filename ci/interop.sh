@@ -12,7 +12,7 @@
 #
 #     bash ci/interop.sh            (PYTHON=python3.12 bash ci/interop.sh for another Python)
 #
-# About 75 s on a 2-core machine (peers installed in ~5 s, each of the two test runs ~27 s).
+# 75 to 95 s on a shared 2-core machine (peers installed in ~5 s, each of the two test runs 27-34 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
