@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI: install exactly as the README says, run the README's test command (both twins
-# through the shared fixture), then the whole suite again on the pure twins, then
-# every benchmark once, untimed, so a broken benchmark fails here.
+# through the shared fixture), the interop tests with their peers installed (ci/interop.sh),
+# then the whole suite again on the pure twins, then every benchmark once, untimed, so a
+# broken benchmark fails here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,9 @@ pip install -e ".[test]" && python -m fastvoice demo
 
 echo "::: tests, compiled + pure twins (README)"
 python -m pytest
+
+echo "::: interop: fastvoice with libdave (dave.py) and @discordjs/voice in one DAVE call (peers in a throwaway dir)"
+bash ci/interop.sh
 
 echo "::: type checking: mypy --strict over the package (pyproject: [tool.mypy])"
 python -m mypy
