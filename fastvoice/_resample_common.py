@@ -61,7 +61,7 @@ def check_mix(frames: object) -> int:
     """Validate the pieces ``mix_pcm`` adds up; return their length in bytes."""
     if isinstance(frames, (bytes, bytearray, memoryview, str)) or not hasattr(frames, "__len__"):
         raise TypeError(f"frames must be a sequence of PCM pieces, not {type(frames).__name__}")
-    if not len(frames):  # type: ignore[arg-type]
+    if not len(frames):
         raise ValueError("mix_pcm needs at least one piece of PCM")
     size = len(frames[0])  # type: ignore[index]
     if size % 2:
