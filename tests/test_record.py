@@ -204,7 +204,10 @@ def test_a_concealment_packet_keeps_the_mode_and_channels_of_the_previous_packet
             packet = concealment_packet(bytes([toc, 0, 0]))
             assert len(packet) == 1 and packet[0] & 4 == stereo
             assert (packet[0] >> 3) // 4 == config // 4 or config >= 12  # same mode and bandwidth group
-            assert ref.Decoder(48000, 2).decode(packet) is not None
+            decoder = ref.Decoder(48000, 2)
+            decoder.decode(bytes([toc]) + bytes(60))  # a packet of that mode first
+            out = decoder.decode(packet)
+            assert isinstance(out, bytes) and len(out) == 3840, packet.hex()  # 20 ms concealed
     assert OpusDecoder().decode(concealment_packet()) == bytes(3840)  # a fresh decoder conceals silence
 
 
