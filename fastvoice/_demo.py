@@ -140,6 +140,12 @@ def _check_recordings(recording: dict[str, Any], status: int) -> int:
         print(textwrap.fill(check.line(), width=92, initial_indent="    ", subsequent_indent="      "))
     if len(shown) < len(checks):
         print(f"    ... {len(checks) - len(shown)} more calls in {report}")
+    if any(check.late for check in checks):
+        print(textwrap.fill(
+            "Frames the playout dropped arrived after their tick was played: the event loop (shared with the "
+            "test server and every call) was too busy to receive them in time; the recording keeps their "
+            "place as concealment. A PlayoutReceiver with a larger delay absorbs this.",
+            width=92, initial_indent="  ", subsequent_indent="  "))
     if unfaithful:
         print(f"\n  RECORDING FAILED: {len(unfaithful)} recordings lack frames the listener received")
         return RECORDING_FAILED
@@ -244,13 +250,14 @@ async def _run_calls(calls: int, seconds: float, dave: bool, recording: dict[str
         plaintext = sum(s.dave_plaintext_packets for s in server.sessions) if dave else 0
         buffer_kib = server.udp_receive_buffer // 2 // 1024
         if recording is not None:
-            late = []
+            late: list[dict[str, int]] = []
             for recorder in recorders:
                 try:
                     stats = recorder.playout.stats(SPEAKER)
-                    late.append(stats.late + stats.dropped + stats.overflow)
+                    late.append({"late": stats.late, "dropped to shrink the delay": stats.dropped,
+                                 "overflowed": stats.overflow})
                 except KeyError:
-                    late.append(0)
+                    late.append({})
                 recorder.close()
             await asyncio.gather(*(recorder.wait_closed(60) for recorder in recorders))
             recording.update(recorders=recorders, sent=frames, late=late,

@@ -74,7 +74,7 @@ class RecordingCheck:
     frames: int = 0  # frames of the clip found in the track, in order
     expected: int = 0  # frames sent
     lost_on_the_way: int = 0  # frames the listener never received
-    late: int = 0  # frames the listener's playout dropped as late
+    playout_drops: dict[str, int] = field(default_factory=dict)  # frames the listener's playout dropped, by cause
     offset: int | None = None  # the tick the clip starts on (None: not one offset for all)
     pcm_identical: bool = False
     mix_identical: bool = False
@@ -91,6 +91,11 @@ class RecordingCheck:
         it were lost before the listener or dropped by its playout as late."""
         return not self.problems and self.frames + self.lost_on_the_way + self.late >= self.expected
 
+    @property
+    def late(self) -> int:
+        """Frames the listener's playout dropped (late, to shrink its delay, or overflowing)."""
+        return sum(self.playout_drops.values())
+
     def line(self) -> str:
         """One line of the report."""
         if self.ok and self.offset is not None:
@@ -101,7 +106,8 @@ class RecordingCheck:
         if self.lost_on_the_way:
             what += f", {self.lost_on_the_way} lost before the listener"
         if self.late:
-            what += f", {self.late} dropped by the playout as late"
+            causes = ", ".join(f"{n} {cause}" for cause, n in self.playout_drops.items() if n)
+            what += f", {self.late} dropped by the playout ({causes})"
         return "; ".join([what, *self.problems])
 
 
@@ -118,14 +124,15 @@ def _is_subsequence(part: list[bytes], whole: list[bytes]) -> bool:
 
 
 def check_recording(call: int, directory: Path, user_id: int, sent: list[bytes], clip: bytes, heard: int,
-                    late: int) -> RecordingCheck:
+                    playout_drops: dict[str, int] | None = None) -> RecordingCheck:
     """Check one call's recording (``directory``) of ``user_id`` against the frames ``sent``
     (``clip``: their PCM), knowing the listener received ``heard`` of them and its playout
-    dropped ``late``."""
+    dropped ``playout_drops`` (counts by cause)."""
     from .ogg import OggOpusReader
     from .opus_decoder import OpusDecoder
 
-    check = RecordingCheck(call, expected=len(sent), lost_on_the_way=max(0, len(sent) - heard), late=late)
+    check = RecordingCheck(call, expected=len(sent), lost_on_the_way=max(0, len(sent) - heard),
+                           playout_drops=dict(playout_drops or {}))
     path = directory / f"{user_id}.ogg"
     try:
         data = path.read_bytes()

@@ -236,27 +236,29 @@ def test_the_recording_check_finds_a_missing_a_moved_and_a_foreign_frame(tmp_pat
     clip = clip_pcm(sent)
     fill = [concealment_packet()] * 7
     _recording(tmp_path / "good", fill + sent + fill)
-    good = check_recording(0, tmp_path / "good", 1001, sent, clip, 40, 0)
+    good = check_recording(0, tmp_path / "good", 1001, sent, clip, 40)
     assert good.ok and good.offset == 7 and good.ticks == 54 and good.pcm_identical and good.mix_identical
 
     missing = sent[:20] + [concealment_packet(sent[19])] + sent[21:]
     _recording(tmp_path / "missing", fill + missing)
-    check = check_recording(1, tmp_path / "missing", 1001, sent, clip, 40, 0)
+    check = check_recording(1, tmp_path / "missing", 1001, sent, clip, 40)
     assert not check.ok and not check.faithful and check.frames == 39 and "FAILED: 39 of 40" in check.line()
-    explained = check_recording(1, tmp_path / "missing", 1001, sent, clip, 39, 0)  # lost before the listener
+    explained = check_recording(1, tmp_path / "missing", 1001, sent, clip, 39)  # lost before the listener
     assert not explained.ok and explained.faithful and "1 lost before the listener" in explained.line()
+    late = check_recording(1, tmp_path / "missing", 1001, sent, clip, 40, {"late": 1, "overflowed": 0})
+    assert not late.ok and late.faithful and "1 dropped by the playout (1 late)" in late.line()
 
     _recording(tmp_path / "bad-mix", fill + sent + fill)
     mix = bytearray((tmp_path / "bad-mix" / "mix.wav").read_bytes())
     mix[44 + 10 * 3840] ^= 0x40  # one sample of the clip's fourth frame
     (tmp_path / "bad-mix" / "mix.wav").write_bytes(mix)
-    check = check_recording(1, tmp_path / "bad-mix", 1001, sent, clip, 40, 0)
+    check = check_recording(1, tmp_path / "bad-mix", 1001, sent, clip, 40)
     assert check.pcm_identical and not check.mix_identical and not check.ok
 
     _recording(tmp_path / "moved", fill + sent[:20] + fill[:1] + sent[20:])
-    check = check_recording(2, tmp_path / "moved", 1001, sent, clip, 40, 0)
+    check = check_recording(2, tmp_path / "moved", 1001, sent, clip, 40)
     assert not check.ok and check.offset is None and "moved on the timeline 1 times" in check.line()
 
     _recording(tmp_path / "foreign", fill + sent[:10] + [sent[30]] + sent[10:])
-    check = check_recording(3, tmp_path / "foreign", 1001, sent, clip, 40, 0)
+    check = check_recording(3, tmp_path / "foreign", 1001, sent, clip, 40)
     assert not check.faithful and "not sent, or out of order" in check.line()
