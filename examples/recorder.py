@@ -1,77 +1,64 @@
-"""Record a voice channel with discord.py + fastvoice: one Opus file per speaker.
+"""Record a voice channel with discord.py + fastvoice: one aligned track per speaker, and a mix.
 
 Commands (in any text channel, while you are in a voice channel):
 
 - ``!record``: join your voice channel and record everyone in it
 - ``!stop``: stop recording and leave
 
-Each user's Opus frames go to ``recordings/<guild id>/<user id>.dca``, as received (no
-re-encoding): every frame is prefixed with its length as a 4-byte little-endian integer, the
-format of ``fastvoice.OpusReader`` / ``fastvoice.OpusWriter``, so a file plays back with
-``vc.play(fastvoice.OpusReader(open(path, "rb")))``. Pauses are not in the files (Discord
-clients stop sending a few silence frames after they go quiet), so speech comes back to back.
+A ``fastvoice.record.CallRecorder`` writes into ``recordings/<guild id>/<start time>/``:
+
+- ``<user id>.ogg``: each speaker's Opus packets as received (no re-encoding), in an Ogg Opus
+  file that any player opens; pauses and losses are filled, so every track starts when the
+  recording started and all tracks stay aligned (drop them into an editor side by side);
+- ``mix.wav``: everyone together, 48 kHz stereo.
+
+The files are valid while the recording runs (Ogg pages and WAV headers are written about
+once a second) and are finished when it stops, when the bot disconnects, or when the program
+ends, an exception included. The disk writes happen in a writer thread, never on the event
+loop.
 
 Run it:
 
     pip install -e ".[test]"            # fastvoice + discord.py (no voice extra needed)
     DISCORD_TOKEN=... python examples/recorder.py
 
-The bot needs the Message Content intent (Developer Portal -> Bot). Tell people they are
-being recorded.
+The system needs libopus (Debian/Ubuntu ``apt install libopus0``, macOS ``brew install
+opus``). The bot needs the Message Content intent (Developer Portal -> Bot). Tell people they
+are being recorded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
-from typing import BinaryIO
 
 import discord
 from discord.ext import commands
 
-import fastvoice
 import fastvoice.ext.discord as fastvoice_discord
+from fastvoice.record import CallRecorder
 
 log = logging.getLogger("recorder")
 
 RECORDINGS = Path("recordings")
 
 
+def start_recording(vc: fastvoice_discord.VoiceClient, directory: Path) -> CallRecorder:
+    """Record everyone else in ``vc``'s channel into ``directory`` (per-user Ogg + a mix).
 
-class PerUserFiles:
-    """A fastvoice ``OpusFrameReceiver``: one length-prefixed ``.dca`` file per user.
+    Make the recorder on the event loop: its timeline (the recording's start) starts now."""
+    recorder = CallRecorder(directory, formats=("ogg",), mix=True)
+    vc.listen(recorder)
+    return recorder
 
-    Files are opened on a user's first frame (appending, so a user who leaves and comes back
-    continues their file) and closed when the user leaves the call or the recording stops.
-    The bot runs it inside a ``fastvoice.ThreadedOpusFrameReceiver``: the writes happen in that
-    receiver's thread, so a slow disk never holds up the event loop.
-    """
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._files: dict[int, BinaryIO] = {}
-        self._writers: dict[int, fastvoice.OpusWriter] = {}
-
-    def receive_opus_frame(self, user_id: int, packet: fastvoice.Packet) -> None:
-        writer = self._writers.get(user_id)
-        if writer is None:
-            file = open(self.directory / f"{user_id}.dca", "ab")
-            self._files[user_id] = file
-            writer = self._writers[user_id] = fastvoice.OpusWriter(file)
-            log.info("recording user %d", user_id)
-        writer.receive_opus_frame(user_id, packet)
-
-    def cleanup_user(self, user_id: int) -> None:
-        self._writers.pop(user_id, None)
-        file = self._files.pop(user_id, None)
-        if file is not None:
-            file.close()
-
-    def close(self) -> None:
-        for user_id in list(self._files):
-            self.cleanup_user(user_id)
+async def stop_recording(vc: fastvoice_discord.VoiceClient, recorder: CallRecorder) -> None:
+    """Stop listening and wait until every file is final."""
+    vc.stop_listening()  # closes the recorder
+    if not await recorder.wait_closed(timeout=30):
+        log.warning("the recording in %s is still being written", recorder.directory)
 
 
 def make_bot() -> commands.Bot:
@@ -79,6 +66,7 @@ def make_bot() -> commands.Bot:
     intents = discord.Intents.default()
     intents.message_content = True
     bot = commands.Bot(command_prefix="!", intents=intents)
+    recorders: dict[int, CallRecorder] = {}
 
     @bot.command()
     async def record(ctx: commands.Context) -> None:
@@ -88,18 +76,21 @@ def make_bot() -> commands.Bot:
             await ctx.send("Join a voice channel first.")
             return
         vc = ctx.voice_client or await voice.channel.connect(cls=fastvoice_discord.VoiceClient)
-        directory = RECORDINGS / str(ctx.guild.id)
-        vc.listen(fastvoice.ThreadedOpusFrameReceiver(PerUserFiles(directory)))
+        directory = RECORDINGS / str(ctx.guild.id) / time.strftime("%Y%m%d-%H%M%S")
+        recorders[ctx.guild.id] = start_recording(vc, directory)
         await ctx.send(f"Recording {voice.channel.name} into {directory}/")
 
     @bot.command()
     async def stop(ctx: commands.Context) -> None:
-        """Stop recording and leave (the files are closed)."""
+        """Stop recording and leave (the files are finished)."""
         vc = ctx.voice_client
+        recorder = recorders.pop(ctx.guild.id, None)
         if vc is not None:
-            vc.stop_listening()
+            if recorder is not None:
+                await stop_recording(vc, recorder)
+                users = ", ".join(str(u) for u in sorted(recorder.users)) or "nobody"
+                await ctx.send(f"Recorded {recorder.duration:.0f} s of {users} into {recorder.directory}/")
             await vc.disconnect()
-            await ctx.send("Recording stopped.")
 
     return bot
 

@@ -30,7 +30,7 @@ SILENCE = b"\xf8\xff\xfe"
 MAX_CALLS = 5000
 MIN_SECONDS, MAX_SECONDS = 0.02, 3600.0
 #: Exit statuses.
-OK, LOST, SERVER_DROPPED = 0, 1, 3
+OK, LOST, USAGE, SERVER_DROPPED, RECORDING_FAILED = 0, 1, 2, 3, 4
 
 
 def load_clip() -> list[bytes]:
@@ -123,7 +123,61 @@ def _cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(calls: int, seconds: float, dave: bool, in_process: bool = False) -> int:
+async def run(calls: int, seconds: float, dave: bool, in_process: bool = False, record: str | None = None) -> int:
+    """Run the demo; with ``record`` (a directory) also record every listener's call and
+    check each recording against the clip (see :mod:`fastvoice._demo_record`)."""
+    if record is None:
+        return await _run_calls(calls, seconds, dave, in_process, None)
+    from .opus_decoder import OpusNotAvailableError, load_opus
+
+    try:
+        load_opus()
+    except OpusNotAvailableError as exc:
+        print(f"--record needs libopus: {exc}", file=sys.stderr)
+        return USAGE
+    recording: dict[str, Any] = {"directory": record}
+    status = await _run_calls(calls, seconds, dave, in_process, recording)
+    return _check_recordings(recording, status)
+
+
+def _check_recordings(recording: dict[str, Any], status: int) -> int:
+    from pathlib import Path
+
+    from ._demo_record import check_recording, clip_pcm
+
+    sent: list[bytes] = recording.get("sent", [])
+    recorders = recording.get("recorders", [])
+    if not recorders:
+        return status
+    clip = clip_pcm(sent)
+    checks = [check_recording(i, rec.directory, SPEAKER, sent, clip, heard, late)
+              for i, (rec, heard, late) in enumerate(zip(recorders, recording["heard"], recording["late"]))]
+    directory = Path(recording["directory"])
+    report = directory / "report.txt"
+    report.write_text("".join(check.line() + "\n" for check in checks), encoding="utf-8")
+    ok = sum(1 for check in checks if check.ok)
+    unfaithful = [check for check in checks if not check.faithful]
+    print(f"\n  recordings: {ok} of {len(checks)} calls hold the whole clip, aligned, with its PCM "
+          f"(Ogg tracks and mixes in {directory}; every call in {report.name})")
+    shown = [check for check in checks if not check.ok][:20] or checks[:5]
+    for check in shown:
+        print(textwrap.fill(check.line(), width=92, initial_indent="    ", subsequent_indent="      "))
+    if len(shown) < len(checks):
+        print(f"    ... {len(checks) - len(shown)} more calls in {report}")
+    if any(check.late for check in checks):
+        print(textwrap.fill(
+            "Frames the playout dropped arrived after their tick was played: the event loop (shared by "
+            "every call) was too busy to receive them in time; the recording keeps their "
+            "place as concealment. A PlayoutReceiver with a larger delay absorbs this.",
+            width=92, initial_indent="  ", subsequent_indent="  "))
+    if unfaithful:
+        print(f"\n  RECORDING FAILED: {len(unfaithful)} recordings lack frames the listener received")
+        return RECORDING_FAILED
+    return status
+
+
+async def _run_calls(calls: int, seconds: float, dave: bool, in_process: bool,
+                     recording: dict[str, Any] | None) -> int:
     import fastvoice
     from fastvoice import ConnConfig, GatewayConfig, Manager, OpusReader
     from fastvoice.testing import MainGatewayStandIn, VoiceServer, VoiceServerProcess
@@ -173,6 +227,14 @@ async def run(calls: int, seconds: float, dave: bool, in_process: bool = False) 
         drops_before = (await view.stats())["udp_receive_drops"]
         cpu0, server_cpu0 = _cpu_self(), view.cpu_seconds()
         wall0 = time.monotonic()
+        recorders: list[Any] = []
+        if recording is not None:
+            from ._demo_record import Tee, start_recorders
+
+            recorders = start_recorders(recording["directory"], calls)
+            for conn, lst, recorder in zip(hearers, listeners, recorders):
+                conn.set_opus_frame_receiver(Tee(lst, recorder))
+            await asyncio.sleep(0.1)  # the recordings start before the speakers do
         for conn in speakers:
             conn.set_opus_frame_provider(OpusReader(io.BytesIO(stream)))
         expected = len(frames) + 5  # the clip, then five silence frames
@@ -188,6 +250,8 @@ async def run(calls: int, seconds: float, dave: bool, in_process: bool = False) 
                 print(f"  {now - wall0:5.1f} s  sent {sent:>8}  received {got:>8}", flush=True)
             if now - wall0 > len(frames) * 0.02 + 10:
                 break
+        if recording is not None:
+            await asyncio.sleep(0.5)  # what the recorders' playout buffers hold plays out
         wall = time.monotonic() - wall0
         cpu, server_cpu1 = _cpu_self() - cpu0, view.cpu_seconds()
         server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
@@ -217,6 +281,19 @@ async def run(calls: int, seconds: float, dave: bool, in_process: bool = False) 
         jitter = [abs((b - a) - 0.020) * 1000 for lst in listeners for a, b in zip(lst.arrivals, lst.arrivals[1:])]
         plaintext = after["dave_plaintext_packets"] if dave else 0
         buffer_kib = after["udp_receive_buffer"] // 2 // 1024
+        if recording is not None:
+            late: list[dict[str, int]] = []
+            for recorder in recorders:
+                try:
+                    stats = recorder.playout.stats(SPEAKER)
+                    late.append({"late": stats.late, "dropped to shrink the delay": stats.dropped,
+                                 "overflowed": stats.overflow})
+                except KeyError:
+                    late.append({})
+                recorder.close()
+            await asyncio.gather(*(recorder.wait_closed(60) for recorder in recorders))
+            recording.update(recorders=recorders, sent=frames, late=late,
+                             heard=[sum(1 for f in lst.frames if f != SILENCE) for lst in listeners])
         await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
 
     server_row = f"{at_server} of {sent}"
@@ -334,7 +411,7 @@ missed ticks and CPU.
 EPILOG = """\
 exit status: 0 every frame arrived, in order; 1 frames were lost or changed after the test
 server forwarded them (or a DAVE call carried plaintext); 3 only the test server's socket
-dropped packets; 2 bad arguments.
+dropped packets; 2 bad arguments; 4 a recording (--record) lacks frames the listener received.
 """
 
 
@@ -350,6 +427,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pure", action="store_true", help="use the pure-Python packet core")
     p.add_argument("--in-process", action="store_true",
                    help="run the local server on the demo's own event loop instead of in its own process")
+    p.add_argument("--record", metavar="DIR",
+                   help="record each listener's call into DIR/call-NNNN/ (the speaker's Ogg Opus track and a "
+                        "mix.wav, with fastvoice.record.CallRecorder) and check every recording against the clip "
+                        "sent: all its frames, aligned on consecutive ticks, the same PCM (needs libopus)")
     return p
 
 
@@ -366,4 +447,4 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(run(args.calls, args.seconds, not args.no_dave, in_process=args.in_process))
+    return runner(run(args.calls, args.seconds, not args.no_dave, in_process=args.in_process, record=args.record))

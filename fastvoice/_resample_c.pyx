@@ -7,13 +7,13 @@ The same filter (``fastvoice._resample_common.design``), the same sums in the sa
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport lrint, sqrt
-from libc.stdint cimport int16_t, int64_t, uint8_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from . import _resample_common as _c
 
-__all__ = ["IMPLEMENTATION", "Resampler", "pcm_rms"]
+__all__ = ["IMPLEMENTATION", "Resampler", "mix_pcm", "pcm_rms"]
 
 IMPLEMENTATION = "c"
 
@@ -50,6 +50,48 @@ def pcm_rms(pcm):
             v = _load(p + 2 * i)
             total += v * v
     return sqrt(<double>total / <double>count)
+
+
+def mix_pcm(frames):
+    """The sum of pieces of s16le PCM of one length (the voices of a call on one tick), each
+    sample clipped to 16 bits.  ``ValueError`` for no piece, pieces of different lengths or an
+    odd length."""
+    cdef Py_ssize_t size = _c.check_mix(frames)
+    cdef Py_ssize_t count = size // 2, i, k, n = len(frames)
+    cdef bytes piece
+    cdef const uint8_t *src
+    cdef uint8_t *dst
+    cdef int32_t *acc
+    cdef int32_t v
+    cdef bytes result
+    if n == 1:
+        return bytes(frames[0])
+    acc = <int32_t *>malloc((count if count else 1) * sizeof(int32_t))
+    if acc == NULL:
+        raise MemoryError()
+    try:
+        for i in range(count):
+            acc[i] = 0
+        for k in range(n):
+            piece = frames[k] if type(frames[k]) is bytes else bytes(frames[k])
+            src = <const uint8_t *>PyBytes_AS_STRING(piece)
+            with nogil:
+                for i in range(count):
+                    acc[i] += _load(src + 2 * i)
+        result = PyBytes_FromStringAndSize(NULL, size)
+        dst = <uint8_t *>PyBytes_AS_STRING(result)
+        with nogil:
+            for i in range(count):
+                v = acc[i]
+                if v > 32767:
+                    v = 32767
+                elif v < -32768:
+                    v = -32768
+                dst[2 * i] = <uint8_t>(v & 0xFF)
+                dst[2 * i + 1] = <uint8_t>((v >> 8) & 0xFF)
+    finally:
+        free(acc)
+    return result
 
 
 cdef class Resampler:

@@ -57,6 +57,21 @@ def frame_count(pcm_length: int, channels: int) -> int:
     return pcm_length // size
 
 
+def check_mix(frames: object) -> int:
+    """Validate the pieces ``mix_pcm`` adds up; return their length in bytes."""
+    if isinstance(frames, (bytes, bytearray, memoryview, str)) or not hasattr(frames, "__len__"):
+        raise TypeError(f"frames must be a sequence of PCM pieces, not {type(frames).__name__}")
+    if not len(frames):
+        raise ValueError("mix_pcm needs at least one piece of PCM")
+    size = len(frames[0])  # type: ignore[index]
+    if size % 2:
+        raise ValueError(f"PCM of {size} bytes is not a whole number of 16-bit samples")
+    for frame in frames:  # type: ignore[attr-defined]
+        if len(frame) != size:
+            raise ValueError(f"PCM pieces to mix differ in length ({len(frame)} and {size} bytes)")
+    return size
+
+
 def _bessel_i0(x: float) -> float:
     total, term, k = 1.0, 1.0, 1
     while term > 1e-17 * total:

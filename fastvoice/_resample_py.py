@@ -10,11 +10,12 @@ from __future__ import annotations
 import array
 import math
 import sys
+from collections.abc import Sequence
 from operator import mul
 
 from . import _resample_common as _c
 
-__all__ = ["IMPLEMENTATION", "Resampler", "pcm_rms"]
+__all__ = ["IMPLEMENTATION", "Resampler", "mix_pcm", "pcm_rms"]
 
 IMPLEMENTATION = "py"
 
@@ -37,6 +38,21 @@ def pcm_rms(pcm: bytes) -> float:
     if not samples:
         return 0.0
     return math.sqrt(sum(map(mul, samples, samples)) / len(samples))
+
+
+def mix_pcm(frames: Sequence[bytes]) -> bytes:
+    """The sum of pieces of s16le PCM of one length (the voices of a call on one tick), each
+    sample clipped to 16 bits.  ``ValueError`` for no piece, pieces of different lengths or an
+    odd length."""
+    size = _c.check_mix(frames)
+    if len(frames) == 1:
+        return bytes(frames[0])
+    sums = map(sum, zip(*[_samples(frame) for frame in frames]))
+    out = array.array("h", [32767 if v > 32767 else -32768 if v < -32768 else v for v in sums])
+    if _BIG_ENDIAN:
+        out.byteswap()
+    assert len(out) * 2 == size
+    return out.tobytes()
 
 
 class Resampler:

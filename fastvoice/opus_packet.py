@@ -6,22 +6,53 @@ buffer uses it to choose between recovering a lost frame from the next packet
 (``OpusDecoder.decode(next, fec=True)``) and concealing it (``decode(None)``), and to count
 each as what it really is.  libopus 1.5 has ``opus_packet_has_lbrr`` for this; the systems
 fastvoice runs on mostly ship 1.3 or 1.4, so the few bits are read here.
+
+:func:`packet_samples` reads a packet's duration from its TOC byte and frame count (what
+libopus's ``opus_packet_get_nb_samples`` does): a recorder writing packets into an Ogg file
+needs it for the granule positions.
 """
 
 from __future__ import annotations
 
-__all__ = ["has_fec", "is_celt_only", "frame_bounds"]
+__all__ = ["has_fec", "is_celt_only", "frame_bounds", "packet_samples", "MAX_PACKET_SAMPLES"]
 
 # Range decoder constants of RFC 6716 section 4.1 (32-bit coder, 8-bit symbols).
 _CODE_TOP = 1 << 31
 _CODE_BOT = 1 << 23
 _CODE_EXTRA = 7
 
+#: The longest an Opus packet may last: 120 ms, in 48 kHz samples (RFC 6716 section 3.2.5).
+MAX_PACKET_SAMPLES = 5760
+# Samples per frame at 48 kHz of each TOC configuration (RFC 6716 section 3.1, table 2):
+# SILK-only 10/20/40/60 ms, hybrid 10/20 ms, CELT-only 2.5/5/10/20 ms.
+_FRAME_SAMPLES = (480, 960, 1920, 2880) * 3 + (480, 960) * 2 + (120, 240, 480, 960) * 4
+
 
 def is_celt_only(packet: bytes) -> bool:
     """True when ``packet``'s TOC byte says CELT-only (configurations 16-31): no SILK layer,
     so no in-band FEC.  False for SILK-only and hybrid packets and for an empty packet."""
     return bool(packet) and packet[0] >> 3 >= 16
+
+
+def packet_samples(packet: bytes) -> int | None:
+    """The duration of ``packet`` in 48 kHz samples (960 for a 20 ms packet), from its TOC
+    byte and frame count; None when the packet is empty, its code 3 frame count is missing or
+    zero, or it would last longer than 120 ms.  Frame lengths are not checked (see
+    :func:`frame_bounds`)."""
+    if not packet:
+        return None
+    toc = packet[0]
+    code = toc & 3
+    if code == 0:
+        count = 1
+    elif code != 3:
+        count = 2
+    elif len(packet) < 2:
+        return None
+    else:
+        count = packet[1] & 0x3F
+    samples = count * _FRAME_SAMPLES[toc >> 3]
+    return samples if 0 < samples <= MAX_PACKET_SAMPLES else None
 
 
 def frame_bounds(packet: bytes) -> tuple[int, int] | None:

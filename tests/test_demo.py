@@ -187,3 +187,78 @@ def test_bundled_files_are_named_for_their_format():
             OggOpusReader(io.BytesIO(data.joinpath(name).read_bytes())).provide_opus_frame()
     reader = OpusReader(io.BytesIO(data.joinpath("demo_clip.dca").read_bytes()))
     assert [reader.provide_opus_frame() for _ in range(3)] == load_clip()[:3]
+
+
+def test_demo_records_the_listeners_and_checks_each_recording_against_the_clip(tmp_path):
+    import wave
+
+    opus_reference = pytest.importorskip("opus_reference")
+    opus_reference.require_libopus()
+    run = subprocess.run([sys.executable, "-m", "fastvoice", "demo", "-n", "2", "-s", "1", "--no-dave",
+                          "--record", str(tmp_path / "rec")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "recordings: 2 of 2 calls hold the whole clip, aligned, with its PCM" in run.stdout
+    report = (tmp_path / "rec" / "report.txt").read_text().splitlines()
+    assert len(report) == 2 and all(re.match(r"call \d: OK: .* all 50 frames on consecutive ticks", r) for r in report)
+    for call in ("call-0000", "call-0001"):
+        assert sorted(p.name for p in (tmp_path / "rec" / call).iterdir()) == ["1001.ogg", "mix.wav"]
+        with wave.open(str(tmp_path / "rec" / call / "mix.wav")) as w:
+            assert w.getnframes() >= 50 * 960
+
+
+def _recording(directory, packets):
+    """An Ogg track of ``packets`` and the mix that decoding them gives (what a recorder writes)."""
+    import wave
+
+    from fastvoice.ogg_writer import OggOpusWriter
+    from fastvoice.opus_decoder import OpusDecoder
+
+    directory.mkdir()
+    writer = OggOpusWriter()
+    data = writer.header_pages() + b"".join(writer.write(p) for p in packets) + writer.finish()
+    (directory / "1001.ogg").write_bytes(data)
+    decoder = OpusDecoder()
+    with wave.open(str(directory / "mix.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(b"".join(decoder.decode(p) for p in packets))
+
+
+def test_the_recording_check_finds_a_missing_a_moved_and_a_foreign_frame(tmp_path):
+    opus_reference = pytest.importorskip("opus_reference")
+    opus_reference.require_libopus()
+    from fastvoice._demo import load_clip
+    from fastvoice._demo_record import check_recording, clip_pcm
+    from fastvoice.ogg_writer import concealment_packet
+
+    sent = load_clip()[:40]
+    clip = clip_pcm(sent)
+    fill = [concealment_packet()] * 7
+    _recording(tmp_path / "good", fill + sent + fill)
+    good = check_recording(0, tmp_path / "good", 1001, sent, clip, 40)
+    assert good.ok and good.offset == 7 and good.ticks == 54 and good.pcm_identical and good.mix_identical
+
+    missing = sent[:20] + [concealment_packet(sent[19])] + sent[21:]
+    _recording(tmp_path / "missing", fill + missing)
+    check = check_recording(1, tmp_path / "missing", 1001, sent, clip, 40)
+    assert not check.ok and not check.faithful and check.frames == 39 and "FAILED: 39 of 40" in check.line()
+    explained = check_recording(1, tmp_path / "missing", 1001, sent, clip, 39)  # lost before the listener
+    assert not explained.ok and explained.faithful and "1 lost before the listener" in explained.line()
+    late = check_recording(1, tmp_path / "missing", 1001, sent, clip, 40, {"late": 1, "overflowed": 0})
+    assert not late.ok and late.faithful and "1 dropped by the playout (1 late)" in late.line()
+
+    _recording(tmp_path / "bad-mix", fill + sent + fill)
+    mix = bytearray((tmp_path / "bad-mix" / "mix.wav").read_bytes())
+    mix[44 + 10 * 3840] ^= 0x40  # one sample of the clip's fourth frame
+    (tmp_path / "bad-mix" / "mix.wav").write_bytes(mix)
+    check = check_recording(1, tmp_path / "bad-mix", 1001, sent, clip, 40)
+    assert check.pcm_identical and not check.mix_identical and not check.ok
+
+    _recording(tmp_path / "moved", fill + sent[:20] + fill[:1] + sent[20:])
+    check = check_recording(2, tmp_path / "moved", 1001, sent, clip, 40)
+    assert not check.ok and check.offset is None and "moved on the timeline 1 times" in check.line()
+
+    _recording(tmp_path / "foreign", fill + sent[:10] + [sent[30]] + sent[10:])
+    check = check_recording(3, tmp_path / "foreign", 1001, sent, clip, 40)
+    assert not check.faithful and "not sent, or out of order" in check.line()

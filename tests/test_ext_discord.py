@@ -598,39 +598,107 @@ async def test_listen_receives_another_users_frames(server, bot):
         await vc.disconnect()
 
 
-async def test_the_recorder_example_writes_one_file_per_user(server, bot, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    recorder = __import__("recorder")
-    _, guild = bot
-    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
-    files = recorder.PerUserFiles(tmp_path / "rec")
-    threaded = ThreadedOpusFrameReceiver(files)  # as the example's bot does
-    vc.listen(threaded)
+async def _other_user_speaks(server, frames):
+    """OTHER joins VOICE_A and plays ``frames``; returns its manager (close it)."""
     main = MainGatewayStandIn(server, OTHER)
     other = Manager(main.update_voice_state, OTHER, conn_config=ConnConfig(open_timeout=5))
     main.attach(other)
+    speaker = other.create_conn(GUILD)
+    await speaker.open(VOICE_A)
+    speaker.set_opus_frame_provider(opus_reader(frames))
+    await server.wait_for(lambda: len(server.packets(speaker.udp.ssrc)) >= len(frames) + 5, timeout=15)
+    return other
+
+
+async def test_the_recorder_example_records_aligned_ogg_tracks_and_a_mix(server, bot, tmp_path, monkeypatch):
+    import wave
+
+    from _playout import dominant, step_frequency, stepped_tone_packets
+    from fastvoice.ogg import OggOpusReader
+    from fastvoice.opus_decoder import OpusDecoder
+
+    if not libopus_available():
+        pytest.skip("libopus is not installed")
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    recorder_example = __import__("recorder")
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    recorder = recorder_example.start_recording(vc, tmp_path / "rec")
+    assert vc.is_listening()
+    frames = list(stepped_tone_packets(50))
+    other = None
     try:
-        speaker = other.create_conn(GUILD)
-        await speaker.open(VOICE_A)
-        frames = [b"\xfc" + os.urandom(20) + bytes([i]) for i in range(10)]
-        speaker.set_opus_frame_provider(opus_reader(frames))
-        await server.wait_for(lambda: len(server.packets(speaker.udp.ssrc)) >= 15)
-        await wait_until(lambda: OTHER in files._files)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # the recording starts before the other user speaks
+        other = await _other_user_speaks(server, frames)
+        await asyncio.sleep(0.3)
+        await recorder_example.stop_recording(vc, recorder)
+        assert not vc.is_listening() and recorder.finished
     finally:
-        await other.close()
+        if other is not None:
+            await other.close()
         await vc.disconnect()
-    assert await threaded.wait_closed(5) and threaded.dropped == 0
-    assert files._files == {}  # closed with the connection
-    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"{OTHER}.dca"]
-    with open(tmp_path / "rec" / f"{OTHER}.dca", "rb") as stream:
-        reader = OpusReader(stream)
-        played = []
-        with pytest.raises(EOFError):
-            while True:
-                played.append(reader.provide_opus_frame())
-    assert played == frames + [SILENCE] * 5
+    assert recorder.users == {OTHER} and recorder.errors == 0 and recorder.dropped == 0
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"{OTHER}.ogg", "mix.wav"]
+    ticks = round(recorder.duration / 0.02)
+    with wave.open(str(tmp_path / "rec" / "mix.wav")) as w:
+        mix = w.readframes(w.getnframes())
+    assert len(mix) == ticks * 3840
+    # The Ogg track decodes (libopus) to the mix, the other user's tone frame by frame.
+    decoder = OpusDecoder()
+    packets = list(OggOpusReader(tmp_path / "rec" / f"{OTHER}.ogg"))
+    assert len(packets) == ticks
+    # Each frame at most once, in order (all of them unless the loop was too busy to play one in time).
+    at = {k: packets.index(f) for k, f in enumerate(frames) if f in packets}
+    assert len(at) >= 45 and list(at.values()) == sorted(at.values()) and at.get(0) is not None
+    pcm = b"".join(decoder.decode(p) for p in packets)
+    assert len(pcm) == len(mix)
+    first, last = at[0], at[max(at)]
+    assert first >= 10 and not any(pcm[:first * 3840])  # silence before the other user spoke
+    aligned = [k for k in at if k >= 2 and at.get(k - 1) == at[k] - 1]
+    assert len(aligned) >= 40
+    for k in aligned:
+        assert dominant(pcm[at[k] * 3840:(at[k] + 1) * 3840]) == step_frequency(k)
+    assert pcm[:(last + 1) * 3840] == mix[:(last + 1) * 3840]
     sys.modules.pop("recorder", None)
+
+
+async def test_the_speech_example_prints_each_utterance_with_its_user_and_length(server, bot, monkeypatch):
+    from _playout import stepped_tone_packets
+    from fastvoice.playout_receiver import PlayoutReceiver
+
+    if not libopus_available():
+        pytest.skip("libopus is not installed")
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    speech = __import__("speech")
+    _, guild = bot
+    vc = await guild.get_channel(VOICE_A).connect(cls=fvd.VoiceClient, timeout=5)
+    receiver = PlayoutReceiver()
+    vc.listen(receiver)
+    lines, seen = [], []
+
+    def recogniser(utterance):
+        seen.append(utterance)
+        return "hello"
+
+    task = asyncio.create_task(speech.print_utterances(receiver, lines.append, recogniser))
+    other = None
+    try:
+        other = await _other_user_speaks(server, list(stepped_tone_packets(40)))  # 0.8 s of tone
+        await wait_until(lambda: lines, timeout=5)
+        vc.stop_listening()  # closes the receiver: the stream ends
+        await asyncio.wait_for(task, 5)
+    finally:
+        task.cancel()
+        if other is not None:
+            await other.close()
+        await vc.disconnect()
+    assert len(seen) == 1 and seen[0].user_id == OTHER
+    assert (seen[0].sample_rate, seen[0].channels) == (16000, 1)
+    length = seen[0].end - seen[0].start
+    assert 0.8 <= length <= 1.2
+    assert lines == [f"user {OTHER}: {length:.2f} s ({len(seen[0].pcm)} bytes at 16000 Hz): hello"]
+    assert speech.recognise(seen[0]) is None  # no recogniser ships
+    sys.modules.pop("speech", None)
 
 
 # -- PCM and ffmpeg sources ---------------------------------------------------------------------------
@@ -783,7 +851,7 @@ def test_the_adapter_ships_in_the_package():
 # -- examples -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["music_bot.py", "recorder.py"])
+@pytest.mark.parametrize("name", ["music_bot.py", "recorder.py", "speech.py"])
 def test_examples_compile_and_import(name, tmp_path, monkeypatch):
     path = ROOT / "examples" / name
     py_compile.compile(str(path), cfile=str(tmp_path / (name + "c")), doraise=True)

@@ -62,3 +62,24 @@ def test_never_raises_on_garbage():
         packet = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 12)))
         has_fec(packet)
         frame_bounds(packet)
+
+
+def test_packet_samples_agrees_with_libopus_for_every_toc_and_frame_count():
+    import ctypes
+
+    from fastvoice.opus_packet import MAX_PACKET_SAMPLES, packet_samples
+
+    nb_samples = ref.LIB.opus_packet_get_nb_samples
+    nb_samples.restype = ctypes.c_int
+    nb_samples.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
+    checked = 0
+    for toc in range(256):
+        seconds = [bytes([toc])] if toc & 3 != 3 else [bytes([toc, count]) for count in range(256)]
+        for packet in seconds + [bytes([toc]) + bytes(40)]:
+            theirs = nb_samples(packet, len(packet), 48000)
+            ours = packet_samples(packet)
+            assert ours == (theirs if 0 < theirs <= MAX_PACKET_SAMPLES else None), (packet[:2].hex(), theirs)
+            checked += 1
+    assert checked > 64 * 256
+    assert packet_samples(b"") is None and packet_samples(b"\x03") is None
+    assert packet_samples(b"\xf8\xff\xfe") == 960  # the silence frame: CELT, 20 ms

@@ -183,3 +183,25 @@ def test_the_selector_gives_the_twin_the_environment_asks_for():
     assert _implementation(missing).stdout.split() == ["py", "fastvoice._resample_py"]
     required = _implementation(missing, FASTVOICE_REQUIRE_EXTENSIONS="1")
     assert required.returncode != 0 and "compiled resampler fastvoice._resample_c" in required.stderr
+
+
+def test_mix_pcm_sums_and_clips_each_sample(twin):
+    import random
+
+    rng = random.Random(5)
+    pieces = [array.array("h", [rng.randrange(-32768, 32768) for _ in range(1920)]) for _ in range(3)]
+    expected = [max(-32768, min(32767, a + b + c)) for a, b, c in zip(*pieces)]
+    assert array.array("h", twin.mix_pcm([p.tobytes() for p in pieces])).tolist() == expected
+    assert array.array("h", twin.mix_pcm([array.array("h", [30000, -30000, 5]).tobytes()] * 2)).tolist() == \
+        [32767, -32768, 10]
+    one = pieces[0].tobytes()
+    assert twin.mix_pcm([one]) == one and twin.mix_pcm([bytearray(one), memoryview(one)]) == \
+        array.array("h", [max(-32768, min(32767, 2 * v)) for v in pieces[0]]).tobytes()
+    with pytest.raises(ValueError, match="at least one"):
+        twin.mix_pcm([])
+    with pytest.raises(ValueError, match="differ in length"):
+        twin.mix_pcm([b"\0\0", b"\0\0\0\0"])
+    with pytest.raises(ValueError, match="16-bit"):
+        twin.mix_pcm([b"\0\0\0"])
+    with pytest.raises(TypeError, match="sequence"):
+        twin.mix_pcm(one)

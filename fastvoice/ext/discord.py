@@ -813,7 +813,9 @@ class VoiceClient(_VoiceProtocol):
         ``receiver.receive_opus_frame(user_id, packet)`` is called on the event loop for each
         packet (``packet.opus`` the frame, ``packet.sequence``/``timestamp``), with DAVE
         already removed; ``cleanup_user(user_id)`` when a user leaves. A previous receiver is
-        replaced and closed. ``fastvoice.OpusWriter`` writes the frames to a file.
+        replaced and closed. ``fastvoice.OpusWriter`` writes the frames to a file; a
+        ``fastvoice.PlayoutReceiver`` plays them out as PCM ticks and utterances; a
+        ``fastvoice.record.CallRecorder`` records the call (aligned per-user tracks and a mix).
         """
         if not isinstance(receiver, OpusFrameReceiver):
             raise TypeError(
