@@ -269,7 +269,7 @@ async def test_refused_resume_gets_a_new_session_and_audio_continues():
 async def test_an_unusable_session_description_fails_open_at_once(monkeypatch, caplog, mode):
     # The server answers Select Protocol with a mode the client cannot use: one it does not
     # know, or a discontinued one it did not select.
-    import fastvoice.testing._server as server_module
+    import fastvoice.testing._gateway_side as server_module
 
     real = server_module.GatewayMessageDataSessionDescription
     monkeypatch.setattr(
