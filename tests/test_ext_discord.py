@@ -668,7 +668,7 @@ async def test_ffmpeg_opus_source_is_read_without_blocking_the_loop(server, bot)
     # stdout is read by the loop: the source's read is the buffered reader's and the pipe can
     # no longer block (a blocking read would stall every call's clock; the loop-stall tests
     # measure that, this one checks the mechanism without timing anything)
-    assert source.read.__self__.__class__.__name__ == "_PipeReader"
+    assert source.read.__self__.__class__.__name__ == "PipeReader"
     assert os.get_blocking(process.stdout.fileno()) is False
     await wait_until(lambda: ended, timeout=60)
     await server.wait_for(lambda: [p.opus for p in server.packets(ssrc)][-5:] == [SILENCE] * 5, timeout=60)
