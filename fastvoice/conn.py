@@ -86,6 +86,22 @@ class ConnConfig:
     max_ssrcs: int = DEFAULT_MAX_SSRCS
 
 
+def _takes_seed_order(func: Callable[..., Any], cls: type) -> bool:
+    """True when a create func is called as the seed's are, ``func(logger, provider_or_receiver, conn)``.
+
+    False for one of the earlier shape, ``func(provider, conn, logger=...)`` or ``func(receiver,
+    udp, ssrcs, user_filter=..., logger=...)``: recognised by a ``logger`` parameter that is not
+    its first. ``cls`` (and a subclass that keeps its constructor) takes both.
+    """
+    if isinstance(func, type) and issubclass(func, cls) and func.__init__ is cls.__init__:  # type: ignore[misc]
+        return True
+    try:
+        names = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return True
+    return "logger" not in names or names.index("logger") == 0
+
+
 class Conn:
     """One guild's voice connection (seed: ``Conn``).
 
@@ -189,6 +205,11 @@ class Conn:
     def ssrcs(self) -> SSRCTable:
         """SSRC -> user map from op 5 (the receive path's dispatch table)."""
         return self._ssrcs
+
+    @property
+    def user_filter(self) -> UserFilterFunc | None:
+        """Whose audio reaches the frame receiver (``ConnConfig.user_filter``; ``None``: everyone's)."""
+        return self._config.user_filter
 
     @property
     def connected_users(self) -> frozenset[int]:
@@ -626,7 +647,11 @@ class Conn:
 
     def _start_sender(self) -> None:
         if self._sender is None:
-            self._sender = self._config.audio_sender_create_func(self._provider, self, logger=self._log)
+            create_sender = self._config.audio_sender_create_func
+            if _takes_seed_order(create_sender, AudioSender):
+                self._sender = create_sender(self._log, self._provider, self)
+            else:
+                self._sender = create_sender(self._provider, self, logger=self._log)
             self._sender.open()
         else:
             self._sender.set_provider(self._provider)
@@ -638,9 +663,13 @@ class Conn:
     def _start_receiver(self) -> None:
         assert self._udp is not None and self._receiver is not None
         if self._audio_receiver is None:
-            self._audio_receiver = self._config.audio_receiver_create_func(
-                self._receiver, self._udp, self._ssrcs, user_filter=self._config.user_filter, logger=self._log
-            )
+            create_receiver = self._config.audio_receiver_create_func
+            if _takes_seed_order(create_receiver, AudioReceiver):
+                self._audio_receiver = create_receiver(self._log, self._receiver, self)
+            else:
+                self._audio_receiver = create_receiver(
+                    self._receiver, self._udp, self._ssrcs, user_filter=self._config.user_filter, logger=self._log
+                )
         self._audio_receiver.packet_hook = self._dave.receive_packet if self._dave is not None else None
         self._audio_receiver.attach(self._udp)
 
