@@ -11,7 +11,7 @@ from typing import Any
 
 from ._shown import cut, shown
 from .audio import AudioReceiver, AudioSender
-from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveManager
+from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveSession
 from .encryption import choose_encryption_mode
 from .errors import GatewayClosedError, VoiceError
 from .gateway import Gateway, GatewayConfig, State
@@ -163,12 +163,12 @@ class Conn:
         self._connected_with: tuple[str, str] | None = None
         self._mode: str | None = None
         self._dave_protocol_version = 0
-        self._dave: DaveManager | None = None
+        self._dave: DaveSession | None = None
 
     # -- the seed's accessors ------------------------------------------------------
 
     @property
-    def dave(self) -> DaveManager | None:
+    def dave(self) -> DaveSession | None:
         """The DAVE (end-to-end encryption) state of the call: ``e2ee``, ``protocol_version``,
         ``epoch``, ``voice_privacy_code``, ``verification_code(user_id)`` and ``stats``.
 
@@ -500,7 +500,7 @@ class Conn:
     async def _on_event(self, opcode: Any, data: GatewayMessageData) -> None:
         try:
             if int(opcode) in _DAVE_EVENT_OPS:
-                dave = self._dave_manager()
+                dave = self._dave_session()
                 if dave is not None:
                     await dave.on_event(opcode, data)
             if isinstance(data, GatewayMessageDataReady):
@@ -511,7 +511,7 @@ class Conn:
             elif isinstance(data, GatewayMessageDataSessionDescription):
                 refused = self._unsupported_dave_version(data.dave_protocol_version or 0)
                 if refused is None:
-                    dave = self._dave_manager()
+                    dave = self._dave_session()
                     if dave is not None:
                         await dave.on_session_description(data.dave_protocol_version or 0)
                     refused = self._on_session_description(data)
@@ -618,7 +618,7 @@ class Conn:
             f"but this connection offered at most {offered}"
         )
 
-    def _dave_manager(self) -> DaveManager | None:
+    def _dave_session(self) -> DaveSession | None:
         """The DAVE state machine for the current channel (a new one after a move); ``None`` if DAVE is off."""
         max_version = min(self._config.gateway_config.max_dave_protocol_version, DAVE_PROTOCOL_VERSION)
         if not max_version or self._channel_id is None:
@@ -627,7 +627,7 @@ class Conn:
         if dave is None or dave.channel_id != self._channel_id:
             if dave is not None:
                 dave.close()
-            dave = DaveManager(
+            dave = DaveSession(
                 self._user_id, self._channel_id, max_version, send=self._dave_send, logger=self._log,
                 config=self._config.dave_config,
             )
