@@ -32,7 +32,7 @@ from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
 from ._rtp_common import DEFAULT_MAX_SSRCS
 from .rtp import SSRCTable
 from .udp import UDPConn, UDPConnConfig
-from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, _snowflake
+from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, snowflake
 
 __all__ = [
     "Conn",
@@ -126,8 +126,8 @@ class Conn:
             raise TypeError("pass either a ConnConfig or keyword options, not both")
         self._config = config if config is not None else ConnConfig(**options)
         self._log = self._config.logger
-        self._guild_id = _snowflake(guild_id, "guild_id")
-        self._user_id = _snowflake(user_id, "user_id")
+        self._guild_id = snowflake(guild_id, "guild_id")
+        self._user_id = snowflake(user_id, "user_id")
         self._state_update = voice_state_update_func
         self._remove = remove_conn_func
         self._event_handler = self._config.event_handler_func
@@ -346,7 +346,7 @@ class Conn:
         """
         if self._opened:
             raise VoiceError(f"guild {self._guild_id}: connection is already open")
-        channel_id = _snowflake(channel_id, "channel_id")
+        channel_id = snowflake(channel_id, "channel_id")
         loop = asyncio.get_running_loop()
         timeout = self._config.open_timeout
         deadline = loop.time() + timeout

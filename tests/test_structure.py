@@ -66,3 +66,36 @@ DISCORD_PRIVATES = re.compile(
 def test_discord_privates_are_used_in_one_module():
     users = sorted(p.name for p in modules("ext") if DISCORD_PRIVATES.search(p.read_text()))
     assert users == ["_discord_privates.py"]
+
+
+def private_names_imported(path):
+    """``(line, module, name)`` of every private name (not a module) imported from a sibling module."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            continue
+        base = path.parent
+        for _ in range(node.level - 1):
+            base = base.parent
+        target = base.joinpath(*(node.module or "").split(".")) if node.module else base
+        for alias in node.names:
+            name = alias.name
+            if not name.startswith("_") or name.startswith("__"):
+                continue
+            if any((target / f"{name}{ext}").exists() for ext in (".py", ".pyx")) or (target / name).is_dir():
+                continue  # a private module of the package: that is what it is for
+            found.append((node.lineno, node.module, name))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_private_name_is_imported_from_another_module(path):
+    assert private_names_imported(path) == []
+
+
+def test_the_private_name_check_sees_one(tmp_path):
+    (tmp_path / "_helpers.py").write_text("")
+    sample = tmp_path / "sample.py"
+    sample.write_text("from . import _helpers\nfrom .other import _hidden, shown\nfrom .x import __version__\n")
+    assert private_names_imported(sample) == [(2, "other", "_hidden")]
