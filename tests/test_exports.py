@@ -11,6 +11,7 @@ import pytest
 
 import fastvoice
 import fastvoice.dave
+import fastvoice.testing
 
 # Every name ``fastvoice`` exported before its export list was rewritten, plus DaveSession.
 EXPORTED = {
@@ -40,15 +41,18 @@ def test_the_exported_names_are_the_same_set():
     assert set(fastvoice.__all__) == EXPORTED
 
 
-def test_every_exported_name_resolves():
+@pytest.mark.parametrize("package", [fastvoice, fastvoice.testing], ids=lambda p: p.__name__)
+def test_every_exported_name_resolves(package):
+    assert len(package.__all__) == len(set(package.__all__))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        missing = [name for name in fastvoice.__all__ if not hasattr(fastvoice, name)]
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
     assert missing == []
 
 
-def test_the_export_list_is_written_once():
-    tree = ast.parse(Path(fastvoice.__file__).read_text())
+@pytest.mark.parametrize("package", [fastvoice, fastvoice.testing], ids=lambda p: p.__name__)
+def test_the_export_list_is_written_once(package):
+    tree = ast.parse(Path(package.__file__).read_text())
     assignments = [
         node for node in tree.body
         if isinstance(node, (ast.Assign, ast.AugAssign))
