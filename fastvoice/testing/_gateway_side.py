@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
 
     from ._dave_relay import DaveRelay
+    from ._media import MediaForwarder
     from ._server import VoiceServer
 
 __all__ = ["GatewaySide"]
@@ -91,6 +92,7 @@ class GatewaySide:
     connections: list[ServerConnection]
     sessions: list[ServerSession]
     dave: DaveRelay
+    _media: MediaForwarder
     _registered: dict[tuple[str, int], tuple[int, int, str]]
     _calls: dict[tuple[int, int], list[ServerSession]]
     _by_ssrc: dict[int, ServerSession]
@@ -375,8 +377,7 @@ class GatewaySide:
         session.mode = data.data.mode
         session.secret_key = os.urandom(32)
         session.announced_address = (data.data.address, data.data.port)
-        session._depacketizer = None
-        session._packetizers.clear()
+        self._media.new_key(session)
         dave_version = self.dave.session_version(session)
         session.dave_protocol_version = dave_version
         await session.send(

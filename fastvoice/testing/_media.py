@@ -69,6 +69,15 @@ class MediaForwarder:
 
     def __init__(self, server: VoiceServer) -> None:
         self._server = server
+        #: Per session, the transport crypto of its current key: what decrypts its audio, and one
+        #: packetizer per other member whose audio is forwarded to it (by that member's SSRC).
+        self._depacketizers: dict[ServerSession, Depacketizer] = {}
+        self._packetizers: dict[ServerSession, dict[int, Packetizer]] = {}
+
+    def new_key(self, session: ServerSession) -> None:
+        """``session`` was given a new mode and key (Session Description): forget the old crypto."""
+        self._depacketizers.pop(session, None)
+        self._packetizers.pop(session, None)
 
     def _reject(self, addr: tuple[str, int], reason: str, data: bytes) -> None:
         server = self._server
@@ -111,10 +120,11 @@ class MediaForwarder:
         if session.mode is None or session.secret_key is None:
             self._reject(addr, f"SSRC {ssrc} sent audio before Select Protocol", data)
             return
-        if session._depacketizer is None:
-            session._depacketizer = Depacketizer(session.mode, session.secret_key)
+        depacketizer = self._depacketizers.get(session)
+        if depacketizer is None:
+            depacketizer = self._depacketizers[session] = Depacketizer(session.mode, session.secret_key)
         try:
-            packet = session._depacketizer.depacketize(data)
+            packet = depacketizer.depacketize(data)
         except DecryptionFailedError as exc:
             self._reject(addr, f"SSRC {ssrc}: {exc}", data)
             return
@@ -156,10 +166,10 @@ class MediaForwarder:
             if ciphertext and not member.max_dave_protocol_version:
                 member.dave_frames_withheld += 1
                 continue
-            packetizer = member._packetizers.get(sender.ssrc)
+            packetizers = self._packetizers.setdefault(member, {})
+            packetizer = packetizers.get(sender.ssrc)
             if packetizer is None:
-                packetizer = Packetizer(sender.ssrc, member.mode, member.secret_key)
-                member._packetizers[sender.ssrc] = packetizer
+                packetizer = packetizers[sender.ssrc] = Packetizer(sender.ssrc, member.mode, member.secret_key)
             packetizer.sequence = packet.sequence
             packetizer.timestamp = packet.timestamp
             server._udp_send(member.udp_address, packetizer.packetize(packet.opus))

@@ -20,7 +20,6 @@ from ..gateway_messages import (
     encode_message,
     encode_server_binary,
 )
-from ..rtp import Depacketizer, Packetizer
 from ._keepalive import ReceivedKeepalive
 from ._recording import ReceivedPacket, RecordedMessage, Recording
 
@@ -186,9 +185,6 @@ class ServerSession:
         self._seq = 0
         self._buffer: collections.deque[tuple[int, str | bytes, int, Any]] = collections.deque(maxlen=4096)
         self._expiry: asyncio.TimerHandle | None = None
-        self._depacketizer: Depacketizer | None = None
-        #: One packetizer per other member's SSRC, for forwarding their audio to this session.
-        self._packetizers: dict[int, Packetizer] = {}
 
     def __repr__(self) -> str:
         return (
