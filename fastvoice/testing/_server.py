@@ -1,4 +1,9 @@
-"""An in-process Discord voice server for tests: gateway v8 over websockets plus the UDP media side."""
+"""An in-process Discord voice server for tests: gateway v8 over websockets plus the UDP media side.
+
+:class:`VoiceServer` holds the knobs, the lifecycle, the session registry and the recordings;
+the websocket side is its base :class:`~._gateway_side.GatewaySide`, each datagram goes to its
+:class:`~._media.MediaForwarder`, and datagrams to clients go through :class:`~._faults.UDPFaults`.
+"""
 
 from __future__ import annotations
 
