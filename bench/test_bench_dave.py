@@ -1,6 +1,6 @@
 """Cost of the DAVE layer per 20 ms frame, on top of the transport path, and end-to-end rates.
 
-Two members (fastvoice DaveManager clients over davey) are joined into one MLS group by
+Two members (fastvoice DaveSession clients over davey) are joined into one MLS group by
 the local server's DaveCallGroup in memory, then every round handles BATCH frames:
 
 - ``dave encrypt`` / ``dave decrypt``: the DAVE layer alone (120-byte Opus frames);

@@ -6,7 +6,7 @@ client processed the commit, reach the receiver before the key that decrypts the
 dropping them, tries them again whenever the keys change, and delivers them in their order;
 the ones whose key does not come in time are dropped through ``on_drop``. :class:`DaveConfig`
 (exported as ``fastvoice.dave.DaveConfig``) sets the hold and the recovery from broken keys.
-Used by :class:`fastvoice.dave.DaveManager`.
+Used by :class:`fastvoice.dave.DaveSession`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ HOLD_USERS = 256
 
 @dataclass(frozen=True, slots=True)
 class DaveConfig:
-    """How a :class:`DaveManager` holds early frames and recovers from broken keys.
+    """How a :class:`DaveSession` holds early frames and recovers from broken keys.
 
     - ``hold_frames``, ``hold_seconds``: a received frame that no key decrypts yet (a new
       member's first frames, a member that switched to a new epoch first) is held, at most

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, overload
 
 from ._timer import DeadlineTimer
 from .constants import OPUS_FRAME_SIZE_MS, SILENCE_AUDIO_FRAME
@@ -54,6 +54,31 @@ class SenderConn(Protocol):
     def udp(self) -> UDPConn | None: ...
 
     async def set_speaking(self, flags: int) -> None: ...
+
+
+class ReceiverConn(Protocol):
+    """What an AudioReceiver built the seed's way, ``AudioReceiver(logger, receiver, conn)``,
+    takes from its connection (a :class:`fastvoice.Conn` provides it)."""
+
+    @property
+    def udp(self) -> UDPConn | None: ...
+
+    @property
+    def ssrcs(self) -> SSRCTable: ...
+
+    @property
+    def user_filter(self) -> UserFilterFunc | None: ...
+
+
+def _seed_call(cls: str, args: tuple[Any, ...], params: str) -> bool:
+    """True for the seed's argument order, ``(logger, ..., conn)``, False for the earlier one;
+    raises ``TypeError`` for neither."""
+    if len(args) == 3 and isinstance(args[0], (logging.Logger, logging.LoggerAdapter)):
+        return True
+    if len(args) == len(params.split(", ")):
+        return False
+    raise TypeError(f"{cls}() takes (logger, {params.split(', ', 1)[0]}, conn) or ({params}) "
+                    f"as positional arguments, got {len(args)}")
 
 
 @dataclass
@@ -218,14 +243,21 @@ class AudioSender:
     ticks, so the timestamp keeps wall-clock time.
     """
 
-    def __init__(
-        self,
-        provider: OpusFrameProvider | None,
-        conn: SenderConn,
-        *,
-        logger: logging.Logger | None = None,
-        clock: SendClock | None = None,
-    ) -> None:
+    @overload
+    def __init__(self, logger: logging.Logger, provider: OpusFrameProvider | None, conn: SenderConn, /, *,
+                 clock: SendClock | None = None) -> None: ...
+
+    @overload
+    def __init__(self, provider: OpusFrameProvider | None, conn: SenderConn, /, *,
+                 logger: logging.Logger | None = None, clock: SendClock | None = None) -> None: ...
+
+    def __init__(self, *args: Any, logger: logging.Logger | None = None, clock: SendClock | None = None) -> None:
+        provider: OpusFrameProvider | None
+        conn: SenderConn
+        if _seed_call("AudioSender", args, "provider, conn"):
+            logger, provider, conn = args  # the seed's NewAudioSender(logger, provider, conn)
+        else:
+            provider, conn = args
         self._provider = provider
         self._conn = conn
         self._log = logger or _log
@@ -453,18 +485,29 @@ class AudioReceiver:
     once decrypted. Receiver exceptions are logged and counted, never raised into the socket.
     """
 
-    def __init__(
-        self,
-        receiver: OpusFrameReceiver,
-        udp: UDPConn,
-        ssrcs: SSRCTable,
-        *,
-        user_filter: UserFilterFunc | None = None,
-        logger: logging.Logger | None = None,
-        hold_seconds: float = 1.0,
-        hold_packets: int = 50,
-        hold_ssrcs: int = 32,
-    ) -> None:
+    @overload
+    def __init__(self, logger: logging.Logger, receiver: OpusFrameReceiver, conn: ReceiverConn, /, *,
+                 hold_seconds: float = 1.0, hold_packets: int = 50, hold_ssrcs: int = 32) -> None: ...
+
+    @overload
+    def __init__(self, receiver: OpusFrameReceiver, udp: UDPConn, ssrcs: SSRCTable, /, *,
+                 user_filter: UserFilterFunc | None = None, logger: logging.Logger | None = None,
+                 hold_seconds: float = 1.0, hold_packets: int = 50, hold_ssrcs: int = 32) -> None: ...
+
+    def __init__(self, *args: Any, user_filter: UserFilterFunc | None = None, logger: logging.Logger | None = None,
+                 hold_seconds: float = 1.0, hold_packets: int = 50, hold_ssrcs: int = 32) -> None:
+        receiver: OpusFrameReceiver
+        udp: UDPConn | None
+        ssrcs: SSRCTable
+        if _seed_call("AudioReceiver", args, "receiver, udp, ssrcs"):
+            # The seed's NewAudioReceiver(logger, receiver, conn): the rest comes from the connection.
+            logger, receiver, conn = args
+            udp, ssrcs, user_filter = conn.udp, conn.ssrcs, conn.user_filter
+            if udp is None:
+                raise ValueError("AudioReceiver(logger, receiver, conn) needs a connection with a UDP connection "
+                                 "(conn.udp is None: build it once the connection is Ready)")
+        else:
+            receiver, udp, ssrcs = args
         self._receiver = receiver
         self._udp = udp
         self._ssrcs = ssrcs

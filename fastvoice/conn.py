@@ -11,7 +11,7 @@ from typing import Any
 
 from ._shown import cut, shown
 from .audio import AudioReceiver, AudioSender
-from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveManager
+from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveSession
 from .encryption import choose_encryption_mode
 from .errors import GatewayClosedError, VoiceError
 from .gateway import Gateway, GatewayConfig, State
@@ -32,7 +32,7 @@ from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
 from ._rtp_common import DEFAULT_MAX_SSRCS
 from .rtp import SSRCTable
 from .udp import UDPConn, UDPConnConfig
-from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, _snowflake
+from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, snowflake
 
 __all__ = [
     "Conn",
@@ -86,6 +86,22 @@ class ConnConfig:
     max_ssrcs: int = DEFAULT_MAX_SSRCS
 
 
+def _takes_seed_order(func: Callable[..., Any], cls: type) -> bool:
+    """True when a create func is called as the seed's are, ``func(logger, provider_or_receiver, conn)``.
+
+    False for one of the earlier shape, ``func(provider, conn, logger=...)`` or ``func(receiver,
+    udp, ssrcs, user_filter=..., logger=...)``: recognised by a ``logger`` parameter that is not
+    its first. ``cls`` (and a subclass that keeps its constructor) takes both.
+    """
+    if isinstance(func, type) and issubclass(func, cls) and func.__init__ is cls.__init__:  # type: ignore[misc]
+        return True
+    try:
+        names = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return True
+    return "logger" not in names or names.index("logger") == 0
+
+
 class Conn:
     """One guild's voice connection (seed: ``Conn``).
 
@@ -110,8 +126,8 @@ class Conn:
             raise TypeError("pass either a ConnConfig or keyword options, not both")
         self._config = config if config is not None else ConnConfig(**options)
         self._log = self._config.logger
-        self._guild_id = _snowflake(guild_id, "guild_id")
-        self._user_id = _snowflake(user_id, "user_id")
+        self._guild_id = snowflake(guild_id, "guild_id")
+        self._user_id = snowflake(user_id, "user_id")
         self._state_update = voice_state_update_func
         self._remove = remove_conn_func
         self._event_handler = self._config.event_handler_func
@@ -147,12 +163,12 @@ class Conn:
         self._connected_with: tuple[str, str] | None = None
         self._mode: str | None = None
         self._dave_protocol_version = 0
-        self._dave: DaveManager | None = None
+        self._dave: DaveSession | None = None
 
     # -- the seed's accessors ------------------------------------------------------
 
     @property
-    def dave(self) -> DaveManager | None:
+    def dave(self) -> DaveSession | None:
         """The DAVE (end-to-end encryption) state of the call: ``e2ee``, ``protocol_version``,
         ``epoch``, ``voice_privacy_code``, ``verification_code(user_id)`` and ``stats``.
 
@@ -189,6 +205,11 @@ class Conn:
     def ssrcs(self) -> SSRCTable:
         """SSRC -> user map from op 5 (the receive path's dispatch table)."""
         return self._ssrcs
+
+    @property
+    def user_filter(self) -> UserFilterFunc | None:
+        """Whose audio reaches the frame receiver (``ConnConfig.user_filter``; ``None``: everyone's)."""
+        return self._config.user_filter
 
     @property
     def connected_users(self) -> frozenset[int]:
@@ -325,7 +346,7 @@ class Conn:
         """
         if self._opened:
             raise VoiceError(f"guild {self._guild_id}: connection is already open")
-        channel_id = _snowflake(channel_id, "channel_id")
+        channel_id = snowflake(channel_id, "channel_id")
         loop = asyncio.get_running_loop()
         timeout = self._config.open_timeout
         deadline = loop.time() + timeout
@@ -484,7 +505,7 @@ class Conn:
     async def _on_event(self, opcode: Any, data: GatewayMessageData) -> None:
         try:
             if int(opcode) in _DAVE_EVENT_OPS:
-                dave = self._dave_manager()
+                dave = self._dave_session()
                 if dave is not None:
                     await dave.on_event(opcode, data)
             if isinstance(data, GatewayMessageDataReady):
@@ -496,7 +517,7 @@ class Conn:
             elif isinstance(data, GatewayMessageDataSessionDescription):
                 refused = self._unsupported_dave_version(data.dave_protocol_version or 0)
                 if refused is None:
-                    dave = self._dave_manager()
+                    dave = self._dave_session()
                     if dave is not None:
                         await dave.on_session_description(data.dave_protocol_version or 0)
                     refused = self._on_session_description(data)
@@ -603,7 +624,7 @@ class Conn:
             f"but this connection offered at most {offered}"
         )
 
-    def _dave_manager(self) -> DaveManager | None:
+    def _dave_session(self) -> DaveSession | None:
         """The DAVE state machine for the current channel (a new one after a move); ``None`` if DAVE is off."""
         max_version = min(self._config.gateway_config.max_dave_protocol_version, DAVE_PROTOCOL_VERSION)
         if not max_version or self._channel_id is None:
@@ -612,7 +633,7 @@ class Conn:
         if dave is None or dave.channel_id != self._channel_id:
             if dave is not None:
                 dave.close()
-            dave = DaveManager(
+            dave = DaveSession(
                 self._user_id, self._channel_id, max_version, send=self._dave_send, logger=self._log,
                 config=self._config.dave_config,
             )
@@ -632,7 +653,11 @@ class Conn:
 
     def _start_sender(self) -> None:
         if self._sender is None:
-            self._sender = self._config.audio_sender_create_func(self._provider, self, logger=self._log)
+            create_sender = self._config.audio_sender_create_func
+            if _takes_seed_order(create_sender, AudioSender):
+                self._sender = create_sender(self._log, self._provider, self)
+            else:
+                self._sender = create_sender(self._provider, self, logger=self._log)
             self._sender.open()
         else:
             self._sender.set_provider(self._provider)
@@ -644,9 +669,13 @@ class Conn:
     def _start_receiver(self) -> None:
         assert self._udp is not None and self._receiver is not None
         if self._audio_receiver is None:
-            self._audio_receiver = self._config.audio_receiver_create_func(
-                self._receiver, self._udp, self._ssrcs, user_filter=self._config.user_filter, logger=self._log
-            )
+            create_receiver = self._config.audio_receiver_create_func
+            if _takes_seed_order(create_receiver, AudioReceiver):
+                self._audio_receiver = create_receiver(self._log, self._receiver, self)
+            else:
+                self._audio_receiver = create_receiver(
+                    self._receiver, self._udp, self._ssrcs, user_filter=self._config.user_filter, logger=self._log
+                )
         self._audio_receiver.packet_hook = self._dave.receive_packet if self._dave is not None else None
         self._audio_receiver.attach(self._udp)
 

@@ -2,13 +2,13 @@
 
 DAVE (Discord's Audio & Video End-to-End Encryption) keeps a call's media keys in an MLS
 group (RFC 9420) whose delivery service and external sender is the voice gateway. ``davey``
-does the MLS and the frame cryptography; :class:`DaveManager` drives it from the voice
+does the MLS and the frame cryptography; :class:`DaveSession` drives it from the voice
 gateway's DAVE messages (ops 11, 13, 21, 22, 24, 25, 27, 29, 30 in; 23, 26, 28, 31 out) and
-gives the audio path its hooks: :meth:`DaveManager.encrypt_frame` (Opus in, DAVE frame out,
+gives the audio path its hooks: :meth:`DaveSession.encrypt_frame` (Opus in, DAVE frame out,
 or ``None`` to hold the frame while E2EE is required and keys are not ready) and, on receive,
-:meth:`DaveManager.receive_packet` (decrypts a user's frame in place; a frame that arrives
+:meth:`DaveSession.receive_packet` (decrypts a user's frame in place; a frame that arrives
 before its key is held briefly and delivered once the key is there) or the plain
-:meth:`DaveManager.decrypt_frame`.
+:meth:`DaveSession.decrypt_frame`.
 
 Nothing the network sends can make it raise: bad messages are logged and counted, failed
 commits and welcomes are answered with op 31 and a fresh key package, as the protocol says, and
@@ -24,7 +24,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from ._dave_hold import HOLD_USERS, DaveConfig, DeliverFunc, EarlyFrames
 from .constants import SILENCE_AUDIO_FRAME
@@ -58,6 +59,7 @@ __all__ = [
     "TRANSITION_PASSTHROUGH_SECONDS",
     "DaveConfig",
     "DaveManager",
+    "DaveSession",
     "DaveStats",
     "DaveUnavailableError",
 ]
@@ -78,7 +80,7 @@ class DaveUnavailableError(RuntimeError):
 
 @dataclass(slots=True)
 class DaveStats:
-    """Counters of one :class:`DaveManager` (all monotonic)."""
+    """Counters of one :class:`DaveSession` (all monotonic)."""
 
     #: Opus frames DAVE-encrypted for sending.
     frames_encrypted: int = 0
@@ -129,7 +131,7 @@ def _looks_like_dave(frame: bytes) -> bool:
     return n >= 13 and frame[-1] == 0xFA and frame[-2] == 0xFA and 12 <= frame[-3] <= n
 
 
-class DaveManager:
+class DaveSession:
     """One voice connection's DAVE state machine (PROTOCOL.md §5) on top of ``davey.DaveSession``.
 
     ``user_id`` and ``channel_id`` are the bot's user and the voice channel (the MLS group id).
@@ -192,7 +194,7 @@ class DaveManager:
 
     def __repr__(self) -> str:
         return (
-            f"DaveManager(user_id={self.user_id}, channel_id={self.channel_id}, "
+            f"DaveSession(user_id={self.user_id}, channel_id={self.channel_id}, "
             f"protocol_version={self._protocol_version}, e2ee={self.e2ee}, epoch={self.epoch})"
         )
 
@@ -687,3 +689,35 @@ class DaveManager:
             await send(opcode, data)
         except Exception as exc:
             self._log.warning("DAVE: could not send op %d: %s", int(opcode), exc)
+
+
+# -- the earlier name -----------------------------------------------------------------------------
+
+#: True once the deprecation of ``DaveManager`` was reported (it is reported once per process).
+_warned_dave_manager = False
+
+
+def dave_manager_deprecated(stacklevel: int) -> type[DaveSession]:
+    """What the deprecated name ``DaveManager`` gives: :class:`DaveSession`, with a
+    ``DeprecationWarning`` the first time (``stacklevel`` points it at the caller's code)."""
+    global _warned_dave_manager
+    if not _warned_dave_manager:
+        _warned_dave_manager = True
+        warnings.warn(
+            "fastvoice.DaveManager is deprecated; use fastvoice.DaveSession (the same class: "
+            "the DAVE session of one connection and channel)",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return DaveSession
+
+
+if TYPE_CHECKING:
+    #: Deprecated name of :class:`DaveSession` (it read as a manager of many calls).
+    DaveManager = DaveSession
+else:
+    def __getattr__(name: str) -> Any:
+        """``DaveManager``, the deprecated name of :class:`DaveSession`: warns once, returns the class."""
+        if name == "DaveManager":
+            return dave_manager_deprecated(stacklevel=2)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from ._ffmpeg_safety import SafeSourcePolicy, UnsafeSourceError
 from ._shown import cut
 from .errors import VoiceError
-from .ogg import MAX_PACKET_SIZE, OggError, _OggReadAhead
+from .ogg import MAX_PACKET_SIZE, OggError, OggReadAhead
 
 __all__ = ["FFmpegError", "FFmpegNotFoundError", "FFmpegOpusProvider", "UnsafeSourceError"]
 
@@ -60,7 +60,7 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}"
 
 
-class FFmpegOpusProvider(_OggReadAhead):
+class FFmpegOpusProvider(OggReadAhead):
     """An :class:`~fastvoice.OpusFrameProvider` playing ``source`` (a path or URL) through ffmpeg.
 
     Options:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .conn import Conn, ConnConfig, StateUpdateFunc
-from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, _snowflake
+from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, snowflake
 
 __all__ = ["Manager", "ManagerConfig"]
 
@@ -49,7 +49,7 @@ class Manager:
             raise TypeError("pass either a ManagerConfig or keyword options, not both")
         self._config = config if config is not None else ManagerConfig(**options)
         self._state_update = voice_state_update_func
-        self._user_id = _snowflake(user_id, "user_id")
+        self._user_id = snowflake(user_id, "user_id")
         self._conns: dict[int, Conn] = {}
 
     @property
@@ -59,7 +59,7 @@ class Manager:
 
     def create_conn(self, guild_id: int) -> Conn:
         """The connection of ``guild_id``, created on first use."""
-        guild_id = _snowflake(guild_id, "guild_id")
+        guild_id = snowflake(guild_id, "guild_id")
         conn = self._conns.get(guild_id)
         if conn is None:
             conn = self._config.conn_create_func(
@@ -74,11 +74,11 @@ class Manager:
 
     def get_conn(self, guild_id: int) -> Conn | None:
         """The connection of ``guild_id``, or ``None``."""
-        return self._conns.get(_snowflake(guild_id, "guild_id"))
+        return self._conns.get(snowflake(guild_id, "guild_id"))
 
     def remove_conn(self, guild_id: int) -> None:
         """Forget the connection of ``guild_id`` (``Conn.close`` calls this)."""
-        self._conns.pop(_snowflake(guild_id, "guild_id"), None)
+        self._conns.pop(snowflake(guild_id, "guild_id"), None)
 
     def for_each_conn(self, func: Callable[[Conn], Any]) -> None:
         """Call ``func`` with every connection (seed: ``ForEachCon``)."""

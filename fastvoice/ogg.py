@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import VoiceError
-from .opus import _ReadAhead
+from .opus import ReadAhead
 
 __all__ = [
     "OggError",
@@ -518,7 +518,7 @@ class OggOpusReader:
         self.close()
 
 
-class _OggReadAhead(_ReadAhead):
+class OggReadAhead(ReadAhead):
     """A bounded buffer of demuxed packets filled by one task, emptied by the send clock."""
 
     _end_message = "end of Ogg Opus stream"
@@ -564,7 +564,7 @@ class _OggReadAhead(_ReadAhead):
                 frames.append(packet)
 
 
-class AsyncOggOpusReader(_OggReadAhead):
+class AsyncOggOpusReader(OggReadAhead):
     """An :class:`~fastvoice.OpusFrameProvider` demuxing Ogg Opus from an ``asyncio.StreamReader``.
 
     ``start()`` begins reading ahead in one task into a buffer of at most ``buffer_frames``

@@ -107,7 +107,7 @@ class OpusReader:
         self._stream.close()
 
 
-class _ReadAhead:
+class ReadAhead:
     """A bounded buffer of Opus frames filled by one task and emptied by the send clock.
 
     The filling task awaits :meth:`_wait_for_space` before adding a frame and sets
@@ -156,7 +156,7 @@ class _ReadAhead:
         self._ended = True
 
 
-class AsyncOpusReader(_ReadAhead):
+class AsyncOpusReader(ReadAhead):
     """An :class:`OpusFrameProvider` fed from an ``asyncio.StreamReader`` by a read-ahead task.
 
     ``start()`` begins reading ahead into a bounded buffer of ``buffer_frames`` frames;

@@ -15,7 +15,11 @@ from ._shown import shown
 __all__ = ["VoiceServerUpdate", "VoiceStateUpdate"]
 
 
-def _snowflake(value: Any, name: str) -> int:
+def snowflake(value: Any, name: str) -> int:
+    """``value`` as a Discord id (an int or a numeric string); ``ValueError`` naming ``name`` otherwise.
+
+    Shared by the package's modules that take ids; not part of the public API (not in ``__all__``).
+    """
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -40,9 +44,9 @@ class VoiceStateUpdate:
         """Build from the dispatch's ``d`` object (snowflakes as strings)."""
         channel = data.get("channel_id")
         return cls(
-            guild_id=_snowflake(data.get("guild_id"), "guild_id"),
-            user_id=_snowflake(data.get("user_id"), "user_id"),
-            channel_id=None if channel is None else _snowflake(channel, "channel_id"),
+            guild_id=snowflake(data.get("guild_id"), "guild_id"),
+            user_id=snowflake(data.get("user_id"), "user_id"),
+            channel_id=None if channel is None else snowflake(channel, "channel_id"),
             session_id=str(data.get("session_id") or ""),
         )
 
@@ -59,7 +63,7 @@ class VoiceServerUpdate:
     def from_dict(cls, data: Mapping[str, Any]) -> VoiceServerUpdate:
         """Build from the dispatch's ``d`` object."""
         return cls(
-            guild_id=_snowflake(data.get("guild_id"), "guild_id"),
+            guild_id=snowflake(data.get("guild_id"), "guild_id"),
             token=str(data.get("token") or ""),
             endpoint=data.get("endpoint") or None,
         )

@@ -28,20 +28,36 @@ def make_manager(server, user_id, **conn_options):
 
 
 class Collect:
-    """An OpusFrameReceiver that keeps ``(user_id, opus)`` of every frame."""
+    """An OpusFrameReceiver that records what it is given.
 
-    def __init__(self):
+    ``frames``: ``(user_id, opus)`` of every frame; ``packets``: ``(user_id, packet)``;
+    ``cleaned``: users whose state was cleaned up; ``closed``: how many times it was closed.
+    A frame from a user in ``fail_for`` raises, as a buggy receiver would.
+    """
+
+    def __init__(self, fail_for=()):
         self.frames = []
+        self.packets = []
         self.cleaned = []
+        self.closed = 0
+        self.fail_for = frozenset(fail_for)
 
     def receive_opus_frame(self, user_id, packet):
+        if user_id in self.fail_for:
+            raise ValueError("receiver bug")
         self.frames.append((user_id, packet.opus))
+        self.packets.append((user_id, packet))
+
+    @property
+    def opus(self):
+        """The Opus payloads alone, in arrival order."""
+        return [opus for _, opus in self.frames]
 
     def cleanup_user(self, user_id):
         self.cleaned.append(user_id)
 
     def close(self):
-        pass
+        self.closed += 1
 
 
 def opus_stream(frames):
@@ -49,13 +65,16 @@ def opus_stream(frames):
     return OpusReader(io.BytesIO(b"".join(struct.pack("<I", len(f)) + f for f in frames)))
 
 
-async def wait_until(predicate, timeout=5.0, what="condition"):
-    """Poll ``predicate`` every 10 ms; fail the test after ``timeout`` seconds."""
+async def wait_until(predicate, timeout=10.0, what="condition", interval=0.01):
+    """Poll ``predicate`` every ``interval`` seconds; fail the test after ``timeout`` seconds.
+
+    The timeout only bounds a test that would otherwise hang: it is no figure under test.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(interval)
 
 
 def seq_ahead(old: int, new: int) -> int:

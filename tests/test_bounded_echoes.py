@@ -66,7 +66,7 @@ async def test_a_ready_offering_20000_modes_fails_open_with_a_bounded_error(capl
 
 
 async def test_a_session_description_naming_a_huge_mode_fails_open_with_a_bounded_error(monkeypatch, caplog):
-    import fastvoice.testing._server as server_module
+    import fastvoice.testing._gateway_side as server_module
 
     real = server_module.GatewayMessageDataSessionDescription
     monkeypatch.setattr(

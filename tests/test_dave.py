@@ -1,6 +1,6 @@
 """DAVE: the client state machine (fastvoice.dave) against the server's external sender (fastvoice.testing._dave).
 
-Each client is a real ``davey`` MLS member driven by a DaveManager; the server side is the
+Each client is a real ``davey`` MLS member driven by a DaveSession; the server side is the
 DaveCallGroup the local voice server runs. Messages travel through an in-memory queue in
 order, like a websocket per client, so each test controls exactly what is delivered.
 """
@@ -15,7 +15,7 @@ import davey
 import pytest
 
 from fastvoice.constants import SILENCE_AUDIO_FRAME
-from fastvoice.dave import DaveManager
+from fastvoice.dave import DaveSession
 from fastvoice.gateway_messages import (
     GatewayMessageData,
     GatewayMessageDataClientDisconnect,
@@ -40,11 +40,11 @@ ALICE, BOB, CAROL = 1001, 2002, 3003
 
 
 class Call:
-    """A DaveCallGroup and its DaveManager clients connected by ordered in-memory queues."""
+    """A DaveCallGroup and its DaveSession clients connected by ordered in-memory queues."""
 
     def __init__(self, protocol_version: int = 1) -> None:
         self.group = DaveCallGroup(CHANNEL, protocol_version)
-        self.clients: dict[int, DaveManager] = {}
+        self.clients: dict[int, DaveSession] = {}
         self.queue: collections.deque[tuple[str, int, GatewayMessageData]] = collections.deque()
         self.to_client: list[tuple[int, GatewayMessageData]] = []
         self.from_client: list[tuple[int, GatewayMessageData]] = []
@@ -55,12 +55,12 @@ class Call:
         for uid, message in out:
             self.queue.append(("s", uid, message))
 
-    async def join(self, user_id: int, pump: bool = True) -> DaveManager:
+    async def join(self, user_id: int, pump: bool = True) -> DaveSession:
         async def send(opcode: Opcode, data: GatewayMessageData, uid: int = user_id) -> None:
             assert opcode == data.OPCODE
             self.queue.append(("c", uid, data))
 
-        manager = DaveManager(user_id, CHANNEL, 1, send=send, logger=logging.getLogger(f"test.dave.{user_id}"))
+        manager = DaveSession(user_id, CHANNEL, 1, send=send, logger=logging.getLogger(f"test.dave.{user_id}"))
         others = sorted(self.clients)
         self.clients[user_id] = manager
         if others:
@@ -131,7 +131,7 @@ def opus(i: int) -> bytes:
     return bytes([0x78, i & 0xFF]) + os.urandom(40) + i.to_bytes(4, "big")
 
 
-def exchange(sender: DaveManager, receivers: list[DaveManager], count: int = 5) -> None:
+def exchange(sender: DaveSession, receivers: list[DaveSession], count: int = 5) -> None:
     """Send ``count`` frames from ``sender``; each must cross as DAVE ciphertext and decrypt exactly."""
     for i in range(count):
         frame = opus(i)
@@ -352,7 +352,7 @@ async def test_messages_before_a_session_and_garbage_are_ignored() -> None:
     async def send(opcode: Opcode, data: GatewayMessageData) -> None:
         sent.append(data)
 
-    manager = DaveManager(ALICE, CHANNEL, 1, send=send)
+    manager = DaveSession(ALICE, CHANNEL, 1, send=send)
     await manager.on_event(Opcode.DAVE_MLS_PROPOSALS, GatewayMessageDataDaveMLSProposals(0, b"\x05junk"))
     await manager.on_event(Opcode.DAVE_MLS_WELCOME, GatewayMessageDataDaveMLSWelcome(3, b"junk"))
     assert sent == [] and manager.stats.ignored_messages == 2
@@ -373,13 +373,13 @@ async def test_send_failure_does_not_raise() -> None:
     async def send(opcode: Opcode, data: GatewayMessageData) -> None:
         raise ConnectionError("gateway is closed")
 
-    manager = DaveManager(ALICE, CHANNEL, 1, send=send)
+    manager = DaveSession(ALICE, CHANNEL, 1, send=send)
     await manager.on_session_description(1)
     assert manager.stats.key_packages_sent == 1 and manager.protocol_version == 1
 
 
 async def test_protocol_zero_passes_through() -> None:
-    manager = DaveManager(ALICE, CHANNEL, 0)
+    manager = DaveSession(ALICE, CHANNEL, 0)
     await manager.on_session_description(0)
     frame = opus(1)
     assert manager.encrypt_frame(frame) == frame
@@ -389,9 +389,9 @@ async def test_protocol_zero_passes_through() -> None:
 
 def test_bad_arguments_name_the_value() -> None:
     with pytest.raises(ValueError, match="user_id.*0"):
-        DaveManager(0, CHANNEL)
+        DaveSession(0, CHANNEL)
     with pytest.raises(ValueError, match="max_protocol_version.*7"):
-        DaveManager(ALICE, CHANNEL, 7)
+        DaveSession(ALICE, CHANNEL, 7)
 
 
 async def test_joiner_leaving_before_the_commit_is_revoked() -> None:
@@ -399,7 +399,7 @@ async def test_joiner_leaving_before_the_commit_is_revoked() -> None:
     alice = await call.join(ALICE)
     bob = await call.join(BOB)
     # Carol joins, but the members' commits adding her are held back ...
-    carol = DaveManager(CAROL, CHANNEL, 1, send=None)
+    carol = DaveSession(CAROL, CHANNEL, 1, send=None)
     call.clients[CAROL] = carol
     for uid in (ALICE, BOB):
         call.queue.append(("s", uid, GatewayMessageDataClientsConnect([CAROL])))

@@ -8,7 +8,7 @@ import os
 import struct
 import time
 
-from _calls import Collect
+from _calls import Collect, wait_until
 from fastvoice.conn import ConnConfig
 from fastvoice.gateway import GatewayConfig
 from fastvoice.manager import Manager
@@ -44,14 +44,6 @@ class Endless:
 
 def opus_stream(frames):
     return OpusReader(io.BytesIO(b"".join(struct.pack("<I", len(f)) + f for f in frames)))
-
-
-async def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def open_pair(server):

@@ -1,6 +1,6 @@
 """DAVE as the field breaks it, client side, in memory: early frames, recovery, versions, epoch timing, verification.
 
-Members are davey sessions driven by DaveManager and joined by the server's DaveCallGroup
+Members are davey sessions driven by DaveSession and joined by the server's DaveCallGroup
 (``test_dave.Call``); a fake clock makes holds and backoffs exact. The same behaviours against
 the local VoiceServer and its fault knobs are in test_dave_field_server.py.
 """
@@ -14,7 +14,7 @@ import logging
 import davey
 import pytest
 
-from fastvoice.dave import DaveConfig, DaveManager
+from fastvoice.dave import DaveConfig, DaveSession
 from fastvoice.gateway_messages import (
     GatewayMessageData,
     GatewayMessageDataDaveExecuteTransition,
@@ -52,25 +52,25 @@ def packet(frame: bytes, sequence: int = 0) -> Packet:
     return Packet(sequence, sequence * 960, 1234, frame)
 
 
-def receive(manager: DaveManager, user_id: int, frame: bytes, inbox: Inbox, sequence: int = 0) -> None:
+def receive(manager: DaveSession, user_id: int, frame: bytes, inbox: Inbox, sequence: int = 0) -> None:
     """What the AudioReceiver does with a packet: deliver now if the hook says so."""
     p = packet(frame, sequence)
     if manager.receive_packet(user_id, p, inbox):
         inbox(user_id, p)
 
 
-async def join_with(call: Call, user_id: int, config: DaveConfig, clock: Clock) -> DaveManager:
-    """call.join, with a DaveManager built with ``config`` and ``clock``."""
-    original = DaveManager.__init__
+async def join_with(call: Call, user_id: int, config: DaveConfig, clock: Clock) -> DaveSession:
+    """call.join, with a DaveSession built with ``config`` and ``clock``."""
+    original = DaveSession.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, config=config, clock=clock, **kwargs)
 
-    DaveManager.__init__ = init  # type: ignore[method-assign]
+    DaveSession.__init__ = init  # type: ignore[method-assign]
     try:
         return await call.join(user_id)
     finally:
-        DaveManager.__init__ = original  # type: ignore[method-assign]
+        DaveSession.__init__ = original  # type: ignore[method-assign]
 
 
 class Withheld:
@@ -161,7 +161,7 @@ async def test_holding_can_be_turned_off() -> None:
 # --- 5: recovery ----------------------------------------------------------------------------------
 
 
-def broken_frame(sender: DaveManager, i: int) -> bytes:
+def broken_frame(sender: DaveSession, i: int) -> bytes:
     frame = bytearray(sender.encrypt_frame(opus(i)) or b"")
     frame[3] ^= 0xFF  # ciphertext: no key opens it
     return bytes(frame)
@@ -243,7 +243,7 @@ async def test_commits_that_cannot_be_processed_are_answered_with_backoff_then_a
     async def send(opcode: Opcode, data: GatewayMessageData) -> None:
         sent.append(data)
 
-    manager = DaveManager(ALICE, CHANNEL, 1, send=send, config=DaveConfig(recovery_backoff=0.01, max_recoveries=3))
+    manager = DaveSession(ALICE, CHANNEL, 1, send=send, config=DaveConfig(recovery_backoff=0.01, max_recoveries=3))
     await manager.on_session_description(1)
     for tid in range(1, 8):
         await manager.on_event(Opcode.DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION,
@@ -260,7 +260,7 @@ async def test_commits_that_cannot_be_processed_are_answered_with_backoff_then_a
 
 
 async def test_an_unsupported_version_is_refused_without_a_traceback(caplog) -> None:
-    manager = DaveManager(ALICE, CHANNEL, 1)
+    manager = DaveSession(ALICE, CHANNEL, 1)
     with caplog.at_level(logging.DEBUG, logger="fastvoice.dave"):
         await manager.on_session_description(99)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -368,7 +368,7 @@ async def test_both_sides_show_the_same_codes_and_they_follow_the_whitepaper() -
     await call.leave(CAROL)
     assert alice.voice_privacy_code == bob.voice_privacy_code != code
     assert alice.verification_code(BOB) == pair and alice.verification_code(CAROL) is None
-    assert alice.pairwise_fingerprint(999) is None and DaveManager(ALICE, CHANNEL).verification_codes == {}
+    assert alice.pairwise_fingerprint(999) is None and DaveSession(ALICE, CHANNEL).verification_codes == {}
 
 
 def test_dave_config_names_bad_values() -> None:
@@ -379,7 +379,7 @@ def test_dave_config_names_bad_values() -> None:
     with pytest.raises(ValueError, match="hold_seconds.*inf"):
         DaveConfig(hold_seconds=float("inf"))
     with pytest.raises(TypeError, match="DaveConfig"):
-        DaveManager(ALICE, CHANNEL, config={"hold_frames": 3})
+        DaveSession(ALICE, CHANNEL, config={"hold_frames": 3})
     assert DaveConfig().backoff(0) == 0 and DaveConfig().backoff(3) == 4.0
     assert DaveConfig(recovery_backoff_max=3).backoff(10) == 3
     assert davey.DAVE_PROTOCOL_VERSION == 1

@@ -4,7 +4,7 @@ Key package validation (signatures, lifetime), commits that must reference exact
 proposals and keep the committer's identity, op 31 handled as remove-then-re-add, transitions
 that time out, a member without DAVE taking the call to protocol 0 and back, and the rarer
 paths a client must handle (transition id 0 in ops 29/30, op 24 with an epoch other than 1).
-Clients are real davey members driven by DaveManager (``test_dave.Call``).
+Clients are real davey members driven by DaveSession (``test_dave.Call``).
 """
 
 from __future__ import annotations

@@ -134,15 +134,15 @@ async def test_demo_does_not_blame_the_server_for_loss_its_socket_does_not_expla
 
 async def test_demo_blames_the_path_after_the_server_for_what_listeners_missed(monkeypatch, capsys):
     from fastvoice import _demo
-    from fastvoice.testing import VoiceServer
+    from fastvoice.testing._media import MediaForwarder
 
-    forward = VoiceServer._forward
+    forward = MediaForwarder.forward
 
     def lossy(self, sender, packet):
         if packet.sequence % 9 != 4:
             forward(self, sender, packet)
 
-    monkeypatch.setattr(VoiceServer, "_forward", lossy)
+    monkeypatch.setattr(MediaForwarder, "forward", lossy)
     status = await _demo.run(2, 1.0, False, in_process=True)
     out = capsys.readouterr().out
     assert status == _demo.LOST == 1, out

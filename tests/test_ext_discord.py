@@ -26,6 +26,7 @@ import pytest
 discord = pytest.importorskip("discord")
 
 import fastvoice.ext.discord as fvd  # noqa: E402
+from _calls import Collect, wait_until  # noqa: E402
 from fastvoice.conn import ConnConfig  # noqa: E402
 from fastvoice.gateway import GatewayConfig  # noqa: E402
 from fastvoice.manager import Manager, ManagerConfig  # noqa: E402
@@ -120,29 +121,6 @@ class Frames(discord.AudioSource):
 
     def cleanup(self):
         self.cleanups += 1
-
-
-class Collect:
-    def __init__(self):
-        self.frames = []
-        self.closed = 0
-
-    def receive_opus_frame(self, user_id, packet):
-        self.frames.append((user_id, packet.opus))
-
-    def cleanup_user(self, user_id):
-        pass
-
-    def close(self):
-        self.closed += 1
-
-
-async def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 def numbered(packets):
@@ -758,14 +736,17 @@ async def test_ffmpeg_opus_source_is_read_without_blocking_the_loop(server, bot)
     # stdout is read by the loop: the source's read is the buffered reader's and the pipe can
     # no longer block (a blocking read would stall every call's clock; the loop-stall tests
     # measure that, this one checks the mechanism without timing anything)
-    assert source.read.__self__.__class__.__name__ == "_PipeReader"
+    assert source.read.__self__.__class__.__name__ == "PipeReader"
     assert os.get_blocking(process.stdout.fileno()) is False
-    await wait_until(lambda: ended, timeout=10)
-    await server.wait_for(lambda: [p.opus for p in server.packets(ssrc)][-5:] == [SILENCE] * 5)
+    await wait_until(lambda: ended, timeout=60)
+    await server.wait_for(lambda: [p.opus for p in server.packets(ssrc)][-5:] == [SILENCE] * 5, timeout=60)
     frames = [p.opus for p in server.packets(ssrc)]
-    assert ended == [None]
-    assert 49 <= len(frames) - 5 <= 51 and frames[-5:] == [SILENCE] * 5  # 1 s of 20 ms frames
-    assert not any(f.startswith((b"OpusHead", b"OpusTags")) for f in frames)
+    assert ended == [None] and frames[-5:] == [SILENCE] * 5
+    # 1 s of 20 ms frames, all of them. On a loaded machine ffmpeg may fall behind the clock for a
+    # while, which sends a silence tail and resumes: the count is of the tone's frames alone.
+    tone = [f for f in frames if f != SILENCE]
+    assert 49 <= len(tone) <= 51, len(tone)
+    assert not any(f.startswith((b"OpusHead", b"OpusTags")) for f in tone)
     assert process.returncode == 0 and process.stdout.closed
     await vc.disconnect()
 

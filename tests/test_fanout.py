@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from _calls import Collect
 from fastvoice import FanOut, OpusFrameProvider
 from fastvoice.audio import AudioSender, SendClock
 from fastvoice.conn import ConnConfig
@@ -225,20 +226,6 @@ def make_manager(server, user_id):
     return manager
 
 
-class Collect:
-    def __init__(self):
-        self.frames = []
-
-    def receive_opus_frame(self, user_id, packet):
-        self.frames.append(packet.opus)
-
-    def cleanup_user(self, user_id):
-        pass
-
-    def close(self):
-        pass
-
-
 async def test_one_stream_into_several_real_calls():
     frames = FRAMES[:30]
     reader = OpusReader(io.BytesIO(b"".join(struct.pack("<I", len(f)) + f for f in frames)))
@@ -266,11 +253,11 @@ async def test_one_stream_into_several_real_calls():
         for speaker in speakers:
             speaker.set_opus_frame_provider(fanout.subscribe())
         deadline = time.monotonic() + 10
-        while not all(len(s.frames) >= len(frames) + 5 for s in sinks):
-            assert time.monotonic() < deadline, [len(s.frames) for s in sinks]
+        while not all(len(s.opus) >= len(frames) + 5 for s in sinks):
+            assert time.monotonic() < deadline, [len(s.opus) for s in sinks]
             await asyncio.sleep(0.02)
         for sink in sinks:
-            assert sink.frames == frames + [SILENCE] * 5
+            assert sink.opus == frames + [SILENCE] * 5
         assert Counting.reads == len(frames) + 1
         fanout.close()
         await bots.close()

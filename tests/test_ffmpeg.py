@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from _calls import Collect
+from _calls import Collect, wait_until
 from fastvoice import FFmpegError, FFmpegNotFoundError, FFmpegOpusProvider, OpusFrameProvider
 from fastvoice.conn import ConnConfig
 from fastvoice.gateway import GatewayConfig
@@ -43,14 +43,6 @@ def ffmpeg():
 def sine(seconds, frequency=440):
     """Source and input options for ffmpeg's tone generator."""
     return f"sine=frequency={frequency}:duration={seconds}", "-f lavfi"
-
-
-async def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def drain(provider, timeout=20.0):

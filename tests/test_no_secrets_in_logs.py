@@ -235,7 +235,7 @@ def add_session_objects(evidence: Evidence, bots: Manager, conn) -> None:
     """Reprs of the live objects of a connection that hold (or held) a secret."""
     evidence.obj("the Manager", bots)
     evidence.obj("the Conn", conn)
-    evidence.obj("the DaveManager", conn.dave)
+    evidence.obj("the DaveSession", conn.dave)
     evidence.obj("the Gateway", conn.gateway)
     if conn.gateway is not None:
         evidence.obj("the gateway State", conn.gateway.state)
@@ -416,7 +416,7 @@ async def test_an_open_that_times_out_leaks_no_secret(capture, monkeypatch, stag
 async def test_an_unusable_session_description_leaks_no_key(capture, monkeypatch):
     # The server keys the session but names a mode nobody selected: the client holds the key when
     # open() fails.
-    import fastvoice.testing._server as server_module
+    import fastvoice.testing._gateway_side as server_module
 
     real = server_module.GatewayMessageDataSessionDescription
     monkeypatch.setattr(server_module, "GatewayMessageDataSessionDescription",

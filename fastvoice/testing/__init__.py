@@ -21,6 +21,9 @@ core), so that a client under test does not share its loop with the server.
 
 from __future__ import annotations
 
+from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, MLSValidationError, is_dave_frame
+from ._dave_relay import DaveRelay
+from ._keepalive import KeepaliveLapse, ReceivedKeepalive
 from ._main_gateway import MainGatewayStandIn
 from ._process import VoiceServerProcess
 from ._recording import Recording
@@ -34,8 +37,10 @@ from ._server import (
     build_ip_discovery_reply,
     build_rtcp_receiver_report,
 )
+from ._stamps import kernel_receive_clock
 
 __all__ = [
+    # the server, its stand-in main gateway, and what it records
     "VoiceServer",
     "MainGatewayStandIn",
     "VoiceServerProcess",
@@ -47,21 +52,17 @@ __all__ = [
     "Recording",
     "build_ip_discovery_reply",
     "build_rtcp_receiver_report",
+    # the server's DAVE side: the external sender, a call's MLS group state, the relay that runs
+    # the groups for the server (with DAVE's fault knobs), and the ciphertext check
+    "DaveCallGroup",
+    "DaveExternalSender",
+    "DaveRelay",
+    "MLSDecodeError",
+    "MLSValidationError",
+    "is_dave_frame",
+    # UDP keepalives as the server records them
+    "KeepaliveLapse",
+    "ReceivedKeepalive",
+    # pacing measurements: when the kernel received a datagram, not when the loop read it
+    "kernel_receive_clock",
 ]
-
-# The server's DAVE side: the external sender, a call's MLS group state, the relay that runs the
-# groups for the server (with DAVE's fault knobs), and the ciphertext check.
-from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, MLSValidationError, is_dave_frame  # noqa: E402
-from ._dave_relay import DaveRelay  # noqa: E402
-
-__all__ += ["DaveCallGroup", "DaveExternalSender", "DaveRelay", "MLSDecodeError", "MLSValidationError", "is_dave_frame"]
-
-# UDP keepalives as the server records them.
-from ._keepalive import KeepaliveLapse, ReceivedKeepalive  # noqa: E402
-
-__all__ += ["KeepaliveLapse", "ReceivedKeepalive"]
-
-# Pacing measurements: when the kernel received a datagram, not when the loop read it.
-from ._stamps import kernel_receive_clock  # noqa: E402
-
-__all__ += ["kernel_receive_clock"]

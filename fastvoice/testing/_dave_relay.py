@@ -31,7 +31,8 @@ from ..gateway_messages import (
 from ._dave import DEFAULT_TRANSITION_TIMEOUT, DaveCallGroup
 
 if TYPE_CHECKING:
-    from ._server import ServerSession, VoiceServer
+    from ._server import VoiceServer
+    from ._session import ServerSession
 
 __all__ = ["DaveRelay"]
 

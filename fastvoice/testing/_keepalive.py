@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..keepalive import is_keepalive
 
 if TYPE_CHECKING:
-    from ._server import ServerSession
+    from ._session import ServerSession
 
 __all__ = ["KeepaliveLapse", "ReceivedKeepalive"]
 

@@ -17,6 +17,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._p256 import P256SigningKey
+from ._p256 import verify as p256_verify
+
 __all__ = [
     "DAVE_MAGIC",
     "DaveExternalSender",
@@ -223,10 +226,8 @@ def verify_with_label(public_key: bytes, label: bytes, content: bytes, signature
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
-    except ImportError:
-        from ._p256 import verify
-
-        return verify(public_key, message, signature)
+    except ImportError:  # cryptography is optional: the built-in code gives the same answers
+        return p256_verify(public_key, message, signature)
     try:
         key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
         key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
@@ -389,8 +390,6 @@ class DaveExternalSender:
 
     def __init__(self, signing_key: object | None = None, identity: bytes = b"\x00" * 8) -> None:
         if signing_key is None:
-            from ._p256 import P256SigningKey
-
             builtin = P256SigningKey()
             self._sign_bytes: Callable[[bytes], bytes] = builtin.sign
             self.public_key = builtin.public_key

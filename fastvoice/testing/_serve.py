@@ -19,6 +19,11 @@ from typing import Any
 from .._shown import cut
 from ._server import VoiceServer
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+    uvloop = None  # type: ignore[assignment]
+
 __all__: list[str] = []
 
 # VoiceServer options a parent may pass (JSON values only), and knobs it may change later.
@@ -116,9 +121,7 @@ def main() -> None:
     options = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     if not isinstance(options, dict):
         raise SystemExit("the argument must be a JSON object of VoiceServer options")
-    try:
-        import uvloop
-    except ImportError:
+    if uvloop is None:
         asyncio.run(serve(options))
     else:
         uvloop.run(serve(options))

@@ -1,63 +1,40 @@
-"""An in-process Discord voice server for tests: gateway v8 over websockets plus the UDP media side."""
+"""An in-process Discord voice server for tests: gateway v8 over websockets plus the UDP media side.
+
+:class:`VoiceServer` holds the knobs, the lifecycle, the session registry and the recordings;
+the websocket side is its base :class:`~._gateway_side.GatewaySide`, each datagram goes to its
+:class:`~._media.MediaForwarder`, and datagrams to clients go through :class:`~._faults.UDPFaults`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import os
 import random
 import secrets
 import socket
 import ssl
-import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from ..close_codes import CloseBehaviour, gateway_close_event_code_by_code
-from ..constants import SILENCE_AUDIO_FRAME
 from ..encryption import AVAILABLE_MODES, EncryptionMode
-from ..errors import DecryptionFailedError, GatewayDecodeError
-from ..ipdiscovery import build_ip_discovery_response as build_ip_discovery_reply
-from ..gateway_messages import (
-    GatewayMessage,
-    GatewayMessageData,
-    GatewayMessageDataClientDisconnect,
-    GatewayMessageDataClientsConnect,
-    GatewayMessageDataHeartbeat,
-    GatewayMessageDataHeartbeatACK,
-    GatewayMessageDataHello,
-    GatewayMessageDataIdentify,
-    GatewayMessageDataReady,
-    GatewayMessageDataResume,
-    GatewayMessageDataResumed,
-    GatewayMessageDataSelectProtocol,
-    GatewayMessageDataSessionDescription,
-    GatewayMessageDataSpeaking,
-    GatewayMessageDataUnknown,
-    Opcode,
-    Protocol,
-    SpeakingFlags,
-    decode_client_binary,
-    decode_message,
-    encode_message,
-    encode_server_binary,
-)
-
+from ..gateway import State
 from ._dave_relay import DaveRelay
 from ._dispatches import voice_dispatches
-from ._keepalive import KeepaliveLapse, KeepaliveWatch, ReceivedKeepalive
-from ._mls import is_dave_frame
-from ._recording import Recording, ReceivedPacket, RecordedMessage, RejectedDatagram, check_limit
+from ._faults import UDPFaults
+from ._gateway_side import GatewaySide
+from ._keepalive import KeepaliveLapse, KeepaliveWatch
+from ._main_gateway import MainGatewayStandIn
+from ._media import MediaForwarder, MediaProtocol, build_ip_discovery_reply, build_rtcp_receiver_report
+from ._recording import ReceivedPacket, RecordedMessage, Recording, RejectedDatagram, check_limit
+from ._session import ServerConnection, ServerSession
 from ._sockbuf import enlarge_receive_buffer, receive_drops
-from ._stamps import kernel_receive_clock
+from ._tls import SelfSignedCertificate
 
 if TYPE_CHECKING:
     from ._dave import DaveCallGroup
-    from ._main_gateway import MainGatewayStandIn
 
 __all__ = [
     "VoiceServer",
@@ -71,301 +48,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("fastvoice.testing")
-# Frames one connection handles before the server lets the others run.
-_FAIR_SHARE = 8
 
-_CLIENT_OPS_BEFORE_IDENTIFY = frozenset({Opcode.IDENTIFY, Opcode.RESUME, Opcode.HEARTBEAT})
-_DAVE_CLIENT_OPS = frozenset(
-    {
-        Opcode.DAVE_TRANSITION_READY,
-        Opcode.DAVE_MLS_KEY_PACKAGE,
-        Opcode.DAVE_MLS_COMMIT_WELCOME,
-        Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME,
-    }
-)
-_CLIENT_OPS = frozenset(
-    {
-        Opcode.IDENTIFY,
-        Opcode.SELECT_PROTOCOL,
-        Opcode.HEARTBEAT,
-        Opcode.SPEAKING,
-        Opcode.RESUME,
-        Opcode.DAVE_TRANSITION_READY,
-        Opcode.DAVE_MLS_KEY_PACKAGE,
-        Opcode.DAVE_MLS_COMMIT_WELCOME,
-        Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME,
-    }
-)
-
-
-def build_rtcp_receiver_report(ssrc: int) -> bytes:
-    """Return a minimal RTCP receiver report (packet type 201, no report blocks) from ``ssrc``."""
-    return struct.pack(">BBHI", 0x80, 201, 1, ssrc & 0xFFFFFFFF)
-
-
-def _message_size(message: RecordedMessage) -> int:
-    return len(message.raw)
-
-
-class ServerConnection:
-    """One websocket connection; ``messages`` records its frames both ways, in order (the
-    newest, within the server's ``record_messages`` and ``record_message_bytes``)."""
-
-    def __init__(self, server: VoiceServer, number: int, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self.server = server
-        #: 1, 2, 3... in order of arrival.
-        self.number = number
-        #: The frames of this connection, both directions (a bounded :class:`Recording`:
-        #: ``messages.dropped`` counts the oldest ones it let go).
-        self.messages: Recording[RecordedMessage] = Recording(
-            server.record_messages, server.record_message_bytes, _message_size
-        )
-        #: The voice session this connection identified or resumed, if any.
-        self.session: ServerSession | None = None
-        #: When True, heartbeats on this connection get no ACK (a zombie connection).
-        self.withhold_heartbeat_acks = False
-        #: The close code this connection ended with (``None`` while open or after a drop).
-        self.close_code: int | None = None
-        #: True once the connection has ended.
-        self.closed = False
-        #: ``time.monotonic()`` when the connection ended (``None`` while open).
-        self.closed_at: float | None = None
-        self._ws = ws
-        self._request = request
-        self._inbound = 0
-        self._close_after: tuple[int, int, str] | None = None
-        self._timers: list[asyncio.TimerHandle] = []
-        self._identified = False
-        self._server_closed = False
-
-    def __repr__(self) -> str:
-        return f"<ServerConnection #{self.number} closed={self.closed} close_code={self.close_code}>"
-
-    def messages_in(self, op: int | None = None) -> list[RecordedMessage]:
-        """Frames received from the client (optionally only opcode ``op``)."""
-        return [m for m in self.messages if m.direction == "in" and (op is None or m.op == op)]
-
-    def messages_out(self, op: int | None = None) -> list[RecordedMessage]:
-        """Frames sent to the client (optionally only opcode ``op``)."""
-        return [m for m in self.messages if m.direction == "out" and (op is None or m.op == op)]
-
-    async def send_raw(self, frame: str | bytes) -> None:
-        """Send ``frame`` as-is (text or binary): for malformed-input tests."""
-        if self._ws.closed:
-            return
-        self._record("out", -1, None, None, frame)
-        try:
-            if isinstance(frame, str):
-                await self._ws.send_str(frame)
-            else:
-                await self._ws.send_bytes(bytes(frame))
-        except (ConnectionError, RuntimeError):
-            pass
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """Close this connection now with ``code``."""
-        self.close_code = code
-        self._server_closed = True
-        if not self._ws.closed:
-            try:
-                await self._ws.close(code=code, message=reason.encode())
-            except (ConnectionError, RuntimeError):
-                pass
-
-    def close_after(self, code: int, *, messages: int | None = None, seconds: float | None = None,
-                    reason: str = "") -> None:
-        """Close with ``code`` after ``messages`` more client frames (heartbeats not counted) and/or ``seconds``."""
-        if messages is None and seconds is None:
-            raise ValueError("close_after needs messages=N and/or seconds=T")
-        if messages is not None:
-            self._close_after = (self._inbound + messages, code, reason)
-        if seconds is not None:
-            loop = asyncio.get_running_loop()
-            self._timers.append(loop.call_later(seconds, lambda: self.server._spawn(self.close(code, reason))))
-
-    def drop(self) -> None:
-        """Cut the TCP connection without a close frame (the client sees code 1006)."""
-        transport = self._request.transport
-        if transport is not None:
-            transport.abort()
-
-    def announce_frame(self, length: int, *, binary: bool = False) -> None:
-        """Write the header of an unmasked, final frame announcing ``length`` payload bytes, and no payload.
-
-        For hostile-peer tests: a client must refuse a frame larger than its limit from the
-        header alone, without waiting for (or buffering) the payload.
-        """
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length < 2**63:
-            raise ValueError(f"length must be an int in 0..2**63-1, got {length!r}")
-        first = 0x82 if binary else 0x81
-        if length < 126:
-            header = struct.pack(">BB", first, length)
-        elif length < 2**16:
-            header = struct.pack(">BBH", first, 126, length)
-        else:
-            header = struct.pack(">BBQ", first, 127, length)
-        transport = self._request.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(header)
-
-    def _record(self, direction: str, op: int, data: Any, seq: int | None, raw: str | bytes) -> None:
-        self.messages.record(RecordedMessage(direction, op, data, seq, time.monotonic(), raw))
-        self.server._notify()
-
-
-class ServerSession:
-    """One voice session: survives resumes; owns the SSRC, key, mode and the resume buffer."""
-
-    def __init__(self, server: VoiceServer, identify: GatewayMessageDataIdentify, channel_id: int, ssrc: int) -> None:
-        self.server = server
-        self.guild_id = identify.guild_id
-        self.user_id = identify.user_id
-        self.session_id = identify.session_id
-        self._token = identify.token
-        self.channel_id = channel_id
-        self.ssrc = ssrc
-        self.max_dave_protocol_version = identify.max_dave_protocol_version
-        #: The mode chosen in Select Protocol (``None`` before it).
-        self.mode: str | None = None
-        #: The 32-byte key sent in Session Description (``None`` before it).
-        self.secret_key: bytes | None = None
-        #: The client's UDP address as seen by the server (from IP discovery or audio).
-        self.udp_address: tuple[str, int] | None = None
-        #: The address and port the client announced in Select Protocol.
-        self.announced_address: tuple[str, int] | None = None
-        #: The last Speaking flags the client sent (``None`` before any op 5).
-        self.speaking: SpeakingFlags | None = None
-        #: The audio packets received from this session, in arrival order (the newest
-        #: ``record_packets``; ``packets.dropped`` counts older ones let go).
-        self.packets: Recording[ReceivedPacket] = Recording(server.record_packets)
-        #: Every UDP keepalive received from this session, in arrival order (the newest
-        #: ``record_packets``).
-        self.keepalives: Recording[ReceivedKeepalive] = Recording(server.record_packets)
-        #: Every websocket connection this session used (identify first, then resumes).
-        self.connections: list[ServerConnection] = []
-        #: The last seq_ack the client reported.
-        self.seq_ack = -1
-        #: When True, heartbeats of this session get no ACK.
-        self.withhold_heartbeat_acks = False
-        #: True once the session has ended (closed for good or timed out).
-        self.ended = False
-        self.audio_before_speaking = 0
-        #: The DAVE protocol version told to this session in Session Description.
-        self.dave_protocol_version = 0
-        #: Audio packets that arrived in plaintext while this session's call was end-to-end encrypted.
-        self.dave_plaintext_packets = 0
-        #: DAVE frames not forwarded to this session because it does not speak DAVE.
-        self.dave_frames_withheld = 0
-        self._seq = 0
-        self._buffer: collections.deque[tuple[int, str | bytes, int, Any]] = collections.deque(maxlen=4096)
-        self._expiry: asyncio.TimerHandle | None = None
-        self._depacketizer: Any = None
-        self._packetizers: dict[int, Any] = {}
-
-    def __repr__(self) -> str:
-        return (
-            f"<ServerSession user_id={self.user_id} guild_id={self.guild_id} ssrc={self.ssrc} "
-            f"mode={self.mode} ended={self.ended}>"
-        )
-
-    @property
-    def token(self) -> str:
-        """The voice token this session identified with (kept out of ``repr``)."""
-        return self._token
-
-    @property
-    def connection(self) -> ServerConnection | None:
-        """The live websocket connection, or ``None`` while the client is away."""
-        if self.connections and not self.connections[-1].closed:
-            return self.connections[-1]
-        return None
-
-    @property
-    def seq(self) -> int:
-        """The seq of the last session message sent (0 before any)."""
-        return self._seq
-
-    @property
-    def messages(self) -> list[RecordedMessage]:
-        """Every frame of every connection of this session, in order."""
-        return [m for c in self.connections for m in c.messages]
-
-    async def send(self, op: int, data: GatewayMessageData | Any) -> int:
-        """Send a session message with the next ``seq`` (buffered for resume); return the seq.
-
-        Binary DAVE payloads go in a binary frame ``[seq][op][payload]``.  While the
-        client is away the message is only buffered and re-delivered on resume.
-        """
-        self._seq += 1
-        seq = self._seq
-        binary = isinstance(data, (bytes, bytearray)) or (
-            isinstance(data, GatewayMessageData) and not isinstance(data, GatewayMessageDataUnknown) and data.BINARY
-        )
-        if binary:
-            frame: str | bytes = encode_server_binary(seq, op, data)
-            recorded: Any = frame[3:]
-        else:
-            frame = encode_message(op, data, seq=seq)
-            recorded = data.to_json() if isinstance(data, GatewayMessageData) else data
-        self._buffer.append((seq, frame, op, recorded))
-        conn = self.connection
-        if conn is not None:
-            await self.server._send_frame(conn, op, recorded, seq, frame)
-        return seq
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """Close the live connection with ``code`` (the session ends unless the code is resumable)."""
-        conn = self.connection
-        if conn is not None:
-            await conn.close(code, reason)
-
-    def close_after(self, code: int, *, messages: int | None = None, seconds: float | None = None) -> None:
-        """Close the live connection with ``code`` after ``messages`` client frames and/or ``seconds``."""
-        conn = self.connection
-        if conn is None:
-            raise RuntimeError("the session has no live connection to close")
-        conn.close_after(code, messages=messages, seconds=seconds)
-
-    def drop(self) -> None:
-        """Cut the live TCP connection without a close frame (the session stays resumable)."""
-        conn = self.connection
-        if conn is not None:
-            conn.drop()
-
-    async def inject_datagram(self, data: bytes) -> None:
-        """Send ``data`` as-is to the client's UDP address (RTCP, garbage, crafted packets)."""
-        if self.udp_address is None:
-            raise RuntimeError("the client has not sent anything over UDP yet (no IP discovery)")
-        self.server._udp_send(self.udp_address, bytes(data))
-
-    def _check_token(self, token: str) -> bool:
-        return secrets.compare_digest(self._token.encode(), token.encode())
-
-
-class _UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: VoiceServer) -> None:
-        self.server = server
-        self._stamp: Callable[[], float | None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._stamp = kernel_receive_clock(transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        stamp = self._stamp() if self.server.kernel_stamps and self._stamp is not None else None
-        try:
-            if stamp is None:
-                self.server._on_datagram(data, addr)
-            else:
-                # The kernel's receive time, moved from the wall clock to the monotonic one.
-                self.server._on_datagram(data, addr, time.monotonic() - (time.time() - stamp))
-        except Exception:  # the server must survive whatever arrives
-            _log.exception("voice server failed on a datagram from %s", addr)
-
-    def error_received(self, exc: Exception) -> None:
-        _log.debug("voice server UDP error: %s", exc)
-
-
-class VoiceServer:
+class VoiceServer(GatewaySide):
     """A local Discord voice server: gateway v8 over websockets and UDP media, on 127.0.0.1.
 
     Use it as an async context manager::
@@ -464,18 +148,6 @@ class VoiceServer:
         if not self.modes:
             raise ValueError("modes must offer at least one encryption mode")
         self.withhold_heartbeat_acks = False
-        self._udp_loss = 0.0
-        self._udp_duplicate = 0.0
-        self._udp_reorder = 0.0
-        self._udp_delay = 0.0
-        self._udp_jitter = 0.0
-        self._udp_reorder_window = 1
-        #: ``(address, SSRC, sequence number)`` of the datagrams ``udp_loss`` dropped (the last 65,536).
-        self.udp_lost: collections.deque[tuple[tuple[str, int], int, int]] = collections.deque(maxlen=65536)
-        self._held_for = 0
-        self._stall_until = 0.0
-        self._stalled: list[tuple[tuple[str, int], bytes]] = []
-        self._stall_timer: asyncio.TimerHandle | None = None
         #: Every websocket connection, in order of arrival.
         self.connections: list[ServerConnection] = []
         #: Every voice session, in order of creation.
@@ -485,6 +157,12 @@ class VoiceServer:
         #: RTCP datagrams received, as ``(address, bytes)`` (the newest ``record_packets``).
         self.rtcp_received: Recording[tuple[tuple[str, int], bytes]] = Recording(self.record_packets)
         self._random = random.Random(seed)
+        #: The fault knobs on datagrams to clients (the ``udp_*`` attributes, :meth:`stall_udp`).
+        self._faults = UDPFaults(self._udp_send_now, self._random)
+        #: ``(address, SSRC, sequence number)`` of the datagrams ``udp_loss`` dropped (the last 65,536).
+        self.udp_lost = self._faults.lost
+        #: What is done with each datagram received (see :mod:`._media`).
+        self._media = MediaForwarder(self)
         # (session id, guild id) -> (user id, channel id, token)
         self._registered: dict[tuple[str, int], tuple[int, int, str]] = {}
         self._calls: dict[tuple[int, int], list[ServerSession]] = {}
@@ -498,8 +176,6 @@ class VoiceServer:
         self._ws_port = 0
         self._udp_port = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._held: tuple[tuple[str, int], bytes] | None = None
         self._changed: asyncio.Event | None = None
         #: The DAVE side: call groups, delivery and DAVE's fault knobs (see :class:`DaveRelay`).
         self.dave = DaveRelay(self)
@@ -508,51 +184,43 @@ class VoiceServer:
         #: Receive buffer of the UDP socket as the kernel reports it (``SO_RCVBUF``), once started.
         self.udp_receive_buffer = 0
 
-    # -- UDP fault rates ---------------------------------------------------------------
-
-    @staticmethod
-    def _rate(name: str, value: float) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be a probability in 0..1, got {value!r}")
-        return float(value)
+    # -- UDP fault knobs (see UDPFaults) ----------------------------------------------
 
     @property
     def udp_loss(self) -> float:
         """Probability that a datagram sent to a client is dropped."""
-        return self._udp_loss
+        return self._faults.loss
 
     @udp_loss.setter
     def udp_loss(self, value: float) -> None:
-        self._udp_loss = self._rate("udp_loss", value)
+        self._faults.loss = value
 
     @property
     def udp_duplicate(self) -> float:
         """Probability that a datagram sent to a client is sent twice."""
-        return self._udp_duplicate
+        return self._faults.duplicate
 
     @udp_duplicate.setter
     def udp_duplicate(self, value: float) -> None:
-        self._udp_duplicate = self._rate("udp_duplicate", value)
+        self._faults.duplicate = value
 
     @property
     def udp_reorder(self) -> float:
         """Probability that a datagram is held back and sent after the next one (lost if none follows)."""
-        return self._udp_reorder
+        return self._faults.reorder
 
     @udp_reorder.setter
     def udp_reorder(self, value: float) -> None:
-        self._udp_reorder = self._rate("udp_reorder", value)
+        self._faults.reorder = value
 
     @property
     def udp_reorder_window(self) -> int:
         """A datagram held back by ``udp_reorder`` is sent after 1 to this many later datagrams."""
-        return self._udp_reorder_window
+        return self._faults.reorder_window
 
     @udp_reorder_window.setter
     def udp_reorder_window(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"udp_reorder_window must be an int >= 1, got {value!r}")
-        self._udp_reorder_window = value
+        self._faults.reorder_window = value
 
     def stall_udp(self, seconds: float) -> None:
         """Hold every datagram sent to clients for ``seconds``, then send them all at once, in order.
@@ -560,42 +228,25 @@ class VoiceServer:
         Models a network stall (a jitter spike): nothing is lost, everything arrives late
         and in a burst. A stall started during another one extends it.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise ValueError(f"stall seconds must be a positive number, got {seconds!r}")
-        loop = asyncio.get_running_loop()
-        self._stall_until = max(self._stall_until, loop.time() + seconds)
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-        self._stall_timer = loop.call_at(self._stall_until, self._end_stall)
-
-    def _end_stall(self) -> None:
-        self._stall_timer = None
-        self._stall_until = 0.0
-        stalled, self._stalled = self._stalled, []
-        for addr, data in stalled:
-            self._udp_send_now(addr, data)
+        self._faults.stall(seconds)
 
     @property
     def udp_delay(self) -> float:
         """Seconds every datagram sent to a client is delayed by."""
-        return self._udp_delay
+        return self._faults.delay
 
     @udp_delay.setter
     def udp_delay(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"udp_delay must be a number of seconds >= 0, got {value!r}")
-        self._udp_delay = float(value)
+        self._faults.delay = value
 
     @property
     def udp_jitter(self) -> float:
         """Each datagram sent to a client is delayed by a further random 0 to this many seconds."""
-        return self._udp_jitter
+        return self._faults.jitter
 
     @udp_jitter.setter
     def udp_jitter(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"udp_jitter must be a number of seconds >= 0, got {value!r}")
-        self._udp_jitter = float(value)
+        self._faults.jitter = value
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -615,8 +266,6 @@ class VoiceServer:
         self._closing = False
         ssl_context = None
         if self.tls:
-            from ._tls import SelfSignedCertificate
-
             self._cert = SelfSignedCertificate()
             ssl_context = self._cert.server_context()
         app = web.Application()
@@ -634,7 +283,7 @@ class VoiceServer:
         site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
         await site.start()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UDPProtocol(self), local_addr=(self.host, 0), family=socket.AF_INET
+            lambda: MediaProtocol(self), local_addr=(self.host, 0), family=socket.AF_INET
         )
         self._udp = transport
         self._udp_port = transport.get_extra_info("sockname")[1]
@@ -645,13 +294,7 @@ class VoiceServer:
     async def close(self) -> None:
         """Close every connection (code 1001), stop both endpoints and remove temporary files."""
         self._closing = True
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        self._stalled.clear()
+        self._faults.close()
         self.dave.close()
         for conn in self.connections:
             for timer in conn._timers:
@@ -746,8 +389,6 @@ class VoiceServer:
         ``stand_in.update_voice_state`` is what the Manager calls to send op 4;
         ``stand_in.attach(manager)`` routes the two voice dispatches back to it.
         """
-        from ._main_gateway import MainGatewayStandIn
-
         return MainGatewayStandIn(self, user_id, server_update_first=server_update_first)
 
     async def close_voice_sessions(
@@ -771,8 +412,6 @@ class VoiceServer:
         :class:`fastvoice.Gateway` connects without further setup (with ``tls=True``
         pass :attr:`ssl_context` in its config).
         """
-        from ..gateway import State
-
         state_update, server_update = self.voice_updates(guild_id, user_id, channel_id)
         return State(
             guild_id=guild_id,
@@ -882,7 +521,7 @@ class VoiceServer:
             event.set()
             self._changed = asyncio.Event()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -893,424 +532,21 @@ class VoiceServer:
             if ssrc not in self._by_ssrc:
                 return ssrc
 
-    async def _send_frame(self, conn: ServerConnection, op: int, data: Any, seq: int | None, frame: str | bytes) -> None:
-        if conn._ws.closed:
-            return
-        conn._record("out", op, data, seq, frame)
-        try:
-            if isinstance(frame, str):
-                await conn._ws.send_str(frame)
-            else:
-                await conn._ws.send_bytes(frame)
-        except (ConnectionError, RuntimeError):
-            pass
-
-    async def _send_plain(self, conn: ServerConnection, op: int, data: GatewayMessageData) -> None:
-        """Send a connection-level message (Hello, Heartbeat ACK, Resumed): no seq, not buffered."""
-        await self._send_frame(conn, op, data.to_json(), None, encode_message(op, data))
-
-    # -- internals: websocket ------------------------------------------------------
-
-    async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
-        # A short close handshake: a stuck client must not hold the server's shutdown for long.
-        ws = web.WebSocketResponse(max_msg_size=1024 * 1024, autoping=True, timeout=2.0)
-        await ws.prepare(request)
-        self._connection_count += 1
-        conn = ServerConnection(self, self._connection_count, ws, request)
-        self.connections.append(conn)
-        if self._close_next:
-            code, after, reason = self._close_next.pop(0)
-            if after is None:
-                await conn.close(code, reason)
-            else:
-                conn._close_after = (after, code, reason)
-        try:
-            if not ws.closed:
-                await self._send_plain(conn, Opcode.HELLO, GatewayMessageDataHello(self.heartbeat_interval))
-            handled = 0
-            async for msg in ws:
-                handled += 1
-                if handled % _FAIR_SHARE == 0:
-                    # Frames already buffered are read without a pause: one client's flood
-                    # would hold the loop, and every other client's handshake, until it ends.
-                    await asyncio.sleep(0)
-                if msg.type is WSMsgType.TEXT:
-                    await self._on_text(conn, msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    await self._on_binary(conn, msg.data)
-                elif msg.type is WSMsgType.ERROR:
-                    # aiohttp closed the socket itself (1009 for a frame over max_msg_size);
-                    # its close_code then reads 1006, so record the code it sent now.
-                    sent = getattr(msg.data, "code", None)
-                    if isinstance(sent, int) and conn.close_code is None:
-                        conn.close_code = sent
-                        conn._server_closed = True
-                if conn._close_after is not None:
-                    limit, code, reason = conn._close_after
-                    if conn._inbound >= limit:
-                        conn._close_after = None
-                        await conn.close(code, reason)
-        except Exception:
-            _log.exception("voice server connection #%d failed", conn.number)
-            if not ws.closed:
-                await conn.close(4000, "internal error")
-        finally:
-            self._connection_ended(conn, ws)
-        return ws
-
-    def _connection_ended(self, conn: ServerConnection, ws: web.WebSocketResponse) -> None:
-        conn.closed = True
-        conn.closed_at = time.monotonic()
-        for timer in conn._timers:
-            timer.cancel()
-        if conn.close_code is None and ws.close_code is not None and ws.close_code != 1006:
-            conn.close_code = ws.close_code
-        session = conn.session
-        self._notify()
-        if session is None or session.ended or (session.connections and session.connections[-1] is not conn):
-            return
-        code = conn.close_code
-        if conn._server_closed:
-            # A server close ends the session unless its code is resumable.
-            ends = gateway_close_event_code_by_code(code).behaviour is not CloseBehaviour.RESUME
-        else:
-            # A client closing with 1000 leaves the call; any other close or a drop may resume.
-            ends = code == 1000
-        if ends or self._closing:
-            self._end_session(session)
-        else:
-            loop = asyncio.get_running_loop()
-            session._expiry = loop.call_later(self.session_timeout, self._end_session, session)
-
-    def _end_session(self, session: ServerSession) -> None:
-        if session.ended:
-            return
-        session.ended = True
-        if session._expiry is not None:
-            session._expiry.cancel()
-        key = (session.guild_id, session.channel_id)
-        members = self._calls.get(key, [])
-        if session in members:
-            members.remove(session)
-        self._by_ssrc.pop(session.ssrc, None)
-        for other in members:
-            self._spawn(other.send(Opcode.CLIENT_DISCONNECT, GatewayMessageDataClientDisconnect(session.user_id)))
-        self.dave.left(session)
-        self._notify()
-
-    async def _on_text(self, conn: ServerConnection, text: str) -> None:
-        try:
-            message = decode_message(text)
-        except GatewayDecodeError as exc:
-            conn._inbound += 1
-            conn._record("in", -1, None, None, text)
-            _log.info("voice server: undecodable frame from connection #%d: %s", conn.number, exc)
-            await conn.close(4002, "failed to decode payload")
-            return
-        data = message.d
-        conn._record("in", int(message.op), data.raw if isinstance(data, GatewayMessageDataUnknown) else data.to_json(),
-                     message.seq, text)
-        if message.op != Opcode.HEARTBEAT:
-            conn._inbound += 1
-        await self._on_message(conn, message)
-
-    async def _on_binary(self, conn: ServerConnection, frame: bytes) -> None:
-        conn._inbound += 1
-        try:
-            message = decode_client_binary(frame)
-        except GatewayDecodeError:
-            conn._record("in", -1, None, None, bytes(frame))
-            await conn.close(4002, "failed to decode payload")
-            return
-        conn._record("in", int(message.op), bytes(frame[1:]), None, bytes(frame))
-        await self._on_message(conn, message)
-
-    async def _on_message(self, conn: ServerConnection, message: GatewayMessage) -> None:
-        op = message.op
-        data = message.d
-        if op not in _CLIENT_OPS:
-            await conn.close(4001, "unknown opcode")
-            return
-        if not conn._identified and op not in _CLIENT_OPS_BEFORE_IDENTIFY:
-            await conn.close(4003, "not authenticated")
-            return
-        if op == Opcode.HEARTBEAT:
-            assert isinstance(data, GatewayMessageDataHeartbeat)
-            session = conn.session
-            if session is not None and data.seq_ack is not None:
-                session.seq_ack = data.seq_ack
-                while session._buffer and session._buffer[0][0] <= data.seq_ack:
-                    session._buffer.popleft()
-            if (
-                self.withhold_heartbeat_acks
-                or conn.withhold_heartbeat_acks
-                or (session is not None and session.withhold_heartbeat_acks)
-            ):
-                return
-            await self._send_plain(conn, Opcode.HEARTBEAT_ACK, GatewayMessageDataHeartbeatACK(data.t))
-        elif op == Opcode.IDENTIFY:
-            assert isinstance(data, GatewayMessageDataIdentify)
-            await self._on_identify(conn, data)
-        elif op == Opcode.RESUME:
-            assert isinstance(data, GatewayMessageDataResume)
-            await self._on_resume(conn, data)
-        elif op == Opcode.SELECT_PROTOCOL:
-            assert isinstance(data, GatewayMessageDataSelectProtocol)
-            await self._on_select_protocol(conn, data)
-        elif op == Opcode.SPEAKING:
-            assert isinstance(data, GatewayMessageDataSpeaking)
-            await self._on_speaking(conn, data)
-        elif op in _DAVE_CLIENT_OPS:
-            if conn.session is not None and not conn.session.ended:
-                await self.dave.on_message(conn.session, data)
-
-    async def _on_identify(self, conn: ServerConnection, data: GatewayMessageDataIdentify) -> None:
-        if conn._identified:
-            await conn.close(4005, "already authenticated")
-            return
-        registered = self._registered.get((data.session_id, data.guild_id))
-        if registered is not None:
-            user_id, channel_id, token = registered
-            if user_id != data.user_id or not secrets.compare_digest(
-                token.encode(), data.token.encode()
-            ):
-                await conn.close(4004, "authentication failed")
-                return
-        elif self.strict_auth:
-            await conn.close(4004, "authentication failed")
-            return
-        else:
-            channel_id = data.guild_id
-        if self.require_dave and not data.max_dave_protocol_version:
-            await conn.close(4017, "E2EE/DAVE protocol required")
-            return
-        # A new identify replaces an older session of the same user in the same guild
-        # (a move, or the same bot connecting again): the old one is disconnected.
-        for old in self.sessions:
-            if not old.ended and old.user_id == data.user_id and old.guild_id == data.guild_id:
-                old_conn = old.connection
-                self._end_session(old)
-                if old_conn is not None:
-                    await old_conn.close(4014, "disconnected: session replaced")
-        conn._identified = True
-        session = ServerSession(self, data, channel_id, self._new_ssrc())
-        conn.session = session
-        session.connections.append(conn)
-        self.sessions.append(session)
-        self._by_ssrc[session.ssrc] = session
-        await session.send(
-            Opcode.READY, GatewayMessageDataReady(session.ssrc, self.host, self._udp_port, list(self.modes))
-        )
-        members = self._calls.setdefault((session.guild_id, channel_id), [])
-        others = [m for m in members if not m.ended]
-        members.append(session)
-        if others:
-            await session.send(Opcode.CLIENTS_CONNECT, GatewayMessageDataClientsConnect([m.user_id for m in others]))
-            for other in others:
-                if other.speaking is not None:
-                    await session.send(
-                        Opcode.SPEAKING, GatewayMessageDataSpeaking(other.speaking, other.ssrc, user_id=other.user_id)
-                    )
-        for other in others:
-            # Spawned like _end_session's op 13, so a replaced session's "left" reaches the
-            # other members before its successor's "connected" (tasks run in creation order).
-            self._spawn(other.send(Opcode.CLIENTS_CONNECT, GatewayMessageDataClientsConnect([session.user_id])))
-
-    async def _on_resume(self, conn: ServerConnection, data: GatewayMessageDataResume) -> None:
-        if conn._identified:
-            await conn.close(4005, "already authenticated")
-            return
-        session = None
-        for candidate in self.sessions:
-            if candidate.session_id == data.session_id and candidate.guild_id == data.guild_id:
-                session = candidate
-        if self._refuse_resumes > 0:
-            self._refuse_resumes -= 1
-            session = None
-        if session is None or session.ended or not session._check_token(data.token):
-            await conn.close(4006, "session no longer valid")
-            return
-        if session._expiry is not None:
-            session._expiry.cancel()
-            session._expiry = None
-        old = session.connection
-        conn._identified = True
-        conn.session = session
-        session.connections.append(conn)
-        if old is not None:
-            await old.close(4000, "resumed elsewhere")
-        await self._send_plain(conn, Opcode.RESUMED, GatewayMessageDataResumed())
-        seq_ack = -1 if data.seq_ack is None else data.seq_ack
-        for seq, frame, op, recorded in list(session._buffer):
-            if seq > seq_ack:
-                await self._send_frame(conn, op, recorded, seq, frame)
-
-    async def _on_select_protocol(self, conn: ServerConnection, data: GatewayMessageDataSelectProtocol) -> None:
-        session = conn.session
-        assert session is not None
-        if data.protocol != Protocol.UDP:
-            await conn.close(4012, "unknown protocol")
-            return
-        if data.data.mode not in self.modes:
-            await conn.close(4016, "unknown encryption mode")
-            return
-        session.mode = data.data.mode
-        session.secret_key = os.urandom(32)
-        session.announced_address = (data.data.address, data.data.port)
-        session._depacketizer = None
-        session._packetizers.clear()
-        dave_version = self.dave.session_version(session)
-        session.dave_protocol_version = dave_version
-        await session.send(
-            Opcode.SESSION_DESCRIPTION,
-            GatewayMessageDataSessionDescription(session.mode, session.secret_key, dave_version),
-        )
-        await self.dave.join(session)
-
-    async def _on_speaking(self, conn: ServerConnection, data: GatewayMessageDataSpeaking) -> None:
-        session = conn.session
-        assert session is not None
-        session.speaking = SpeakingFlags(data.speaking)
-        relay = GatewayMessageDataSpeaking(data.speaking, session.ssrc, user_id=session.user_id)
-        for other in self.call_members(session.guild_id, session.channel_id):
-            if other is not session:
-                await other.send(Opcode.SPEAKING, relay)
-
     # -- internals: UDP ----------------------------------------------------------------
 
-    def _reject(self, addr: tuple[str, int], reason: str, data: bytes) -> None:
-        self.rejected_datagrams.record(RejectedDatagram(addr, reason, data[:2048], time.monotonic()))
-        self._notify()
-
     def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> None:
-        if now is None:
-            now = time.monotonic()
-        if len(data) == 74 and data[0:4] == b"\x00\x01\x00\x46":
-            ssrc = struct.unpack_from(">I", data, 4)[0]
-            session = self._by_ssrc.get(ssrc)
-            if session is not None:
-                session.udp_address = addr
-                self._keepalive.heard(session, addr, now)
-            self._udp_send(addr, build_ip_discovery_reply(ssrc, addr[0], addr[1]), faults=False)
-            self._notify()
-            return
-        if len(data) >= 8 and data[0] >> 6 == 2 and 200 <= data[1] <= 204:
-            self.rtcp_received.record((addr, bytes(data[:2048])))
-            self._notify()
-            return
-        keepalive = self._keepalive.received(data, addr, now)
-        if keepalive is not None:
-            if keepalive:
-                self._notify()
-            else:
-                self._reject(addr, "keepalive from an address no session uses", data)
-            return
-        if len(data) < 12:
-            self._reject(addr, f"datagram of {len(data)} bytes is shorter than an RTP header", data)
-            return
-        ssrc = struct.unpack_from(">I", data, 8)[0]
-        session = self._by_ssrc.get(ssrc)
-        if session is None:
-            self._reject(addr, f"unknown SSRC {ssrc}", data)
-            return
-        if session.mode is None or session.secret_key is None:
-            self._reject(addr, f"SSRC {ssrc} sent audio before Select Protocol", data)
-            return
-        if session._depacketizer is None:
-            from ..rtp import Depacketizer
-
-            session._depacketizer = Depacketizer(session.mode, session.secret_key)
-        try:
-            packet = session._depacketizer.depacketize(data)
-        except DecryptionFailedError as exc:
-            self._reject(addr, f"SSRC {ssrc}: {exc}", data)
-            return
-        if packet is None:
-            self._reject(addr, "not an RTP audio packet", data)
-            return
-        session.udp_address = addr
-        self._keepalive.heard(session, addr, now)
-        if session.speaking is None:
-            session.audio_before_speaking += 1
-        received = ReceivedPacket(
-            ssrc, session.user_id, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr
-        )
-        session.packets.record(received)
-        recording = self._packets.get(ssrc)
-        if recording is None:
-            recording = self._packets[ssrc] = Recording(self.record_packets)
-        recording.record(received)
-        group = self.dave.groups.get((session.guild_id, session.channel_id))
-        if (
-            group is not None
-            and group.protocol_version > 0
-            and session.user_id in group.members
-            and packet.opus != SILENCE_AUDIO_FRAME
-            and not is_dave_frame(packet.opus)
-        ):
-            session.dave_plaintext_packets += 1
-        self._forward(session, packet)
-        self._notify()
-
-    def _forward(self, sender: ServerSession, packet: Any) -> None:
-        from ..rtp import Packetizer
-
-        # As Discord's SFU: DAVE frames never go to a member that cannot decrypt them.
-        ciphertext = bool(self.dave.groups) and is_dave_frame(packet.opus)
-        for member in self.call_members(sender.guild_id, sender.channel_id):
-            if member is sender or member.udp_address is None or member.mode is None or member.secret_key is None:
-                continue
-            if ciphertext and not member.max_dave_protocol_version:
-                member.dave_frames_withheld += 1
-                continue
-            packetizer = member._packetizers.get(sender.ssrc)
-            if packetizer is None:
-                packetizer = Packetizer(sender.ssrc, member.mode, member.secret_key)
-                member._packetizers[sender.ssrc] = packetizer
-            packetizer.sequence = packet.sequence
-            packetizer.timestamp = packet.timestamp
-            self._udp_send(member.udp_address, packetizer.packetize(packet.opus))
+        """Every datagram the UDP socket receives comes here (``now``: its arrival time)."""
+        self._media.datagram_received(data, addr, now)
 
     def _udp_send(self, addr: tuple[str, int], data: bytes, faults: bool = True) -> None:
+        """Send ``data`` to a client, through the fault knobs unless ``faults`` is False."""
         if self._udp is None:
             return
-        if not faults:
+        if faults:
+            self._faults.send(addr, data)
+        else:
             self._udp.sendto(data, addr)
-            return
-        rng = self._random
-        if self.udp_loss and rng.random() < self.udp_loss:
-            if len(data) >= 12:
-                self.udp_lost.append((addr, int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big")))
-            return
-        copies = 2 if self.udp_duplicate and rng.random() < self.udp_duplicate else 1
-        out: list[tuple[tuple[str, int], bytes]] = [(addr, data)] * copies
-        if self._held is not None:
-            self._held_for -= 1
-            if self._held_for <= 0:
-                out.append(self._held)
-                self._held = None
-        elif self.udp_reorder and rng.random() < self.udp_reorder:
-            self._held = out.pop(0)
-            window = self._udp_reorder_window
-            self._held_for = 1 if window == 1 else rng.randint(1, window)
-            if not out:
-                return
-        for target, payload in out:
-            delay = self.udp_delay + (rng.uniform(0.0, self._udp_jitter) if self._udp_jitter else 0.0)
-            if delay > 0:
-                loop = asyncio.get_running_loop()
-                handle = loop.call_later(delay, self._udp_send_later, target, payload)
-                self._timers.add(handle)
-            else:
-                self._udp_send_now(target, payload)
 
-    def _udp_send_later(self, addr: tuple[str, int], data: bytes) -> None:
-        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > asyncio.get_running_loop().time()}
-        self._udp_send_now(addr, data)
-
-    def _udp_send_now(self, addr: tuple[str, int], data: bytes) -> None:
-        if self._stall_timer is not None:
-            self._stalled.append((addr, data))
-            return
+    def _udp_send_now(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._udp is not None:
             self._udp.sendto(data, addr)

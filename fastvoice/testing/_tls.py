@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import ssl
 import tempfile
@@ -28,8 +29,6 @@ class SelfSignedCertificate:
                 "VoiceServer(tls=True) needs the 'cryptography' package to make a self-signed certificate; "
                 "install it (pip install cryptography) or use tls=False"
             ) from exc
-        import ipaddress
-
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastvoice test voice server")])
         now = datetime.datetime.now(datetime.timezone.utc)

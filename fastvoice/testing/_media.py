@@ -1,0 +1,175 @@
+"""The test server's UDP media side: IP discovery, RTCP, keepalives, and audio decrypted,
+recorded and forwarded to the other members of the call (as Discord's SFU does).
+
+:class:`MediaForwarder` is the seam: the server hands it every datagram through
+``VoiceServer._on_datagram`` and it sends through ``VoiceServer._udp_send`` (where the fault
+knobs apply), so a faster path (batched receive and send) can take its place without
+touching the gateway side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..constants import SILENCE_AUDIO_FRAME
+from ..errors import DecryptionFailedError
+from ..ipdiscovery import build_ip_discovery_response as build_ip_discovery_reply
+from ..rtp import Depacketizer, Packet, Packetizer
+from ._mls import is_dave_frame
+from ._recording import ReceivedPacket, Recording, RejectedDatagram
+from ._stamps import kernel_receive_clock
+
+if TYPE_CHECKING:
+    from ._server import VoiceServer
+    from ._session import ServerSession
+
+__all__ = ["MediaForwarder", "MediaProtocol", "build_ip_discovery_reply", "build_rtcp_receiver_report"]
+
+_log = logging.getLogger("fastvoice.testing")
+
+
+def build_rtcp_receiver_report(ssrc: int) -> bytes:
+    """Return a minimal RTCP receiver report (packet type 201, no report blocks) from ``ssrc``."""
+    return struct.pack(">BBHI", 0x80, 201, 1, ssrc & 0xFFFFFFFF)
+
+
+class MediaProtocol(asyncio.DatagramProtocol):
+    """The server's UDP socket: hands every datagram to ``VoiceServer._on_datagram`` (with the
+    kernel's receive time when ``kernel_stamps`` is on) and survives whatever arrives."""
+
+    def __init__(self, server: VoiceServer) -> None:
+        self.server = server
+        self._stamp: Callable[[], float | None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._stamp = kernel_receive_clock(transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        stamp = self._stamp() if self.server.kernel_stamps and self._stamp is not None else None
+        try:
+            if stamp is None:
+                self.server._on_datagram(data, addr)
+            else:
+                # The kernel's receive time, moved from the wall clock to the monotonic one.
+                self.server._on_datagram(data, addr, time.monotonic() - (time.time() - stamp))
+        except Exception:  # the server must survive whatever arrives
+            _log.exception("voice server failed on a datagram from %s", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        _log.debug("voice server UDP error: %s", exc)
+
+
+class MediaForwarder:
+    """What the server does with each datagram it receives (see the module docstring)."""
+
+    def __init__(self, server: VoiceServer) -> None:
+        self._server = server
+        #: Per session, the transport crypto of its current key: what decrypts its audio, and one
+        #: packetizer per other member whose audio is forwarded to it (by that member's SSRC).
+        self._depacketizers: dict[ServerSession, Depacketizer] = {}
+        self._packetizers: dict[ServerSession, dict[int, Packetizer]] = {}
+
+    def new_key(self, session: ServerSession) -> None:
+        """``session`` was given a new mode and key (Session Description): forget the old crypto."""
+        self._depacketizers.pop(session, None)
+        self._packetizers.pop(session, None)
+
+    def _reject(self, addr: tuple[str, int], reason: str, data: bytes) -> None:
+        server = self._server
+        server.rejected_datagrams.record(RejectedDatagram(addr, reason, data[:2048], time.monotonic()))
+        server._notify()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> None:
+        """Take one datagram the server's socket received (``now``: its arrival, monotonic clock)."""
+        if now is None:
+            now = time.monotonic()
+        server = self._server
+        if len(data) == 74 and data[0:4] == b"\x00\x01\x00\x46":
+            ssrc = struct.unpack_from(">I", data, 4)[0]
+            session = server._by_ssrc.get(ssrc)
+            if session is not None:
+                session.udp_address = addr
+                server._keepalive.heard(session, addr, now)
+            server._udp_send(addr, build_ip_discovery_reply(ssrc, addr[0], addr[1]), faults=False)
+            server._notify()
+            return
+        if len(data) >= 8 and data[0] >> 6 == 2 and 200 <= data[1] <= 204:
+            server.rtcp_received.record((addr, bytes(data[:2048])))
+            server._notify()
+            return
+        keepalive = server._keepalive.received(data, addr, now)
+        if keepalive is not None:
+            if keepalive:
+                server._notify()
+            else:
+                self._reject(addr, "keepalive from an address no session uses", data)
+            return
+        if len(data) < 12:
+            self._reject(addr, f"datagram of {len(data)} bytes is shorter than an RTP header", data)
+            return
+        ssrc = struct.unpack_from(">I", data, 8)[0]
+        session = server._by_ssrc.get(ssrc)
+        if session is None:
+            self._reject(addr, f"unknown SSRC {ssrc}", data)
+            return
+        if session.mode is None or session.secret_key is None:
+            self._reject(addr, f"SSRC {ssrc} sent audio before Select Protocol", data)
+            return
+        depacketizer = self._depacketizers.get(session)
+        if depacketizer is None:
+            depacketizer = self._depacketizers[session] = Depacketizer(session.mode, session.secret_key)
+        try:
+            packet = depacketizer.depacketize(data)
+        except DecryptionFailedError as exc:
+            self._reject(addr, f"SSRC {ssrc}: {exc}", data)
+            return
+        if packet is None:
+            self._reject(addr, "not an RTP audio packet", data)
+            return
+        session.udp_address = addr
+        server._keepalive.heard(session, addr, now)
+        if session.speaking is None:
+            session.audio_before_speaking += 1
+        received = ReceivedPacket(
+            ssrc, session.user_id, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr
+        )
+        session.packets.record(received)
+        recording = server._packets.get(ssrc)
+        if recording is None:
+            recording = server._packets[ssrc] = Recording(server.record_packets)
+        recording.record(received)
+        group = server.dave.groups.get((session.guild_id, session.channel_id))
+        if (
+            group is not None
+            and group.protocol_version > 0
+            and session.user_id in group.members
+            and packet.opus != SILENCE_AUDIO_FRAME
+            and not is_dave_frame(packet.opus)
+        ):
+            session.dave_plaintext_packets += 1
+        self.forward(session, packet)
+        server._notify()
+
+    def forward(self, sender: ServerSession, packet: Packet) -> None:
+        """Send ``packet`` from ``sender`` to every other member of its call that can take it."""
+        server = self._server
+        # As Discord's SFU: DAVE frames never go to a member that cannot decrypt them.
+        ciphertext = bool(server.dave.groups) and is_dave_frame(packet.opus)
+        for member in server.call_members(sender.guild_id, sender.channel_id):
+            if member is sender or member.udp_address is None or member.mode is None or member.secret_key is None:
+                continue
+            if ciphertext and not member.max_dave_protocol_version:
+                member.dave_frames_withheld += 1
+                continue
+            packetizers = self._packetizers.setdefault(member, {})
+            packetizer = packetizers.get(sender.ssrc)
+            if packetizer is None:
+                packetizer = packetizers[sender.ssrc] = Packetizer(sender.ssrc, member.mode, member.secret_key)
+            packetizer.sequence = packet.sequence
+            packetizer.timestamp = packet.timestamp
+            server._udp_send(member.udp_address, packetizer.packetize(packet.opus))
