@@ -217,3 +217,45 @@ if __name__ == "__main__":
         json.dump(digests(outcomes()), fh, indent=0, sort_keys=True)
         fh.write("\n")
     print(f"wrote {GOLDEN}")
+
+
+# The ``d`` keys of every JSON op as PROTOCOL.md section 2's table writes them.
+PROTOCOL_KEYS = [
+    (gm.GatewayMessageDataIdentify(1, 2, "s", "t", 1),
+     ["server_id", "user_id", "session_id", "token", "max_dave_protocol_version"]),
+    (gm.GatewayMessageDataSelectProtocol("udp", gm.GatewayMessageDataSelectProtocolData("a", 1, "m")),
+     ["protocol", "data"]),
+    (gm.GatewayMessageDataReady(1, "a", 2, ["m"]), ["ssrc", "ip", "port", "modes"]),
+    (gm.GatewayMessageDataHeartbeat(1, -1), ["t", "seq_ack"]),
+    (gm.GatewayMessageDataSessionDescription("m", bytes(32), 1), ["mode", "secret_key", "dave_protocol_version"]),
+    (gm.GatewayMessageDataSpeaking(gm.SpeakingFlags(1), 3, delay=0), ["speaking", "delay", "ssrc"]),
+    (gm.GatewayMessageDataSpeaking(gm.SpeakingFlags(1), 3, user_id=4), ["speaking", "ssrc", "user_id"]),
+    (gm.GatewayMessageDataHeartbeatACK(1), ["t"]),
+    (gm.GatewayMessageDataResume(1, "s", "t", 5), ["server_id", "session_id", "token", "seq_ack"]),
+    (gm.GatewayMessageDataHello(1.5), ["heartbeat_interval"]),
+    (gm.GatewayMessageDataClientsConnect([1]), ["user_ids"]),
+    (gm.GatewayMessageDataClientDisconnect(1), ["user_id"]),
+    (gm.GatewayMessageDataDavePrepareTransition(1, 2), ["protocol_version", "transition_id"]),
+    (gm.GatewayMessageDataDaveExecuteTransition(2), ["transition_id"]),
+    (gm.GatewayMessageDataDaveTransitionReady(2), ["transition_id"]),
+    (gm.GatewayMessageDataDavePrepareEpoch(1, 1), ["protocol_version", "epoch"]),
+    (gm.GatewayMessageDataDaveMLSInvalidCommitWelcome(2), ["transition_id"]),
+]
+
+
+@pytest.mark.parametrize("data, keys", PROTOCOL_KEYS, ids=[type(d).__name__ for d, _ in PROTOCOL_KEYS])
+def test_every_json_payload_has_the_keys_protocol_md_lists_in_its_order(data, keys):
+    wire = json.loads(gm.encode_message(data.OPCODE, data))
+    assert wire["op"] == data.OPCODE and list(wire["d"]) == keys
+    assert gm.decode_message(gm.encode_message(data.OPCODE, data)).d == data
+
+
+def test_the_transition_id_messages_stay_distinct_types():
+    shared = [gm.GatewayMessageDataDaveExecuteTransition, gm.GatewayMessageDataDaveTransitionReady,
+              gm.GatewayMessageDataDaveMLSInvalidCommitWelcome]
+    assert len({cls.OPCODE for cls in shared}) == 3
+    assert shared[0](3) != shared[1](3)
+    assert repr(shared[2](3)) == "GatewayMessageDataDaveMLSInvalidCommitWelcome(transition_id=3)"
+    for cls in shared:
+        assert gm.message_data_type(cls.OPCODE) is cls
+        assert type(gm.decode_message(json.dumps({"op": cls.OPCODE, "d": {"transition_id": 3}})).d) is cls
