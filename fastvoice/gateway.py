@@ -73,19 +73,21 @@ __all__ = [
 
 _log = logging.getLogger("fastvoice.gateway")
 
-#: ``(opcode, data)``; may be a plain function or a coroutine function.
-EventHandler = Callable[[Union[Opcode, int], GatewayMessageData], Union[None, Awaitable[None]]]
-#: ``(gateway, error)``; may be a plain function or a coroutine function.
-CloseHandler = Callable[["Gateway", BaseException], Union[None, Awaitable[None]]]
+#: The event handler type, ``(opcode, data)``: called for every frame; may be a plain function or a
+#: coroutine function.  The one name of this type (the seed's), used by ``Gateway``, ``ConnConfig``
+#: and ``Conn.set_event_handler_func``.
+EventHandlerFunc = Callable[[Union[Opcode, int], GatewayMessageData], Union[None, Awaitable[None]]]
+#: ``(gateway, error)``; may be a plain function or a coroutine function (seed: ``CloseHandlerFunc``).
+CloseHandlerFunc = Callable[["Gateway", BaseException], Union[None, Awaitable[None]]]
 #: Returns the state to identify with when a new session is needed (seed: ``StateProviderFunc``).
-StateProvider = Callable[[], Union["State", Awaitable["State"]]]
-#: The seed's names for the handler types.
-EventHandlerFunc = EventHandler
-CloseHandlerFunc = CloseHandler
-StateProviderFunc = StateProvider
+StateProviderFunc = Callable[[], Union["State", Awaitable["State"]]]
+#: Older names of the same three types, kept so that code using them keeps working.
+EventHandler = EventHandlerFunc
+CloseHandler = CloseHandlerFunc
+StateProvider = StateProviderFunc
 #: Builds a gateway from its handlers and config (seed: ``GatewayCreateFunc``); ``Gateway`` itself is one.
 GatewayCreateFunc = Callable[
-    [Union[EventHandler, None], Union[CloseHandler, None], Union["GatewayConfig", None]], "Gateway"
+    [Union[EventHandlerFunc, None], Union[CloseHandlerFunc, None], Union["GatewayConfig", None]], "Gateway"
 ]
 
 # The websocket close code the client uses when it drops a connection it wants to resume:
@@ -128,7 +130,7 @@ class GatewayConfig:
     max_reconnect_attempts: int = 8
     max_client_bug_retries: int = 2
     max_missed_heartbeat_acks: int = 1
-    state_provider: StateProvider | None = None
+    state_provider: StateProviderFunc | None = None
     max_message_size: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -177,8 +179,8 @@ class Gateway:
 
     def __init__(
         self,
-        event_handler: EventHandler | None = None,
-        close_handler: CloseHandler | None = None,
+        event_handler: EventHandlerFunc | None = None,
+        close_handler: CloseHandlerFunc | None = None,
         config: GatewayConfig | None = None,
     ) -> None:
         self._event_handler = event_handler

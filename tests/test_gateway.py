@@ -754,3 +754,23 @@ def test_closed_error_text_for_a_code_and_for_a_drop():
     dropped = GatewayClosedError(None, gateway_close_event_code_by_code(None), "connect failed: refused")
     assert str(dropped).startswith("voice gateway connection failed or dropped without a close code.")
     assert dropped.code is None and dropped.close_event.behaviour is CloseBehaviour.RESUME
+
+
+def test_one_event_handler_type_for_the_gateway_and_the_connection():
+    import typing
+
+    import fastvoice
+    import fastvoice.conn
+    import fastvoice.gateway as gateway_module
+
+    handler_type = gateway_module.EventHandlerFunc
+    assert fastvoice.EventHandlerFunc is handler_type
+    # the older names are the same objects, not look-alikes
+    assert gateway_module.EventHandler is handler_type
+    assert gateway_module.CloseHandler is gateway_module.CloseHandlerFunc
+    assert gateway_module.StateProvider is gateway_module.StateProviderFunc
+    expected = typing.Optional[handler_type]
+    assert typing.get_type_hints(fastvoice.conn.ConnConfig)["event_handler_func"] == expected
+    assert typing.get_type_hints(fastvoice.conn.Conn.set_event_handler_func)["handler"] == expected
+    assert typing.get_type_hints(Gateway.__init__)["event_handler"] == expected
+    assert not hasattr(fastvoice.conn, "ConnEventHandler")
