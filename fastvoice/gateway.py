@@ -411,6 +411,9 @@ class Gateway:
             self._fail_ready(exc)
             await self._call_close_handler(exc)
         finally:
+            # First, before any await: however the runner ends (a close() that was itself
+            # cancelled, the loop shutting down), a pending open() must not wait for its timeout.
+            self._fail_ready(GatewayNotConnectedError("voice gateway closed before it was ready"))
             self._in_cleanup = True
             await self._stop_heartbeat()
             ws, self._ws = self._ws, None
@@ -454,6 +457,7 @@ class Gateway:
     def _fail_ready(self, error: BaseException) -> None:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(error)
+            self._ready.exception()  # retrieved here: open() may not be waiting any more
 
     async def _call_close_handler(self, error: BaseException) -> None:
         handler = self._close_handler
