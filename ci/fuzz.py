@@ -334,6 +334,7 @@ def fuzz_gateway_protocol(data: bytes) -> None:
             events = []
             for frame in protocol.data_to_send():
                 assert isinstance(frame, str) and json.loads(frame)["op"] in (0, 7), frame
+            protocol.frames_sent()
         assert -1 <= protocol.seq_ack <= 2**63 - 1
         assert isinstance(protocol.status, Status)
         for event in events:

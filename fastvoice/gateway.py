@@ -603,6 +603,7 @@ class Gateway:
             except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
                 self._log.info("voice gateway could not send after Hello: %s", _describe(exc))
                 return
+        self._protocol.frames_sent()
         self._heartbeater = asyncio.get_running_loop().create_task(
             self._heartbeat_loop(ws), name="fastvoice-gateway-heartbeat"
         )

@@ -346,7 +346,7 @@ class GatewayProtocol:
                     )
                 )
             else:
-                self.status = Status.WAITING_FOR_READY
+                self.status = Status.IDENTIFYING
                 self.seq_ack = -1
                 self.session_ready = False
                 self._outgoing.append(
@@ -367,6 +367,11 @@ class GatewayProtocol:
         """Return (and forget) the frames the protocol wants sent, oldest first."""
         frames, self._outgoing = self._outgoing, []
         return frames
+
+    def frames_sent(self) -> None:
+        """The frames from :meth:`data_to_send` went out: an Identify now waits for Ready."""
+        if self.status is Status.IDENTIFYING:
+            self.status = Status.WAITING_FOR_READY
 
     # -- heartbeats -----------------------------------------------------------
 

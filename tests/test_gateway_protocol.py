@@ -79,6 +79,8 @@ def test_hello_sends_identify_as_protocol_md_writes_it_and_starts_heartbeats_at_
               "max_dave_protocol_version": 1},
     }
     assert protocol.data_to_send() == []  # taken once
+    assert protocol.status is Status.IDENTIFYING
+    protocol.frames_sent()
     assert protocol.status is Status.WAITING_FOR_READY
     assert protocol.heartbeat_due(100.0) and protocol.next_heartbeat_at == 100.0
 
