@@ -17,6 +17,11 @@ Targets (pick with ``--target``; ``all`` cycles through them):
   against a dict model.
 - ``gateway``: ``decode_message`` (JSON text), ``decode_server_binary`` and
   ``decode_client_binary``: only ``GatewayDecodeError`` may escape.
+- ``gateway_protocol``: one sans-I/O ``GatewayProtocol`` driven by operations decoded from the
+  input (raw and well-formed text frames, binary frames, time passing with heartbeats, closes
+  with any code, new connections, new sessions): nothing may escape, and ``seq_ack``, the
+  heartbeat frames, the close decisions (against the close code table) and the frames to send
+  must stay consistent; no event may show the token or the session id.
 - ``opus``: ``OpusDecoder.decode`` differentially: the compiled and the pure twin, whose
   decoders live across inputs, must return the same PCM or both raise ``OpusDecodeError``
   with the same code; nothing else may escape. The first byte picks the output format,
@@ -43,6 +48,7 @@ Seeds live in ``ci/fuzz_corpus/<target>/``; what atheris finds goes to ``.fuzz_w
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import struct
@@ -245,6 +251,97 @@ def fuzz_gateway(data: bytes) -> None:
             pass
 
 
+# Valid server frames the protocol fuzz target can pick by index (the input also writes raw ones).
+_PROTOCOL_FRAMES = [
+    '{"op":8,"d":{"heartbeat_interval":%d}}',
+    '{"op":2,"d":{"ssrc":%d,"ip":"127.0.0.1","port":5000,"modes":["aead_xchacha20_poly1305_rtpsize"]}}',
+    '{"op":6,"d":{"t":%d}}',
+    '{"op":9,"d":null,"seq":%d}',
+    '{"op":5,"d":{"speaking":1,"ssrc":7,"user_id":"5"},"seq":%d}',
+    '{"op":11,"d":{"user_ids":["%d"]}}',
+    '{"op":21,"d":{"protocol_version":1,"transition_id":%d}}',
+    '{"op":%d,"d":{}}',
+]
+
+
+def fuzz_gateway_protocol(data: bytes) -> None:
+    """Drive one ``GatewayProtocol`` with operations decoded from ``data``; check its invariants."""
+    from fastvoice.close_codes import CloseBehaviour, gateway_close_event_code_by_code
+    from fastvoice.gateway_protocol import CloseAction, GatewayProtocol, State, Status
+
+    if not data:
+        return
+    options = data[0]
+    protocol = GatewayProtocol(
+        max_missed_heartbeat_acks=1 + (options & 3),
+        max_reconnect_attempts=(options >> 2) & 7,
+        max_client_bug_retries=(options >> 5) & 3,
+        auto_reconnect=not options & 0x80,
+    )
+    state = State(1, 2, session_id="fuzz-session", token="fuzz-token", endpoint="example.invalid")
+    protocol.start(state)
+    now = 0.0
+    i = 1
+    while i < len(data):
+        kind, i = data[i] % 8, i + 1
+        arg = data[i:i + 2].rjust(2, b"\0")
+        number = int.from_bytes(arg, "big")
+        now += data[i] / 16 if i < len(data) else 0.0
+        if kind == 0:  # a raw text frame
+            size = data[i] if i < len(data) else 0
+            chunk, i = data[i + 1:i + 1 + size], i + 1 + size
+            events = protocol.receive_text(chunk.decode("utf-8", "replace"), now)
+        elif kind == 1:  # a raw binary frame
+            size = data[i] if i < len(data) else 0
+            chunk, i = data[i + 1:i + 1 + size], i + 1 + size
+            events = protocol.receive_bytes(chunk)
+        elif kind == 2:  # a well-formed frame
+            template = _PROTOCOL_FRAMES[number % len(_PROTOCOL_FRAMES)]
+            events = protocol.receive_text(template % (number >> 3), now)
+            i += 2
+        elif kind == 3:  # time passes; a heartbeat when one is due
+            if protocol.heartbeat_due(now) and not protocol.is_zombie():
+                beat = json.loads(protocol.heartbeat(now, now))
+                assert beat["op"] == 3 and beat["d"]["seq_ack"] == protocol.seq_ack, beat
+                assert protocol.next_heartbeat_at is not None and protocol.next_heartbeat_at > now
+            events = []
+            i += 1
+        elif kind == 4:  # the connection closes
+            code = None if number < 0x100 else (number if number < 0x1000 else 4000 + number % 24)
+            zombie = bool(number & 1) and protocol.is_zombie()
+            decision = protocol.on_close(code, zombie)
+            entry = gateway_close_event_code_by_code(code)
+            assert decision.entry is entry
+            if entry.behaviour is CloseBehaviour.STOP and not zombie:
+                assert decision.action is CloseAction.STOP, (code, decision)
+            if decision.action is CloseAction.RESUME:
+                assert protocol.session_ready and decision.behaviour is CloseBehaviour.RESUME
+            if decision.action is not CloseAction.STOP:
+                assert 1 <= decision.attempts <= protocol.max_reconnect_attempts
+            assert protocol.status is Status.DISCONNECTED
+            events = []
+            i += 2
+        elif kind == 5:  # a new connection
+            protocol.connecting()
+            protocol.connected()
+            assert protocol.missed_heartbeat_acks == 0
+            events = []
+        elif kind == 6:
+            protocol.start(state)
+            assert protocol.seq_ack == -1
+            events = []
+        else:
+            events = []
+            for frame in protocol.data_to_send():
+                assert isinstance(frame, str) and json.loads(frame)["op"] in (0, 7), frame
+            protocol.frames_sent()
+        assert -1 <= protocol.seq_ack <= 2**63 - 1
+        assert isinstance(protocol.status, Status)
+        for event in events:
+            text = repr(event)
+            assert "fuzz-token" not in text and "fuzz-session" not in text, text
+
+
 OPUS_OUTPUTS = [(48000, 2), (48000, 1), (24000, 2), (16000, 1), (12000, 2), (8000, 1)]
 OPUS_DECODERS: list = []  # per output format, one decoder per twin; they live across inputs
 OPUS_TWINS: list = []
@@ -311,7 +408,13 @@ def fuzz_opus(data: bytes) -> None:
                              f"{str(results[1])[:120]}")
 
 
-TARGETS = {"rtp": fuzz_rtp, "ssrc": fuzz_ssrc, "gateway": fuzz_gateway, "opus": fuzz_opus}
+TARGETS = {
+    "rtp": fuzz_rtp,
+    "ssrc": fuzz_ssrc,
+    "gateway": fuzz_gateway,
+    "gateway_protocol": fuzz_gateway_protocol,
+    "opus": fuzz_opus,
+}
 
 
 def corpus(target: str) -> list[bytes]:

@@ -14,7 +14,7 @@ from .audio import AudioReceiver, AudioSender
 from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveSession
 from .encryption import choose_encryption_mode
 from .errors import GatewayClosedError, VoiceError
-from .gateway import Gateway, GatewayConfig, State
+from .gateway import EventHandlerFunc, Gateway, GatewayConfig, State
 from .gateway_messages import (
     GatewayMessageData,
     GatewayMessageDataClientDisconnect,
@@ -51,8 +51,6 @@ _REASON_MAX = 300
 #: Sends op 4 Voice State Update on the bot's main gateway:
 #: ``(guild_id, channel_id or None, self_mute, self_deaf)``; may be async (seed: ``StateUpdateFunc``).
 StateUpdateFunc = Callable[[int, "int | None", bool, bool], "Awaitable[None] | None"]
-#: ``(opcode, data)`` for every voice gateway event (seed: ``EventHandlerFunc``).
-ConnEventHandler = Callable[[Opcode, GatewayMessageData], Any]
 
 
 class ConnOpenError(VoiceError):
@@ -78,7 +76,7 @@ class ConnConfig:
     udp_config: UDPConnConfig = field(default_factory=UDPConnConfig)
     audio_sender_create_func: Callable[..., AudioSender] = AudioSender
     audio_receiver_create_func: Callable[..., AudioReceiver] = AudioReceiver
-    event_handler_func: ConnEventHandler | None = None
+    event_handler_func: EventHandlerFunc | None = None
     user_filter: UserFilterFunc | None = None
     open_timeout: float = 30.0
     allow_discontinued_modes: bool = False
@@ -254,7 +252,7 @@ class Conn:
         if receiver is not None and self._udp is not None and self._udp.packetizer is not None:
             self._start_receiver()
 
-    def set_event_handler_func(self, handler: ConnEventHandler | None) -> None:
+    def set_event_handler_func(self, handler: EventHandlerFunc | None) -> None:
         """Call ``handler(opcode, data)`` for every voice gateway event."""
         self._event_handler = handler
 

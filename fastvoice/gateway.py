@@ -8,6 +8,11 @@ when the session is gone, a stop with :class:`~fastvoice.errors.GatewayClosedErr
 otherwise), with exponential backoff, jitter, a cap, bounded retries and zombie
 detection (a heartbeat not acknowledged before the next one is due).
 
+The session itself (what to send after Hello, ``seq_ack``, the heartbeat schedule, the
+decision after a close code) is :class:`fastvoice.gateway_protocol.GatewayProtocol`, which
+does no I/O; :class:`Gateway` is the pump around it: the websocket, the reader and
+heartbeat tasks, the backoff sleeps and the user's handlers.
+
 Every frame received goes to the event handler as ``(opcode, data)``; the close
 handler ``(gateway, error)`` is called once when the gateway gives up for good
 (never after a :meth:`Gateway.close` by the user).
@@ -16,7 +21,6 @@ handler ``(gateway, error)`` is called once when the gateway gives up for good
 from __future__ import annotations
 
 import asyncio
-import enum
 import inspect
 import logging
 import random
@@ -29,30 +33,28 @@ from typing import Any, Union
 import aiohttp
 
 from ._shown import cut
-from .close_codes import CloseBehaviour, GatewayCloseEventCode, gateway_close_event_code_by_code
-from .constants import GATEWAY_VERSION
 from .errors import (
     GatewayAlreadyConnectedError,
     GatewayClosedError,
-    GatewayDecodeError,
     GatewayNotConnectedError,
     GatewayTimeoutError,
 )
-from .gateway_messages import (
-    GatewayMessage,
-    GatewayMessageData,
-    GatewayMessageDataHeartbeat,
-    GatewayMessageDataHeartbeatACK,
-    GatewayMessageDataHello,
-    GatewayMessageDataIdentify,
-    GatewayMessageDataReady,
-    GatewayMessageDataResume,
-    GatewayMessageDataUnknown,
-    Opcode,
-    decode_message,
-    decode_server_binary,
-    encode_client_binary,
-    encode_message,
+from .gateway_messages import GatewayMessage, GatewayMessageData, Opcode
+from .gateway_protocol import (
+    CloseAction,
+    CloseDecision,
+    FrameDropped,
+    GatewayEvent,
+    GatewayProtocol,
+    HeartbeatAcked,
+    HelloReceived,
+    MessageReceived,
+    ReadyRepeated,
+    SessionReady,
+    State,
+    Status,
+    backoff_delay,
+    encode_frame,
 )
 
 __all__ = [
@@ -71,69 +73,27 @@ __all__ = [
 
 _log = logging.getLogger("fastvoice.gateway")
 
-#: ``(opcode, data)``; may be a plain function or a coroutine function.
-EventHandler = Callable[[Union[Opcode, int], GatewayMessageData], Union[None, Awaitable[None]]]
-#: ``(gateway, error)``; may be a plain function or a coroutine function.
-CloseHandler = Callable[["Gateway", BaseException], Union[None, Awaitable[None]]]
+#: The event handler type, ``(opcode, data)``: called for every frame; may be a plain function or a
+#: coroutine function.  The one name of this type (the seed's), used by ``Gateway``, ``ConnConfig``
+#: and ``Conn.set_event_handler_func``.
+EventHandlerFunc = Callable[[Union[Opcode, int], GatewayMessageData], Union[None, Awaitable[None]]]
+#: ``(gateway, error)``; may be a plain function or a coroutine function (seed: ``CloseHandlerFunc``).
+CloseHandlerFunc = Callable[["Gateway", BaseException], Union[None, Awaitable[None]]]
 #: Returns the state to identify with when a new session is needed (seed: ``StateProviderFunc``).
-StateProvider = Callable[[], Union["State", Awaitable["State"]]]
-#: The seed's names for the handler types.
-EventHandlerFunc = EventHandler
-CloseHandlerFunc = CloseHandler
-StateProviderFunc = StateProvider
+StateProviderFunc = Callable[[], Union["State", Awaitable["State"]]]
+#: Older names of the same three types, kept so that code using them keeps working.
+EventHandler = EventHandlerFunc
+CloseHandler = CloseHandlerFunc
+StateProvider = StateProviderFunc
 #: Builds a gateway from its handlers and config (seed: ``GatewayCreateFunc``); ``Gateway`` itself is one.
 GatewayCreateFunc = Callable[
-    [Union[EventHandler, None], Union[CloseHandler, None], Union["GatewayConfig", None]], "Gateway"
+    [Union[EventHandlerFunc, None], Union[CloseHandlerFunc, None], Union["GatewayConfig", None]], "Gateway"
 ]
 
 # The websocket close code the client uses when it drops a connection it wants to resume:
 # 1000/1001 would end the voice session on Discord's side.
 _RESUMABLE_CLOSE = 4000
-_MIN_HEARTBEAT_INTERVAL = 0.01
 _DESCRIBED_MAX = 200
-
-
-class Status(enum.IntEnum):
-    """Where the gateway is in its connection flow (the seed's ``Status``)."""
-
-    UNCONNECTED = 0
-    CONNECTING = 1
-    WAITING_FOR_HELLO = 2
-    IDENTIFYING = 3
-    RESUMING = 4
-    WAITING_FOR_READY = 5
-    READY = 6
-    DISCONNECTED = 7
-
-
-@dataclass(slots=True)
-class State:
-    """What the gateway needs to connect (the seed's ``State``).
-
-    ``session_id`` comes from the bot's own VOICE_STATE_UPDATE; ``token`` and
-    ``endpoint`` from VOICE_SERVER_UPDATE.  ``endpoint`` has no scheme and may
-    carry a port (``wss://`` is used); an endpoint that starts with ``ws://`` or
-    ``wss://`` is used as given.  ``repr`` hides the session id and token.
-    """
-
-    guild_id: int
-    user_id: int
-    channel_id: int | None = None
-    session_id: str = field(default="", repr=False)
-    token: str = field(default="", repr=False)
-    endpoint: str = ""
-
-    def url(self) -> str:
-        """Return the websocket URL for this endpoint, with ``?v=8``."""
-        endpoint = self.endpoint.strip()
-        if not endpoint:
-            raise ValueError("State.endpoint is empty; wait for a VOICE_SERVER_UPDATE with a non-null endpoint")
-        if endpoint.startswith(("ws://", "wss://")):
-            base = endpoint
-        else:
-            base = "wss://" + endpoint
-        base = base.rstrip("/")
-        return f"{base}/?v={GATEWAY_VERSION}"
 
 
 @dataclass(slots=True)
@@ -170,7 +130,7 @@ class GatewayConfig:
     max_reconnect_attempts: int = 8
     max_client_bug_retries: int = 2
     max_missed_heartbeat_acks: int = 1
-    state_provider: StateProvider | None = None
+    state_provider: StateProviderFunc | None = None
     max_message_size: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -219,42 +179,45 @@ class Gateway:
 
     def __init__(
         self,
-        event_handler: EventHandler | None = None,
-        close_handler: CloseHandler | None = None,
+        event_handler: EventHandlerFunc | None = None,
+        close_handler: CloseHandlerFunc | None = None,
         config: GatewayConfig | None = None,
     ) -> None:
         self._event_handler = event_handler
         self._close_handler = close_handler
         self._config = config if config is not None else GatewayConfig()
         self._log = self._config.logger
-        self._status = Status.UNCONNECTED
-        self._state: State | None = None
-        self._ssrc: int | None = None
+        self._protocol = self._new_protocol()
         self._latency: float | None = None
-        self._seq_ack = -1
-        self._session_ready = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: aiohttp.ClientSession | None = None
         self._own_session = False
         self._runner: asyncio.Task[None] | None = None
         self._heartbeater: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[None] | None = None
-        self._closing = False
-        self._pending_nonces: dict[int, float] = {}
-        self._last_nonce = 0
         self._reader: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._closing = False
+        self._in_cleanup = False
         self._zombie = False
         self._close_reason = ""
-        self._connection_was_ready = False
-        self._in_cleanup = False
-        self._wakeup: asyncio.Event | None = None
+
+    def _new_protocol(self) -> GatewayProtocol:
+        config = self._config
+        return GatewayProtocol(
+            max_dave_protocol_version=config.max_dave_protocol_version,
+            max_missed_heartbeat_acks=config.max_missed_heartbeat_acks,
+            max_reconnect_attempts=config.max_reconnect_attempts,
+            max_client_bug_retries=config.max_client_bug_retries,
+            auto_reconnect=config.auto_reconnect,
+        )
 
     # -- the seed's accessors -------------------------------------------------
 
     @property
     def ssrc(self) -> int | None:
         """The SSRC from the last Ready, or ``None`` before it."""
-        return self._ssrc
+        return self._protocol.ssrc
 
     @property
     def latency(self) -> float | None:
@@ -264,12 +227,12 @@ class Gateway:
     @property
     def status(self) -> Status:
         """The current :class:`Status`."""
-        return self._status
+        return self._protocol.status
 
     @property
     def seq_ack(self) -> int:
         """The last ``seq`` received from the server in this session (-1 before any)."""
-        return self._seq_ack
+        return self._protocol.seq_ack
 
     @property
     def config(self) -> GatewayConfig:
@@ -279,7 +242,7 @@ class Gateway:
     @property
     def state(self) -> State | None:
         """The state the gateway connects with (``None`` before :meth:`open`)."""
-        return self._state
+        return self._protocol.state
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -304,19 +267,15 @@ class Gateway:
             raise TypeError(f"state must be a fastvoice.State, got {type(state).__name__}")
         state.url()  # validates the endpoint before anything starts
         loop = asyncio.get_running_loop()
-        self._state = state
         self._closing = False
-        self._session_ready = False
-        self._seq_ack = -1
-        self._ssrc = None
+        self._protocol.start(state)
         self._ready = loop.create_future()
         self._wakeup = asyncio.Event()
-        self._status = Status.CONNECTING
         self._runner = loop.create_task(self._run(), name="fastvoice-gateway")
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self._config.open_timeout)
         except asyncio.TimeoutError:
-            stuck_at = self._status.name
+            stuck_at = self.status.name
             await self.close()
             raise GatewayTimeoutError(
                 f"voice gateway was not ready after {self._config.open_timeout} s (status was {stuck_at})"
@@ -361,7 +320,7 @@ class Gateway:
                     runner.cancel()
             await self._wait_runner()
             await self._close_session()
-            self._status = Status.DISCONNECTED
+            self._protocol.stopped()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(GatewayNotConnectedError("voice gateway closed before it was ready"))
             self._ready.exception()  # retrieved here: open() may not be waiting any more
@@ -394,80 +353,47 @@ class Gateway:
         ws = self._ws
         if ws is None or ws.closed:
             raise GatewayNotConnectedError()
-        binary = isinstance(data, (bytes, bytearray, memoryview)) or (
-            isinstance(data, GatewayMessageData) and not isinstance(data, GatewayMessageDataUnknown) and data.BINARY
-        ) or (isinstance(data, GatewayMessageDataUnknown) and data.binary)
+        frame = encode_frame(opcode, data)
         try:
-            if binary:
-                frame = encode_client_binary(int(opcode), data)
+            if isinstance(frame, bytes):
                 self._log.debug("voice gateway send binary op=%s size=%d", int(opcode), len(frame))
                 await ws.send_bytes(frame)
             else:
-                text = encode_message(int(opcode), data)
                 self._log.debug("voice gateway send op=%s", _op_name(opcode))
-                await ws.send_str(text)
+                await ws.send_str(frame)
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             raise GatewayNotConnectedError(f"voice gateway not connected: {cut(str(exc), _DESCRIBED_MAX)}") from exc
 
     # -- the connection loop --------------------------------------------------
 
     async def _run(self) -> None:
-        attempts = 0
-        client_bug_retries = 0
-        resume = False
+        protocol = self._protocol
         try:
             while True:
-                ended = await self._connect_once(resume)
+                ended = await self._connect_once()
                 if self._closing:
                     return
-                if self._connection_was_ready:
-                    attempts = 0
-                entry = gateway_close_event_code_by_code(ended.code)
-                behaviour = CloseBehaviour.RESUME if ended.zombie else entry.behaviour
-                self._status = Status.DISCONNECTED
+                decision = protocol.on_close(ended.code, ended.zombie)
+                entry = decision.entry
                 self._log.log(
                     logging.ERROR if entry.client_bug else logging.INFO,
                     "voice gateway connection closed: code=%s (%s), behaviour=%s%s",
                     ended.code,
                     "zombie connection" if ended.zombie else entry.description,
-                    behaviour,
+                    decision.behaviour,
                     " - a client bug, please report it" if entry.client_bug else "",
                 )
-                if behaviour is CloseBehaviour.STOP:
-                    await self._give_up(ended, entry, attempts, "Not retrying.")
+                if decision.action is CloseAction.STOP:
+                    await self._give_up(ended, decision)
                     return
-                if not self._config.auto_reconnect:
-                    await self._give_up(ended, entry, attempts, "Auto-reconnect is off.")
-                    return
-                if entry.client_bug:
-                    client_bug_retries += 1
-                    if client_bug_retries > self._config.max_client_bug_retries:
-                        await self._give_up(
-                            ended,
-                            entry,
-                            attempts,
-                            f"Gave up after {self._config.max_client_bug_retries} retries for client-bug close codes.",
-                        )
-                        return
-                attempts += 1
-                if attempts > self._config.max_reconnect_attempts:
-                    await self._give_up(
-                        ended,
-                        entry,
-                        attempts - 1,
-                        f"Gave up after {self._config.max_reconnect_attempts} reconnect attempts.",
-                    )
-                    return
-                resume = behaviour is CloseBehaviour.RESUME and self._session_ready
-                if behaviour is CloseBehaviour.NEW_SESSION:
-                    self._session_ready = False
+                if decision.new_session:
                     await self._refresh_state()
-                delay = self._backoff(attempts)
+                delay = self._backoff(decision.attempts)
                 self._log.info(
                     "voice gateway %s in %.2f s (attempt %d of %d)",
-                    "resuming" if resume else "identifying a new session",
+                    "resuming" if decision.action is CloseAction.RESUME else "identifying a new session",
                     delay,
-                    attempts,
+                    decision.attempts,
                     self._config.max_reconnect_attempts,
                 )
                 if self._wakeup is not None:
@@ -485,6 +411,9 @@ class Gateway:
             self._fail_ready(exc)
             await self._call_close_handler(exc)
         finally:
+            # First, before any await: however the runner ends (a close() that was itself
+            # cancelled, the loop shutting down), a pending open() must not wait for its timeout.
+            self._fail_ready(GatewayNotConnectedError("voice gateway closed before it was ready"))
             self._in_cleanup = True
             await self._stop_heartbeat()
             ws, self._ws = self._ws, None
@@ -494,14 +423,11 @@ class Gateway:
                 except BaseException:  # noqa: BLE001 - cleanup must not raise
                     pass
             await self._close_session()
-            self._status = Status.DISCONNECTED
+            protocol.stopped()
             self._in_cleanup = False
 
     def _backoff(self, attempt: int) -> float:
-        cap = max(0.0, self._config.backoff_max)
-        base = max(0.0, self._config.backoff_base)
-        delay: float = min(cap, base * (2 ** min(attempt - 1, 30)))
-        return delay * random.uniform(0.5, 1.0)
+        return backoff_delay(attempt, self._config.backoff_base, self._config.backoff_max, random.uniform(0.5, 1.0))
 
     async def _refresh_state(self) -> None:
         provider = self._config.state_provider
@@ -515,15 +441,15 @@ class Gateway:
             self._log.exception("voice gateway state provider failed; reusing the last state")
             return
         if isinstance(state, State):
-            self._state = state
+            self._protocol.state = state
         else:
             self._log.error("voice gateway state provider returned %r, expected a State; reusing the last one",
                             type(state).__name__)
 
-    async def _give_up(self, ended: _ConnectionEnded, entry: GatewayCloseEventCode, attempts: int, detail: str) -> None:
-        error = GatewayClosedError(ended.code, entry, ended.reason, attempts, detail)
+    async def _give_up(self, ended: _ConnectionEnded, decision: CloseDecision) -> None:
+        error = GatewayClosedError(ended.code, decision.entry, ended.reason, decision.attempts, decision.detail)
         self._log.warning("%s", error)
-        self._status = Status.DISCONNECTED
+        self._protocol.stopped()
         self._closing = True
         self._fail_ready(error)
         await self._call_close_handler(error)
@@ -531,6 +457,7 @@ class Gateway:
     def _fail_ready(self, error: BaseException) -> None:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(error)
+            self._ready.exception()  # retrieved here: open() may not be waiting any more
 
     async def _call_close_handler(self, error: BaseException) -> None:
         handler = self._close_handler
@@ -543,14 +470,13 @@ class Gateway:
         except Exception:
             self._log.exception("voice gateway close handler raised")
 
-    async def _connect_once(self, resume: bool) -> _ConnectionEnded:
+    async def _connect_once(self) -> _ConnectionEnded:
         """Run one websocket connection to its end and say how it ended."""
-        assert self._state is not None
-        self._connection_was_ready = False
+        state = self._protocol.state
+        assert state is not None
         self._zombie = False
         self._close_reason = ""
-        self._pending_nonces.clear()
-        self._status = Status.CONNECTING
+        self._protocol.connecting()
         if self._session is None:
             if self._config.session is not None:
                 self._session = self._config.session
@@ -558,7 +484,7 @@ class Gateway:
             else:
                 self._session = aiohttp.ClientSession()
                 self._own_session = True
-        url = self._state.url()
+        url = state.url()
         try:
             ws = await asyncio.wait_for(
                 self._session.ws_connect(
@@ -577,8 +503,8 @@ class Gateway:
             self._log.info("voice gateway connect failed: %s", _describe(exc))
             return _ConnectionEnded(None, f"connect failed: {_describe(exc)}")
         self._ws = ws
-        self._status = Status.WAITING_FOR_HELLO
-        reader = asyncio.get_running_loop().create_task(self._read_loop(ws, resume), name="fastvoice-gateway-reader")
+        self._protocol.connected()
+        reader = asyncio.get_running_loop().create_task(self._read_loop(ws), name="fastvoice-gateway-reader")
         self._reader = reader
         try:
             await asyncio.wait({reader})
@@ -608,13 +534,14 @@ class Gateway:
         # aiohttp reports 1006 for a connection lost without a close frame.
         return _ConnectionEnded(None if code in (None, 1006) else code, reason)
 
-    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse, resume: bool) -> None:
+    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        protocol = self._protocol
         while not self._closing:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT:
-                await self._handle_text(ws, msg.data, resume)
+                await self._handle_events(ws, protocol.receive_text(msg.data, time.monotonic()))
             elif msg.type is aiohttp.WSMsgType.BINARY:
-                await self._handle_binary(msg.data)
+                await self._handle_events(ws, protocol.receive_bytes(msg.data))
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 self._log.warning("voice gateway websocket error: %s", _describe(msg.data))
                 return
@@ -625,63 +552,30 @@ class Gateway:
 
     # -- receiving ---------------------------------------------------------------
 
-    async def _handle_text(self, ws: aiohttp.ClientWebSocketResponse, text: str, resume: bool) -> None:
-        try:
-            message = decode_message(text)
-        except GatewayDecodeError as exc:
-            self._log.warning("voice gateway dropped an undecodable frame: %s", exc)
-            if exc.seq is not None:
-                self._seq_ack = exc.seq  # seen, though unusable: a resume need not replay it
-            return
-        if message.seq is not None:
-            self._seq_ack = message.seq
-        await self._handle_message(ws, message, resume)
-
-    async def _handle_binary(self, data: bytes) -> None:
-        try:
-            message = decode_server_binary(data)
-        except GatewayDecodeError as exc:
-            self._log.warning("voice gateway dropped an undecodable binary frame: %s", exc)
-            if exc.seq is not None:
-                self._seq_ack = exc.seq
-            return
-        if message.seq is not None:
-            self._seq_ack = message.seq
-        self._log.debug("voice gateway received binary op=%s seq=%s size=%d", _op_name(message.op), message.seq,
-                        len(data))
-        await self._dispatch(message)
-
-    async def _handle_message(self, ws: aiohttp.ClientWebSocketResponse, message: GatewayMessage, resume: bool) -> None:
-        op = message.op
-        data = message.d
-        self._log.debug("voice gateway received op=%s seq=%s", _op_name(op), message.seq)
-        if op == Opcode.HELLO and isinstance(data, GatewayMessageDataHello):
-            await self._on_hello(ws, data, resume)
-        elif op == Opcode.READY and isinstance(data, GatewayMessageDataReady):
-            if self._session_ready:
-                # One Ready per identified session: a repeat (a broken or hostile server) would
-                # make the connection set up a second socket and select a protocol twice.
-                self._log.warning("voice gateway ignored a repeated Ready (ssrc %d) in the same session", data.ssrc)
-                return
-            self._ssrc = data.ssrc
-            self._session_ready = True
-            self._connection_was_ready = True
-            self._status = Status.READY
-            self._resolve_ready()
-        elif op == Opcode.RESUMED:
-            self._status = Status.READY
-            self._connection_was_ready = True
-            self._resolve_ready()
-        elif op == Opcode.HEARTBEAT_ACK and isinstance(data, GatewayMessageDataHeartbeatACK):
-            sent = self._pending_nonces.pop(data.t, None)
-            if sent is None:
-                self._log.debug("voice gateway heartbeat ACK for an unknown nonce")
-            else:
-                self._latency = time.monotonic() - sent
-                # an ACK also vouches for every older beat
-                for nonce in [n for n in self._pending_nonces if n < data.t]:
-                    del self._pending_nonces[nonce]
-        await self._dispatch(message)
+    async def _handle_events(self, ws: aiohttp.ClientWebSocketResponse, events: list[GatewayEvent]) -> None:
+        for event in events:
+            if isinstance(event, MessageReceived):
+                message = event.message
+                if event.binary:
+                    self._log.debug("voice gateway received binary op=%s seq=%s size=%d", _op_name(message.op),
+                                    message.seq, event.size)
+                else:
+                    self._log.debug("voice gateway received op=%s seq=%s", _op_name(message.op), message.seq)
+                await self._dispatch(message)
+            elif isinstance(event, HelloReceived):
+                await self._on_hello(ws, event.interval)
+            elif isinstance(event, SessionReady):
+                self._resolve_ready()
+            elif isinstance(event, HeartbeatAcked):
+                if event.latency is None:
+                    self._log.debug("voice gateway heartbeat ACK for an unknown nonce")
+                else:
+                    self._latency = event.latency
+            elif isinstance(event, ReadyRepeated):
+                self._log.warning("voice gateway ignored a repeated Ready (ssrc %d) in the same session", event.ssrc)
+            elif isinstance(event, FrameDropped):
+                self._log.warning("voice gateway dropped an undecodable %sframe: %s",
+                                  "binary " if event.binary else "", event.error)
 
     def _resolve_ready(self) -> None:
         if self._ready is not None and not self._ready.done():
@@ -698,65 +592,45 @@ class Gateway:
         except Exception:
             self._log.exception("voice gateway event handler raised for op=%s", _op_name(message.op))
 
-    async def _on_hello(self, ws: aiohttp.ClientWebSocketResponse, hello: GatewayMessageDataHello, resume: bool) -> None:
-        assert self._state is not None
-        state = self._state
+    async def _on_hello(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
         await self._stop_heartbeat()
-        # A floor keeps a hostile or broken Hello from turning heartbeats into a flood.
-        interval = max(hello.heartbeat_interval / 1000.0, _MIN_HEARTBEAT_INTERVAL)
-        if self._status is Status.WAITING_FOR_HELLO:
-            if resume:
-                self._status = Status.RESUMING
-                payload: GatewayMessageData = GatewayMessageDataResume(
-                    guild_id=state.guild_id, session_id=state.session_id, token=state.token, seq_ack=self._seq_ack
-                )
-                op = Opcode.RESUME
-            else:
-                self._status = Status.IDENTIFYING
-                self._seq_ack = -1
-                self._session_ready = False
-                payload = GatewayMessageDataIdentify(
-                    guild_id=state.guild_id,
-                    user_id=state.user_id,
-                    session_id=state.session_id,
-                    token=state.token,
-                    max_dave_protocol_version=self._config.max_dave_protocol_version,
-                )
-                op = Opcode.IDENTIFY
+        for frame in self._protocol.data_to_send():  # Identify or Resume (nothing on a repeated Hello)
             try:
-                await ws.send_str(encode_message(op, payload))
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_str(frame)
             except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-                self._log.info("voice gateway could not send %s: %s", op.name, _describe(exc))
+                self._log.info("voice gateway could not send after Hello: %s", _describe(exc))
                 return
-            if op == Opcode.IDENTIFY:
-                self._status = Status.WAITING_FOR_READY
+        self._protocol.frames_sent()
         self._heartbeater = asyncio.get_running_loop().create_task(
-            self._heartbeat_loop(ws, interval), name="fastvoice-gateway-heartbeat"
+            self._heartbeat_loop(ws), name="fastvoice-gateway-heartbeat"
         )
 
-    async def _heartbeat_loop(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
-        try:
-            while not ws.closed:
-                if len(self._pending_nonces) >= self._config.max_missed_heartbeat_acks:
-                    self._log.warning(
-                        "voice gateway heartbeat ACK missed %d time(s): zombie connection, reconnecting",
-                        len(self._pending_nonces),
-                    )
-                    self._zombie_connection(ws)
-                    return
-                nonce = max(int(time.time() * 1000), self._last_nonce + 1)
-                self._last_nonce = nonce
-                self._pending_nonces[nonce] = time.monotonic()
-                beat = GatewayMessageDataHeartbeat(t=nonce, seq_ack=self._seq_ack)
-                try:
-                    await ws.send_str(encode_message(Opcode.HEARTBEAT, beat))
-                except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                    return
-                await asyncio.sleep(interval)
-        except asyncio.CancelledError:
-            raise
+    async def _heartbeat_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        protocol = self._protocol
+        while not ws.closed:
+            due = protocol.next_heartbeat_at
+            if due is None:
+                return
+            now = time.monotonic()
+            if now < due:
+                await asyncio.sleep(due - now)
+                continue
+            if protocol.is_zombie():
+                self._log.warning(
+                    "voice gateway heartbeat ACK missed %d time(s): zombie connection, reconnecting",
+                    protocol.missed_heartbeat_acks,
+                )
+                self._zombie_connection()
+                return
+            try:
+                await ws.send_str(protocol.heartbeat(now, time.time()))
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                return
 
-    def _zombie_connection(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def _zombie_connection(self) -> None:
         self._zombie = True
         reader = self._reader
         if reader is not None and not reader.done():

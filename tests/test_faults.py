@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import fastvoice.gateway
+import fastvoice.gateway_protocol
 from fastvoice.audio import SendClock
 from fastvoice.close_codes import GATEWAY_CLOSE_EVENT_CODE_SESSION_NO_LONGER_VALID, gateway_close_event_code_by_code
 from fastvoice.gateway import GatewayConfig, Status
@@ -425,7 +425,7 @@ async def test_the_close_code_matrix_catches_a_wrong_table_entry(monkeypatch, ca
             return GATEWAY_CLOSE_EVENT_CODE_SESSION_NO_LONGER_VALID
         return gateway_close_event_code_by_code(code)
 
-    monkeypatch.setattr(fastvoice.gateway, "gateway_close_event_code_by_code", wrong_lookup)
+    monkeypatch.setattr(fastvoice.gateway_protocol, "gateway_close_event_code_by_code", wrong_lookup)
     expected = {code: behaviour for code, behaviour, _ in PROTOCOL_CLOSE_CODES}[4015]
     async with VoiceServer() as server:
         out = await close_mid_stream(server, 4015, caplog.records)

@@ -754,3 +754,53 @@ def test_closed_error_text_for_a_code_and_for_a_drop():
     dropped = GatewayClosedError(None, gateway_close_event_code_by_code(None), "connect failed: refused")
     assert str(dropped).startswith("voice gateway connection failed or dropped without a close code.")
     assert dropped.code is None and dropped.close_event.behaviour is CloseBehaviour.RESUME
+
+
+def test_one_event_handler_type_for_the_gateway_and_the_connection():
+    import typing
+
+    import fastvoice
+    import fastvoice.conn
+    import fastvoice.gateway as gateway_module
+
+    handler_type = gateway_module.EventHandlerFunc
+    assert fastvoice.EventHandlerFunc is handler_type
+    # the older names are the same objects, not look-alikes
+    assert gateway_module.EventHandler is handler_type
+    assert gateway_module.CloseHandler is gateway_module.CloseHandlerFunc
+    assert gateway_module.StateProvider is gateway_module.StateProviderFunc
+    expected = typing.Optional[handler_type]
+    assert typing.get_type_hints(fastvoice.conn.ConnConfig)["event_handler_func"] == expected
+    assert typing.get_type_hints(fastvoice.conn.Conn.set_event_handler_func)["handler"] == expected
+    assert typing.get_type_hints(Gateway.__init__)["event_handler"] == expected
+    assert not hasattr(fastvoice.conn, "ConnEventHandler")
+
+
+def _refused_endpoint() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"ws://127.0.0.1:{port}"  # nothing listens there: every connect is refused
+
+
+async def test_a_cancelled_close_during_reconnect_backoff_still_ends_a_pending_open():
+    """close() cancels the runner at once; if close() itself is cancelled before it finishes, the
+    pending open() must still end with GatewayNotConnectedError, not wait for its open_timeout."""
+    gw = Gateway(None, None, GatewayConfig(backoff_base=30.0, backoff_max=30.0, open_timeout=120.0))
+    opening = asyncio.ensure_future(gw.open(State(GUILD, USER, session_id="s", token="t",
+                                                  endpoint=_refused_endpoint())))
+    await asyncio.sleep(0.2)  # refused once: now in the reconnect backoff
+    assert not opening.done() and gw.status is Status.DISCONNECTED
+    closing = asyncio.ensure_future(gw.close())
+    await asyncio.sleep(0)  # close() has cancelled the runner and waits for it
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    try:
+        with pytest.raises(GatewayNotConnectedError):
+            await asyncio.wait_for(opening, 10.0)  # a bound for a hang, not a timing assertion
+    finally:
+        opening.cancel()
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("fastvoice-gateway")] == []
