@@ -31,6 +31,7 @@ from .gateway_messages import (
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
 from ._rtp_common import DEFAULT_MAX_SSRCS
 from .rtp import SSRCTable
+from .session_stats import SessionStats
 from .udp import UDPConn, UDPConnConfig
 from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, _snowflake
 
@@ -148,6 +149,8 @@ class Conn:
         self._mode: str | None = None
         self._dave_protocol_version = 0
         self._dave: DaveManager | None = None
+        #: Reconnects, resumes and the gateway's closes by close code (see :class:`SessionStats`).
+        self.session_stats = SessionStats()
 
     # -- the seed's accessors ------------------------------------------------------
 
@@ -403,6 +406,7 @@ class Conn:
             if state is None or not self._opened or (state.token, state.endpoint) == self._connected_with:
                 return
             self._log.info("guild %d: reconnecting to voice server %s", self._guild_id, shown(state.endpoint))
+            self.session_stats.on_server_change()
             await self._teardown(keep_audio=True)
             state = self._current_state()  # the newest, if another update came during the teardown
             if state is None or not self._opened:
@@ -483,6 +487,7 @@ class Conn:
 
     async def _on_event(self, opcode: Any, data: GatewayMessageData) -> None:
         try:
+            self.session_stats.on_event(self._gateway, int(opcode))
             if int(opcode) in _DAVE_EVENT_OPS:
                 dave = self._dave_manager()
                 if dave is not None:
@@ -664,6 +669,7 @@ class Conn:
         if gateway is not self._gateway:
             return
         self._log.warning("guild %d: voice gateway stopped: %s", self._guild_id, error)
+        self.session_stats.on_closed(error)
         # The voice session is over: stop sending audio into it and release the socket. A later
         # voice server update (a move after 4014) still reconnects: ``_connected_with`` is kept.
         udp, self._udp = self._udp, None
