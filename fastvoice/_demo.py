@@ -99,7 +99,7 @@ def _percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))]
 
 
-async def run(calls: int, seconds: float, dave: bool) -> int:
+async def run(calls: int, seconds: float, dave: bool, metrics_port: int | None = None) -> int:
     import fastvoice
     from fastvoice import ConnConfig, GatewayConfig, Manager, OpusReader
     from fastvoice.testing import MainGatewayStandIn, VoiceServer
@@ -118,6 +118,12 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
             config = ConnConfig(open_timeout=60, gateway_config=GatewayConfig(max_dave_protocol_version=1 if dave else 0))
             bots[user] = Manager(main.update_voice_state, user, conn_config=config)
             main.attach(bots[user])
+        metrics = None
+        if metrics_port is not None:
+            from .prometheus import start_metrics_server
+
+            metrics = await start_metrics_server(list(bots.values()), metrics_port)
+            print(f"  Prometheus metrics at http://127.0.0.1:{metrics.port}/metrics", flush=True)
         listeners = [Listener() for _ in range(calls)]
         speakers, hearers = [], []
         started = time.monotonic()
@@ -136,6 +142,8 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
             while not all(c.dave is not None and c.dave.ready for c in speakers + hearers):
                 if time.monotonic() > deadline:
                     print("DAVE groups did not form within 30 s", file=sys.stderr)
+                    if metrics is not None:
+                        await metrics.close()
                     await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
                     return LOST
                 await asyncio.sleep(0.05)
@@ -186,6 +194,8 @@ async def run(calls: int, seconds: float, dave: bool) -> int:
         jitter = [abs((b - a) - 0.020) * 1000 for lst in listeners for a, b in zip(lst.arrivals, lst.arrivals[1:])]
         plaintext = sum(s.dave_plaintext_packets for s in server.sessions) if dave else 0
         buffer_kib = server.udp_receive_buffer // 2 // 1024
+        if metrics is not None:
+            await metrics.close()
         await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
 
     server_row = f"{at_server} of {sent}"
@@ -263,6 +273,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 0 to 65535, got {text[:40]!r}")
+    return value
+
+
 def server_limit() -> str:
     """One paragraph for --help: the receive buffer the local server gets on this machine."""
     from .testing._sockbuf import DEFAULT_RECEIVE_BUFFER, enlarge_receive_buffer, rmem_max
@@ -315,6 +335,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"seconds of audio per call ({MIN_SECONDS:g} to {MAX_SECONDS:g}; default 10)")
     p.add_argument("--no-dave", action="store_true", help="run the calls without DAVE end-to-end encryption")
     p.add_argument("--pure", action="store_true", help="use the pure-Python packet core")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the demo runs "
+                        "(needs fastvoice[metrics]; 0: any free port)")
     return p
 
 
@@ -331,4 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(run(args.calls, args.seconds, not args.no_dave))
+    if args.metrics_port is not None:
+        from .prometheus import MetricsUnavailableError, _client
+
+        try:
+            _client()
+        except MetricsUnavailableError as exc:
+            print(f"python -m fastvoice demo: {exc}", file=sys.stderr)
+            return 2
+    return runner(run(args.calls, args.seconds, not args.no_dave, args.metrics_port))

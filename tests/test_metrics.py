@@ -235,3 +235,54 @@ def test_counters_add_sums_every_field():
     a, b = Counters(frames_sent=2, gateway_closes={4004: 1}), Counters(frames_sent=3, gateway_closes={4004: 1, None: 2})
     a.add(b)
     assert a.frames_sent == 5 and a.gateway_closes == {4004: 2, None: 2}
+
+
+# -- the demo serves them ----------------------------------------------------------------
+
+
+async def test_demo_serves_its_metrics_while_it_runs(monkeypatch, capsys):
+    import re
+
+    from fastvoice import _demo, prometheus
+
+    scraped = []
+    close = prometheus.MetricsServer.close
+
+    async def scrape_then_close(self):  # the demo closes the endpoint after its last packet
+        scraped.append(await scrape(self.port))
+        await close(self)
+
+    monkeypatch.setattr(prometheus.MetricsServer, "close", scrape_then_close)
+    status = await _demo.run(2, 0.5, True, metrics_port=0)
+    out = capsys.readouterr().out
+    assert status == _demo.OK, out
+    assert re.search(r"Prometheus metrics at http://127\.0\.0\.1:\d+/metrics", out)
+    (samples,) = scraped
+    sent = int(re.search(r"packets sent\s+(\d+)\n", out).group(1))
+    read = re.search(r"read by the test server\s+(\d+) of (\d+)", out)
+    heard = int(re.search(r"frames received\s+(\d+) of", out).group(1))
+    assert sent == 2 * (25 + 5)  # two calls: 0.5 s of frames, then five silence frames
+    assert value(samples, "fastvoice_frames_sent_total") == sent == int(read.group(1))
+    assert value(samples, "fastvoice_packets_delivered_total") == heard == sent
+    assert value(samples, "fastvoice_calls") == value(samples, "fastvoice_calls_ready") == 4
+    assert value(samples, "fastvoice_dave_transitions_total") >= 4
+    assert value(samples, "fastvoice_tick_lateness_seconds_count") > 0
+
+
+def test_demo_metrics_port_is_checked():
+    from fastvoice._demo import parser
+
+    assert parser().parse_args(["--metrics-port", "9464"]).metrics_port == 9464
+    assert parser().parse_args([]).metrics_port is None
+    for bad in ("-1", "65536", "http"):
+        run = subprocess.run([sys.executable, "-m", "fastvoice", "demo", "--metrics-port", bad],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and "expected a TCP port from 0 to 65535" in run.stderr, run.stderr
+
+
+def test_demo_without_prometheus_client_names_the_extra():
+    code = ("import sys; sys.modules['prometheus_client'] = None; from fastvoice._demo import main; "
+            "sys.exit(main(['-n', '1', '--metrics-port', '0']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "pip install 'fastvoice[metrics]'" in run.stderr and "Traceback" not in run.stderr
