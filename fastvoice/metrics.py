@@ -169,14 +169,17 @@ class _Part:
 
     def __init__(self) -> None:
         self.obj: Any = None
-        self.base = Counters()
+        self.base: Counters | None = None  # made at the first replacement
 
     def read(self, obj: Any, reader: Any, out: Counters) -> None:
         if obj is not self.obj:
             if self.obj is not None:
+                if self.base is None:
+                    self.base = Counters()
                 reader(self.obj, self.base)  # the replaced part's final counts
             self.obj = obj
-        out.add(self.base)
+        if self.base is not None:
+            out.add(self.base)
         if obj is not None:
             reader(obj, out)
 
@@ -306,7 +309,7 @@ class Metrics:
             ready += is_ready
             per_conn.append(ConnMetrics(
                 guild_id=conn.guild_id, channel_id=conn.channel_id, ready=is_ready,
-                dave_protocol_version=dave.protocol_version if dave is not None else 0, counters=counters.copy(),
+                dave_protocol_version=dave.protocol_version if dave is not None else 0, counters=counters,
             ))
         for conn in [c for c in self._carry if c not in seen]:
             self._retired.add(self._carry.pop(conn).last)  # gone: its last counts stay in the totals
@@ -318,8 +321,12 @@ class Metrics:
 
 def _sum(retired: Counters, conns: list[ConnMetrics]) -> Counters:
     totals = retired.copy()
-    for c in conns:
-        totals.add(c.counters)
+    every = [c.counters for c in conns]
+    for name in _INT_FIELDS:
+        setattr(totals, name, getattr(totals, name) + sum([getattr(c, name) for c in every]))
+    for c in every:
+        for code, n in c.gateway_closes.items():
+            totals.gateway_closes[code] = totals.gateway_closes.get(code, 0) + n
     return totals
 
 
