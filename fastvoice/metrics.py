@@ -227,11 +227,10 @@ def _read_session(stats: Any, out: Counters) -> None:
 
 
 class _Carry:
-    __slots__ = ("sender", "udp", "receiver", "dave", "last")
+    __slots__ = ("sender", "udp", "receiver", "dave")
 
     def __init__(self) -> None:
         self.sender, self.udp, self.receiver, self.dave = _Part(), _Part(), _Part(), _Part()
-        self.last = Counters()
 
 
 def _conns(source: MetricsSource) -> list[Conn]:
@@ -261,10 +260,13 @@ class Metrics:
     :class:`~fastvoice.Conn`, or an iterable of them) into :class:`MetricsSnapshot` objects.
 
     Made on (or given) the event loop of the connections; unless ``lateness=False`` it
-    enables the tick-lateness histogram of that loop's send clock (see :func:`enable`). :meth:`snapshot` runs on that loop's thread (the
-    Prometheus exporter takes care of it). The totals it reports only grow: parts replaced
-    since the last snapshot and connections gone since then are counted with their last
-    values (a part replaced twice between two snapshots loses the middle one's counts).
+    enables the tick-lateness histogram of that loop's send clock (see :func:`enable`).
+    :meth:`snapshot` runs on that loop's thread (the Prometheus exporter takes care of it).
+    The totals it reports only grow: the final counts of parts replaced since the last
+    snapshot (a socket after a reconnect, DAVE state after a move) and of connections gone
+    since then stay in them. What a snapshot never saw is not counted: a part replaced twice
+    between two snapshots loses the middle one's counts, and a sender that started and ended
+    between two snapshots of a connection that closed meanwhile is not seen.
     """
 
     def __init__(self, source: MetricsSource, *, loop: asyncio.AbstractEventLoop | None = None,
@@ -296,15 +298,8 @@ class Metrics:
             carry = self._carry.get(conn)
             if carry is None:
                 carry = self._carry[conn] = _Carry()
-            counters = Counters()
-            carry.sender.read(conn.sender, _read_sender, counters)
-            udp = conn.udp
-            carry.udp.read(udp, _read_udp, counters)
-            carry.receiver.read(conn.receiver, _read_receiver, counters)
-            dave = conn.dave
-            carry.dave.read(dave, _read_dave, counters)
-            _read_session(conn.session_stats, counters)
-            carry.last = counters
+            counters = _read_conn(conn, carry)
+            udp, dave = conn.udp, conn.dave
             is_ready = udp is not None and udp.packetizer is not None
             ready += is_ready
             per_conn.append(ConnMetrics(
@@ -312,11 +307,22 @@ class Metrics:
                 dave_protocol_version=dave.protocol_version if dave is not None else 0, counters=counters,
             ))
         for conn in [c for c in self._carry if c not in seen]:
-            self._retired.add(self._carry.pop(conn).last)  # gone: its last counts stay in the totals
+            # Gone (closed): its parts' final counts stay in the totals.
+            self._retired.add(_read_conn(conn, self._carry.pop(conn)))
         return MetricsSnapshot(
             taken_at=time.time(), calls=len(per_conn), calls_ready=ready, totals=_sum(self._retired, per_conn),
             clock=_clock(self.loop), conns=tuple(per_conn),
         )
+
+
+def _read_conn(conn: Conn, carry: _Carry) -> Counters:
+    counters = Counters()
+    carry.sender.read(conn.sender, _read_sender, counters)
+    carry.udp.read(conn.udp, _read_udp, counters)
+    carry.receiver.read(conn.receiver, _read_receiver, counters)
+    carry.dave.read(conn.dave, _read_dave, counters)
+    _read_session(conn.session_stats, counters)
+    return counters
 
 
 def _sum(retired: Counters, conns: list[ConnMetrics]) -> Counters:

@@ -175,12 +175,18 @@ async def test_totals_keep_the_counts_of_connections_that_went_away():
         conn = manager.create_conn(GUILD)
         conn.set_opus_frame_provider(opus_stream(FRAMES[:5]))
         await conn.open(CHANNEL)
+        assert conn.sender is not None
+        assert metrics.snapshot().totals.frames_sent < 10  # the last read before it goes away
         await wait_until(lambda: conn.sender.stats.sent == 10, what="stream sent")
-        assert metrics.snapshot().totals.frames_sent == 10
+        udp = conn.udp
         await conn.close()
+        assert conn.sender is None and conn.udp is None
         snap = metrics.snapshot()
         assert snap.calls == 0 and snap.conns == ()
+        # The counts it made after the last read are in the totals too: its parts' final ones.
         assert snap.totals.frames_sent == 10 and snap.totals.gateway_sessions == 1
+        assert snap.totals.datagrams_received == udp.datagrams_received > 0
+        assert metrics.snapshot().totals.frames_sent == 10  # counted once
 
 
 async def test_one_shot_snapshot_reads_a_conn_or_managers():
