@@ -355,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         runner = asyncio.run
     if args.metrics_port is not None:
-        from .prometheus import MetricsUnavailableError, _client
+        from .prometheus import MetricsUnavailableError, require_prometheus_client
 
         try:
-            _client()
+            require_prometheus_client()
         except MetricsUnavailableError as exc:
             print(f"python -m fastvoice demo: {exc}", file=sys.stderr)
             return 2

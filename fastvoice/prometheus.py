@@ -20,10 +20,18 @@ import concurrent.futures
 from collections.abc import Iterator
 from typing import Any
 
+from aiohttp import web
+
 from .errors import VoiceError
 from .metrics import Metrics, MetricsSnapshot, MetricsSource
 
-__all__ = ["MetricsServer", "MetricsUnavailableError", "PrometheusCollector", "start_metrics_server"]
+__all__ = [
+    "MetricsServer",
+    "MetricsUnavailableError",
+    "PrometheusCollector",
+    "require_prometheus_client",
+    "start_metrics_server",
+]
 
 #: Seconds a scrape from another thread waits for the event loop to take the snapshot.
 SCRAPE_TIMEOUT = 5.0
@@ -67,7 +75,9 @@ class MetricsUnavailableError(VoiceError):
     """``prometheus-client`` is not installed: ``pip install 'fastvoice[metrics]'``."""
 
 
-def _client() -> Any:
+def require_prometheus_client() -> Any:
+    """The ``prometheus_client`` module; :class:`MetricsUnavailableError` (naming the extra to
+    install) when it is not installed."""
     try:
         import prometheus_client
         import prometheus_client.core  # noqa: F401  (the metric families)
@@ -88,7 +98,7 @@ class PrometheusCollector:
     """
 
     def __init__(self, metrics: Metrics | MetricsSource, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._client = _client()
+        self._client = require_prometheus_client()
         self.metrics = metrics if isinstance(metrics, Metrics) else Metrics(metrics, loop=loop)
 
     def _snapshot(self) -> MetricsSnapshot:
@@ -190,9 +200,7 @@ async def start_metrics_server(source: Metrics | MetricsSource, port: int, host:
     Raises :class:`MetricsUnavailableError` without ``prometheus-client``."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}"[:120])
-    client = _client()
-    from aiohttp import web
-
+    client = require_prometheus_client()
     collector = PrometheusCollector(source)
     registry = client.CollectorRegistry(auto_describe=False)
     registry.register(collector)
