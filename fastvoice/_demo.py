@@ -123,11 +123,12 @@ def _cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(calls: int, seconds: float, dave: bool, in_process: bool = False, record: str | None = None) -> int:
+async def run(calls: int, seconds: float, dave: bool, in_process: bool = False, record: str | None = None,
+              metrics_port: int | None = None) -> int:
     """Run the demo; with ``record`` (a directory) also record every listener's call and
     check each recording against the clip (see :mod:`fastvoice._demo_record`)."""
     if record is None:
-        return await _run_calls(calls, seconds, dave, in_process, None)
+        return await _run_calls(calls, seconds, dave, in_process, None, metrics_port)
     from .opus_decoder import OpusNotAvailableError, load_opus
 
     try:
@@ -136,7 +137,7 @@ async def run(calls: int, seconds: float, dave: bool, in_process: bool = False, 
         print(f"--record needs libopus: {exc}", file=sys.stderr)
         return USAGE
     recording: dict[str, Any] = {"directory": record}
-    status = await _run_calls(calls, seconds, dave, in_process, recording)
+    status = await _run_calls(calls, seconds, dave, in_process, recording, metrics_port)
     return _check_recordings(recording, status)
 
 
@@ -177,7 +178,7 @@ def _check_recordings(recording: dict[str, Any], status: int) -> int:
 
 
 async def _run_calls(calls: int, seconds: float, dave: bool, in_process: bool,
-                     recording: dict[str, Any] | None) -> int:
+                     recording: dict[str, Any] | None, metrics_port: int | None = None) -> int:
     import fastvoice
     from fastvoice import ConnConfig, GatewayConfig, Manager, OpusReader
     from fastvoice.testing import MainGatewayStandIn, VoiceServer, VoiceServerProcess
@@ -201,6 +202,12 @@ async def _run_calls(calls: int, seconds: float, dave: bool, in_process: bool,
             config = ConnConfig(open_timeout=60, gateway_config=GatewayConfig(max_dave_protocol_version=1 if dave else 0))
             bots[user] = Manager(main.update_voice_state, user, conn_config=config)
             main.attach(bots[user])
+        metrics = None
+        if metrics_port is not None:
+            from .prometheus import start_metrics_server
+
+            metrics = await start_metrics_server(list(bots.values()), metrics_port)
+            print(f"  Prometheus metrics at http://127.0.0.1:{metrics.port}/metrics", flush=True)
         listeners = [Listener() for _ in range(calls)]
         speakers, hearers = [], []
         started = time.monotonic()
@@ -219,6 +226,8 @@ async def _run_calls(calls: int, seconds: float, dave: bool, in_process: bool,
             while not all(c.dave is not None and c.dave.ready for c in speakers + hearers):
                 if time.monotonic() > deadline:
                     print("DAVE groups did not form within 30 s", file=sys.stderr)
+                    if metrics is not None:
+                        await metrics.close()
                     await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
                     return LOST
                 await asyncio.sleep(0.05)
@@ -294,6 +303,8 @@ async def _run_calls(calls: int, seconds: float, dave: bool, in_process: bool,
             await asyncio.gather(*(recorder.wait_closed(60) for recorder in recorders))
             recording.update(recorders=recorders, sent=frames, late=late,
                              heard=[sum(1 for f in lst.frames if f != SILENCE) for lst in listeners])
+        if metrics is not None:
+            await metrics.close()
         await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
 
     server_row = f"{at_server} of {sent}"
@@ -374,6 +385,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 0 to 65535, got {text[:40]!r}")
+    return value
+
+
 def server_limit() -> str:
     """One paragraph for --help: the receive buffer the local server gets on this machine."""
     from .testing._sockbuf import DEFAULT_RECEIVE_BUFFER, enlarge_receive_buffer, rmem_max
@@ -431,6 +452,9 @@ def parser() -> argparse.ArgumentParser:
                    help="record each listener's call into DIR/call-NNNN/ (the speaker's Ogg Opus track and a "
                         "mix.wav, with fastvoice.record.CallRecorder) and check every recording against the clip "
                         "sent: all its frames, aligned on consecutive ticks, the same PCM (needs libopus)")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the demo runs "
+                        "(needs fastvoice[metrics]; 0: any free port)")
     return p
 
 
@@ -447,4 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(run(args.calls, args.seconds, not args.no_dave, in_process=args.in_process, record=args.record))
+    if args.metrics_port is not None:
+        from .prometheus import MetricsUnavailableError, require_prometheus_client
+
+        try:
+            require_prometheus_client()
+        except MetricsUnavailableError as exc:
+            print(f"python -m fastvoice demo: {exc}", file=sys.stderr)
+            return 2
+    return runner(run(args.calls, args.seconds, not args.no_dave, in_process=args.in_process, record=args.record,
+                      metrics_port=args.metrics_port))

@@ -1005,6 +1005,7 @@ cdef class DatagramRouter:
     cdef public unsigned long long decrypt_failures
     cdef public unsigned long long duplicates
     cdef public unsigned long long keepalives
+    cdef public unsigned long long received
     cdef Py_ssize_t _max_size
     cdef Depacketizer _dep
     cdef SSRCTable _table
@@ -1053,6 +1054,7 @@ cdef class DatagramRouter:
         cdef object port
         cdef object host
         cdef Packet spare
+        self.received += 1
         if self._dep is None:
             self.slow_path(data, addr)
             return

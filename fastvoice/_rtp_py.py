@@ -501,19 +501,20 @@ class DatagramRouter:
     counted (``ignored``, ``duplicates``, ``decrypt_failures``; forgeries logged at debug).
     UDP keepalives (8 bytes: a u32 counter and 4 zero bytes) are dropped too, counted
     apart in ``keepalives``: they are expected traffic, not garbage.
+    ``received`` counts every datagram handed in, whatever became of it.
     Until routed, every datagram goes to ``slow_path(data, addr)`` (IP discovery, raw
     handlers, queued reads).
     """
 
     __slots__ = ("_remote", "slow_path", "logger", "ignored", "decrypt_failures", "duplicates",
-                 "keepalives", "_max_size", "_dep", "_table", "_handler")
+                 "keepalives", "received", "_max_size", "_dep", "_table", "_handler")
 
     def __init__(self, slow_path: Any, max_size: int, logger: Any) -> None:
         self.slow_path = slow_path
         self._max_size = max_size
         self.logger = logger
         self._remote: tuple[Any, int] | None = None
-        self.ignored = self.decrypt_failures = self.duplicates = self.keepalives = 0
+        self.ignored = self.decrypt_failures = self.duplicates = self.keepalives = self.received = 0
         self._dep: Depacketizer | None = None
         self._table: SSRCTable | None = None
         self._handler: Any = None
@@ -550,6 +551,7 @@ class DatagramRouter:
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
+        self.received += 1
         dep = self._dep
         if dep is None:
             self.slow_path(data, addr)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, overload
 
 from ._timer import DeadlineTimer
+from .histogram import Histogram
 from .constants import OPUS_FRAME_SIZE_MS, SILENCE_AUDIO_FRAME
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
 from .rtp import Packet, Packetizer, SSRCTable, send_prepared
@@ -132,6 +133,9 @@ class SendClock:
         self.position = 0
         #: time.monotonic() when the clock's task last stopped (its last tick), or None.
         self._stopped_at: float | None = None
+        #: Each tick's lateness (wake-up minus deadline, seconds) while metrics are on
+        #: (``fastvoice.metrics.enable``); ``None``, the default, observes nothing.
+        self.lateness: Histogram | None = None
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop | None = None) -> SendClock:
@@ -177,6 +181,8 @@ class SendClock:
                     await timer.sleep_until(next_tick)
                     now = clock()
                 behind = now - next_tick
+                if self.lateness is not None:
+                    self.lateness.observe(behind)
                 if behind > RESYNC_FRAMES * frame:
                     # The loop was blocked: skip the missed ticks rather than burst them out.
                     missed = int(behind / frame)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+from ._conn_config import ConnConfig, ConnOpenError, StateUpdateFunc, takes_seed_order
 from ._shown import cut, shown
 from .audio import AudioReceiver, AudioSender
-from .dave import DAVE_PROTOCOL_VERSION, DaveConfig, DaveSession
+from .dave import DAVE_PROTOCOL_VERSION, DaveSession
 from .encryption import choose_encryption_mode
 from .errors import GatewayClosedError, VoiceError
-from .gateway import EventHandlerFunc, Gateway, GatewayConfig, State
+from .gateway import EventHandlerFunc, Gateway, State
 from .gateway_messages import (
     GatewayMessageData,
     GatewayMessageDataClientDisconnect,
@@ -29,9 +30,9 @@ from .gateway_messages import (
     SpeakingFlags,
 )
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
-from ._rtp_common import DEFAULT_MAX_SSRCS
 from .rtp import SSRCTable
-from .udp import UDPConn, UDPConnConfig
+from .session_stats import SessionStats
+from .udp import UDPConn
 from .voice_updates import VoiceServerUpdate, VoiceStateUpdate, snowflake
 
 __all__ = [
@@ -47,57 +48,6 @@ __all__ = [
 _log = logging.getLogger("fastvoice.conn")
 # Longest exception text a log line or a ConnOpenError repeats.
 _REASON_MAX = 300
-
-#: Sends op 4 Voice State Update on the bot's main gateway:
-#: ``(guild_id, channel_id or None, self_mute, self_deaf)``; may be async (seed: ``StateUpdateFunc``).
-StateUpdateFunc = Callable[[int, "int | None", bool, bool], "Awaitable[None] | None"]
-
-
-class ConnOpenError(VoiceError):
-    """``Conn.open`` failed: timed out waiting for Discord, or the voice server refused us."""
-
-
-@dataclass
-class ConnConfig:
-    """Configuration of a :class:`Conn` (seed: ``ConnConfig``; functional options become fields).
-
-    ``gateway_config`` is copied for each gateway the connection opens; ``udp_config`` for
-    each UDP connection. ``open_timeout`` bounds :meth:`Conn.open` as a whole.
-    ``user_filter`` selects whose audio reaches the frame receiver. ``max_ssrcs`` bounds the
-    SSRC -> user table filled from op 5 (the least recently active entries are evicted).
-    ``dave_config`` tunes DAVE's receive side (frames held until their key arrives) and its
-    recovery from broken keys.
-    """
-
-    logger: logging.Logger = field(default_factory=lambda: _log)
-    gateway_create_func: Callable[..., Gateway] = Gateway
-    gateway_config: GatewayConfig = field(default_factory=GatewayConfig)
-    udp_conn_create_func: Callable[..., UDPConn] = UDPConn
-    udp_config: UDPConnConfig = field(default_factory=UDPConnConfig)
-    audio_sender_create_func: Callable[..., AudioSender] = AudioSender
-    audio_receiver_create_func: Callable[..., AudioReceiver] = AudioReceiver
-    event_handler_func: EventHandlerFunc | None = None
-    user_filter: UserFilterFunc | None = None
-    open_timeout: float = 30.0
-    allow_discontinued_modes: bool = False
-    dave_config: DaveConfig = field(default_factory=DaveConfig)
-    max_ssrcs: int = DEFAULT_MAX_SSRCS
-
-
-def _takes_seed_order(func: Callable[..., Any], cls: type) -> bool:
-    """True when a create func is called as the seed's are, ``func(logger, provider_or_receiver, conn)``.
-
-    False for one of the earlier shape, ``func(provider, conn, logger=...)`` or ``func(receiver,
-    udp, ssrcs, user_filter=..., logger=...)``: recognised by a ``logger`` parameter that is not
-    its first. ``cls`` (and a subclass that keeps its constructor) takes both.
-    """
-    if isinstance(func, type) and issubclass(func, cls) and func.__init__ is cls.__init__:  # type: ignore[misc]
-        return True
-    try:
-        names = list(inspect.signature(func).parameters)
-    except (TypeError, ValueError):
-        return True
-    return "logger" not in names or names.index("logger") == 0
 
 
 class Conn:
@@ -162,6 +112,8 @@ class Conn:
         self._mode: str | None = None
         self._dave_protocol_version = 0
         self._dave: DaveSession | None = None
+        #: Reconnects, resumes and the gateway's closes by close code (see :class:`SessionStats`).
+        self.session_stats = SessionStats()
 
     # -- the seed's accessors ------------------------------------------------------
 
@@ -422,6 +374,7 @@ class Conn:
             if state is None or not self._opened or (state.token, state.endpoint) == self._connected_with:
                 return
             self._log.info("guild %d: reconnecting to voice server %s", self._guild_id, shown(state.endpoint))
+            self.session_stats.on_server_change()
             await self._teardown(keep_audio=True)
             state = self._current_state()  # the newest, if another update came during the teardown
             if state is None or not self._opened:
@@ -502,6 +455,7 @@ class Conn:
 
     async def _on_event(self, opcode: Any, data: GatewayMessageData) -> None:
         try:
+            self.session_stats.on_event(self._gateway, int(opcode))
             if int(opcode) in _DAVE_EVENT_OPS:
                 dave = self._dave_session()
                 if dave is not None:
@@ -652,7 +606,7 @@ class Conn:
     def _start_sender(self) -> None:
         if self._sender is None:
             create_sender = self._config.audio_sender_create_func
-            if _takes_seed_order(create_sender, AudioSender):
+            if takes_seed_order(create_sender, AudioSender):
                 self._sender = create_sender(self._log, self._provider, self)
             else:
                 self._sender = create_sender(self._provider, self, logger=self._log)
@@ -668,7 +622,7 @@ class Conn:
         assert self._udp is not None and self._receiver is not None
         if self._audio_receiver is None:
             create_receiver = self._config.audio_receiver_create_func
-            if _takes_seed_order(create_receiver, AudioReceiver):
+            if takes_seed_order(create_receiver, AudioReceiver):
                 self._audio_receiver = create_receiver(self._log, self._receiver, self)
             else:
                 self._audio_receiver = create_receiver(
@@ -691,6 +645,7 @@ class Conn:
         if gateway is not self._gateway:
             return
         self._log.warning("guild %d: voice gateway stopped: %s", self._guild_id, error)
+        self.session_stats.on_closed(error)
         # The voice session is over: stop sending audio into it and release the socket. A later
         # voice server update (a move after 4014) still reconnects: ``_connected_with`` is kept.
         udp, self._udp = self._udp, None

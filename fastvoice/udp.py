@@ -125,6 +125,11 @@ class UDPConn:
         return self._router.decrypt_failures
 
     @property
+    def datagrams_received(self) -> int:
+        """Datagrams the socket handed in, whatever became of them (audio, keepalives, dropped)."""
+        return self._router.received
+
+    @property
     def ignored(self) -> int:
         """Datagrams ignored: not audio, oversized, or from an unexpected address."""
         return self._router.ignored
