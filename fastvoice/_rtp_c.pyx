@@ -19,10 +19,12 @@ cimport cython
 import os
 
 from . import _rtp_common as _c
+from ._rtp_common import DispatchOutcome
 from .errors import DecryptionFailedError
 
 __all__ = [
     "IMPLEMENTATION",
+    "DispatchOutcome",
     "Packet",
     "Packetizer",
     "Depacketizer",
@@ -79,6 +81,12 @@ cdef enum:
     MODE_XSALSA_LITE = 4
     MAX_PAYLOAD = 65507 - (12 + 16 + 24)  # _rtp_common.MAX_PAYLOAD, as a C constant
     KEEPALIVE_SIZE = 8  # _rtp_common.KEEPALIVE_SIZE
+    ROUTED = 0  # _rtp_common.DispatchOutcome
+    UNMAPPED = 1
+    DUPLICATE = 2
+    NOT_AUDIO = 3
+
+cdef tuple _OUTCOMES = _c.OUTCOMES
 
 
 cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
@@ -548,30 +556,52 @@ cdef class Depacketizer:
         SSRC not in it), or ``None`` when the datagram is not RTP audio or repeats a
         packet already dispatched for its SSRC (counted in ``SSRCEntry.duplicates``).
         Raises ``DecryptionFailedError`` like :meth:`depacketize`.
+        :meth:`dispatch_outcome` also says which of these happened.
         """
+        cdef int outcome
+        return self._dispatch_buffer(datagram, table, &outcome)
+
+    def dispatch_outcome(self, datagram, SSRCTable table not None):
+        """``dispatch``, saying what happened: ``(DispatchOutcome, Packet or None)``
+        (see ``fastvoice._rtp_py.Depacketizer.dispatch_outcome``)."""
+        cdef int outcome = NOT_AUDIO
+        packet = self._dispatch_buffer(datagram, table, &outcome)
+        return _OUTCOMES[outcome], packet
+
+    cdef object _dispatch_buffer(self, object datagram, SSRCTable table, int *outcome):
         cdef Py_buffer view
         if PyBytes_CheckExact(datagram):
-            return self.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram), table)
+            return self.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram),
+                                   table, None, outcome)
         PyObject_GetBuffer(datagram, &view, PyBUF_SIMPLE)
         try:
-            return self.c_dispatch(<const unsigned char *>view.buf, view.len, table)
+            return self.c_dispatch(<const unsigned char *>view.buf, view.len, table, None, outcome)
         finally:
             PyBuffer_Release(&view)
 
-    cdef object c_dispatch(self, const unsigned char *data, Py_ssize_t n, SSRCTable table, Packet spare=None):
+    cdef object c_dispatch(self, const unsigned char *data, Py_ssize_t n, SSRCTable table, Packet spare,
+                           int *outcome):
+        # The one route of a datagram: the Packet or None, and what happened in ``outcome[0]``.
+        # ``table`` None: no routing. ``spare`` (or None): a Packet nobody else refers to.
         cdef Packet pkt
         cdef SSRCEntry entry
         cdef object result = self._depacketize(data, n, spare)
         if result is None:
+            outcome[0] = NOT_AUDIO
             return None
         pkt = <Packet>result
-        entry = table.c_lookup(pkt._ssrc)
-        if entry is not None:
-            if not entry.c_accept(pkt._sequence):
-                return None
-            pkt.user_id = entry.user_id
-        elif spare is not None:
+        if table is not None:
+            entry = table.c_lookup(pkt._ssrc)
+            if entry is not None:
+                if not entry.c_accept(pkt._sequence):
+                    outcome[0] = DUPLICATE
+                    return None
+                pkt.user_id = entry.user_id
+                outcome[0] = ROUTED
+                return pkt
+        if spare is not None:
             pkt.user_id = None
+        outcome[0] = UNMAPPED
         return pkt
 
     cdef unsigned char *_buffer(self, Py_ssize_t size) except NULL:
@@ -994,12 +1024,14 @@ cdef class SSRCTable:
 
 @cython.final
 cdef class DatagramRouter:
-    """A UDP socket's per-datagram entry point (see ``fastvoice._rtp_py.DatagramRouter``)."""
+    """A UDP socket's per-datagram entry point and its one receive route (see
+    ``fastvoice._rtp_py.DatagramRouter``)."""
 
     cdef object _remote
     cdef object _remote_host
     cdef long _remote_port
     cdef public object slow_path
+    cdef public bint slow
     cdef public object logger
     cdef public unsigned long long ignored
     cdef public unsigned long long decrypt_failures
@@ -1013,6 +1045,7 @@ cdef class DatagramRouter:
 
     def __init__(self, slow_path, max_size, logger):
         self.slow_path = slow_path
+        self.slow = False
         self._max_size = max_size
         self.logger = logger
         self.remote = None
@@ -1029,23 +1062,24 @@ cdef class DatagramRouter:
             return
         host, port = value[0], value[1]
         if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}")
+            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}"[:120])
         self._remote, self._remote_host, self._remote_port = (host, port), host, port
 
     def route(self, depacketizer, table, handler):
-        """Route through ``depacketizer`` and ``table`` to ``handler`` in the fast path, or
-        (with any of them ``None``) send every datagram to ``slow_path``."""
-        if depacketizer is None or table is None or handler is None:
+        """Deliver audio decrypted by ``depacketizer`` and routed through ``table`` (or, with
+        ``None``, unrouted) to ``handler``; with ``depacketizer`` or ``handler`` ``None``
+        audio datagrams are counted in ``ignored``."""
+        if depacketizer is None or handler is None:
             self._dep, self._table, self._handler = None, None, None
             return
-        if not isinstance(depacketizer, Depacketizer) or not isinstance(table, SSRCTable):
-            raise TypeError("route() takes this twin's Depacketizer and SSRCTable")
+        if not isinstance(depacketizer, Depacketizer) or not (table is None or isinstance(table, SSRCTable)):
+            raise TypeError("route() takes this twin's Depacketizer and SSRCTable (or None)")
         self._dep, self._table, self._handler = depacketizer, table, handler
 
     @property
     def fast(self):
-        """True while datagrams take the fast path."""
-        return self._dep is not None
+        """True while datagrams go straight along the route (routed, and not ``slow``)."""
+        return self._dep is not None and not self.slow
 
     def datagram_received(self, data, addr):
         """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
@@ -1053,9 +1087,7 @@ cdef class DatagramRouter:
         cdef object port
         cdef object host
         cdef Packet spare
-        if self._dep is None:
-            self.slow_path(data, addr)
-            return
+        cdef int outcome = NOT_AUDIO
         if self._remote is not None:
             # The port first (a C comparison), then the host; IPv6 addresses are 4-tuples.
             # The event loop hands a tuple: its items are read without the generic indexing.
@@ -1072,20 +1104,25 @@ cdef class DatagramRouter:
         if not PyBytes_CheckExact(data) or PyBytes_GET_SIZE(data) > self._max_size:
             self.ignored += 1
             return
+        if self.slow and self.slow_path(data, addr):
+            return
         if PyBytes_GET_SIZE(data) == KEEPALIVE_SIZE and _is_keepalive_tail(<const unsigned char *>PyBytes_AS_STRING(data)):
             self.keepalives += 1  # expected traffic (PROTOCOL.md 4.3), not garbage
+            return
+        if self._dep is None:
+            self.ignored += 1  # no key or no receiver yet: nowhere to go
             return
         spare, self._spare = self._spare, None
         try:
             packet = self._dep.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                                          self._table, spare)
+                                          self._table, spare, &outcome)
         except DecryptionFailedError as exc:
             self.decrypt_failures += 1
             self.logger.debug("dropped a voice packet: %s", exc)
             return
         if packet is None:
-            if self._dep.depacketize(data) is not None:
-                self.duplicates += 1  # a repeat (slow only for repeats): told apart from non-audio
+            if outcome == DUPLICATE:
+                self.duplicates += 1  # told apart from non-audio by dispatch: decrypted once
             else:
                 self.ignored += 1
             return

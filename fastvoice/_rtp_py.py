@@ -17,6 +17,7 @@ import nacl.bindings as _nb
 from nacl.exceptions import CryptoError
 
 from . import _rtp_common as _c
+from ._rtp_common import DispatchOutcome
 from ._rtp_py_ssrc import SSRCEntry, SSRCTable
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError
@@ -25,6 +26,7 @@ _os_write = os.write
 
 __all__ = [
     "IMPLEMENTATION",
+    "DispatchOutcome",
     "Packet",
     "Packetizer",
     "Depacketizer",
@@ -49,6 +51,7 @@ _ZERO4 = bytes(4)
 _KEEPALIVE_SIZE = _c.KEEPALIVE_SIZE
 _ZERO8 = bytes(8)
 _ZERO12 = bytes(12)
+_ROUTED, _UNMAPPED, _DUPLICATE, _NOT_AUDIO = DispatchOutcome
 
 
 def aes256gcm_available() -> bool:
@@ -350,27 +353,47 @@ class Depacketizer:
         SSRC not in it), or ``None`` when the datagram is not RTP audio or repeats a
         packet already dispatched for its SSRC (counted in ``SSRCEntry.duplicates``).
         Raises :class:`DecryptionFailedError` like :meth:`depacketize`.
+        :meth:`dispatch_outcome` also says which of these happened.
         """
         if not isinstance(table, SSRCTable):
             raise TypeError(f"table must be an SSRCTable, got {type(table).__name__}")
-        packet = self.depacketize(datagram)
+        return self._dispatch(datagram, table)[1]
+
+    def dispatch_outcome(self, datagram: bytes, table: SSRCTable) -> tuple[DispatchOutcome, Packet | None]:
+        """:meth:`dispatch`, saying what happened: ``(outcome, packet or None)``.
+
+        ``(ROUTED, packet)`` for a mapped SSRC (``user_id`` set), ``(UNMAPPED, packet)`` for an
+        SSRC not in ``table``, ``(DUPLICATE, None)`` for a repeat and ``(NOT_AUDIO, None)`` for
+        anything that is not RTP audio (see :class:`DispatchOutcome`). The datagram is
+        decrypted once, whatever the outcome.
+        """
+        if not isinstance(table, SSRCTable):
+            raise TypeError(f"table must be an SSRCTable, got {type(table).__name__}")
+        return self._dispatch(datagram, table)
+
+    def _dispatch(self, datagram: bytes, table: SSRCTable | None) -> tuple[DispatchOutcome, Packet | None]:
+        # The one route of a datagram (the router calls it too); ``table`` None: no routing.
+        packet = self._depacketize(datagram)
         if packet is None:
-            return None
+            return _NOT_AUDIO, None
+        if table is None:
+            return _UNMAPPED, packet
         entry = table._entries.get(packet.ssrc)
-        if entry is not None:
-            table._clock += 1
-            entry._active = table._clock
-            if not entry.accept(packet.sequence):
-                return None
-            packet.user_id = entry.user_id
-        return packet
+        if entry is None:
+            return _UNMAPPED, packet
+        table._clock += 1
+        entry._active = table._clock
+        if not entry.accept(packet.sequence):
+            return _DUPLICATE, None
+        packet.user_id = entry.user_id
+        return _ROUTED, packet
 
     @property
     def mode(self) -> EncryptionMode:
         """The transport encryption mode."""
         return self._mode
 
-    def depacketize(self, datagram: bytes) -> Packet | None:
+    def _depacketize(self, datagram: bytes) -> Packet | None:
         """Return the :class:`Packet` in ``datagram``, or ``None`` if it is not RTP audio."""
         data = datagram if isinstance(datagram, bytes) else bytes(memoryview(datagram))
         if self._wiped:
@@ -459,6 +482,10 @@ class Depacketizer:
             sequence, timestamp, ssrc, plain[start:end], bool(b1 & 0x80), b1 & 0x7F, csrcs, profile, extension
         )
 
+    # The public name; dispatch and the router call ``_depacketize``, so a subclass that
+    # wraps ``depacketize`` does not change what they do.
+    depacketize = _depacketize
+
     def __repr__(self) -> str:
         return f"Depacketizer(mode={self._mode.value!r})"
 
@@ -495,21 +522,25 @@ def send_prepared(senders: Iterable[Any]) -> list[tuple[Any, bytes]]:
 class DatagramRouter:
     """A UDP socket's per-datagram entry point: what the asyncio datagram protocol calls.
 
-    In the fast path (after :meth:`route`) each datagram from ``remote`` is depacketized,
-    routed through the SSRC table and handed to the handler in one call; datagrams from
-    another address, oversized ones, non-audio, repeats and forgeries are dropped and
-    counted (``ignored``, ``duplicates``, ``decrypt_failures``; forgeries logged at debug).
-    UDP keepalives (8 bytes: a u32 counter and 4 zero bytes) are dropped too, counted
-    apart in ``keepalives``: they are expected traffic, not garbage.
-    Until routed, every datagram goes to ``slow_path(data, addr)`` (IP discovery, raw
-    handlers, queued reads).
+    The one receive route. Each datagram from ``remote`` (any address while ``remote`` is
+    ``None``) no longer than ``max_size`` is depacketized, routed through the SSRC table and
+    handed to the handler in one call (:meth:`route`); datagrams from another address,
+    oversized ones, non-audio, repeats and forgeries are dropped and counted (``ignored``,
+    ``duplicates``, ``decrypt_failures``; forgeries logged at debug). UDP keepalives (8 bytes:
+    a u32 counter and 4 zero bytes) are dropped too, counted apart in ``keepalives``: they are
+    expected traffic, not garbage. Each datagram is decrypted at most once.
+    While ``slow`` is true (IP discovery running, a raw handler set), every datagram that
+    passed the address and size checks is first offered to ``slow_path(data, addr)``, which
+    returns true when it took it; otherwise it goes on along the route.
     """
 
-    __slots__ = ("_remote", "slow_path", "logger", "ignored", "decrypt_failures", "duplicates",
+    __slots__ = ("_remote", "slow_path", "slow", "logger", "ignored", "decrypt_failures", "duplicates",
                  "keepalives", "_max_size", "_dep", "_table", "_handler")
 
     def __init__(self, slow_path: Any, max_size: int, logger: Any) -> None:
         self.slow_path = slow_path
+        #: Offer each datagram to ``slow_path`` first.
+        self.slow = False
         self._max_size = max_size
         self.logger = logger
         self._remote: tuple[Any, int] | None = None
@@ -530,30 +561,30 @@ class DatagramRouter:
             return
         host, port = value[0], value[1]
         if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}")
+            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}"[:120])
         self._remote = (host, port)
 
     def route(self, depacketizer: Depacketizer | None, table: SSRCTable | None, handler: Any) -> None:
-        """Route through ``depacketizer`` and ``table`` to ``handler`` in the fast path, or
-        (with any of them ``None``) send every datagram to ``slow_path``."""
-        if depacketizer is None or table is None or handler is None:
+        """Deliver audio decrypted by ``depacketizer`` and routed through ``table`` to ``handler``.
+
+        With ``table`` ``None`` packets are delivered unrouted (``user_id`` ``None``, no
+        duplicate window). With ``depacketizer`` or ``handler`` ``None`` there is no route:
+        audio datagrams are counted in ``ignored``.
+        """
+        if depacketizer is None or handler is None:
             self._dep = self._table = self._handler = None
             return
-        if not isinstance(depacketizer, Depacketizer) or not isinstance(table, SSRCTable):
-            raise TypeError("route() takes this twin's Depacketizer and SSRCTable")
+        if not isinstance(depacketizer, Depacketizer) or not (table is None or isinstance(table, SSRCTable)):
+            raise TypeError("route() takes this twin's Depacketizer and SSRCTable (or None)")
         self._dep, self._table, self._handler = depacketizer, table, handler
 
     @property
     def fast(self) -> bool:
-        """True while datagrams take the fast path."""
-        return self._dep is not None
+        """True while datagrams go straight along the route (routed, and not ``slow``)."""
+        return self._dep is not None and not self.slow
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
-        dep = self._dep
-        if dep is None:
-            self.slow_path(data, addr)
-            return
         remote = self._remote
         if remote is not None and (type(addr) is not tuple or len(addr) < 2
                                    or addr[1] != remote[1] or addr[0] != remote[0]):
@@ -562,18 +593,24 @@ class DatagramRouter:
         if type(data) is not bytes or len(data) > self._max_size:
             self.ignored += 1
             return
+        if self.slow and self.slow_path(data, addr):
+            return
         if len(data) == _KEEPALIVE_SIZE and data[4:] == _ZERO4:
             self.keepalives += 1
             return
+        dep = self._dep
+        if dep is None:
+            self.ignored += 1
+            return
         try:
-            packet = dep.dispatch(data, self._table)  # type: ignore[arg-type]
+            outcome, packet = dep._dispatch(data, self._table)
         except DecryptionFailedError as exc:
             self.decrypt_failures += 1
             self.logger.debug("dropped a voice packet: %s", exc)
             return
         if packet is None:
-            if dep.depacketize(data) is not None:
-                self.duplicates += 1  # a repeat (slow only for repeats): told apart from non-audio
+            if outcome is _DUPLICATE:
+                self.duplicates += 1
             else:
                 self.ignored += 1
             return

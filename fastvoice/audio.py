@@ -501,18 +501,14 @@ class AudioReceiver:
     def handle_packet(self, packet: Packet) -> None:
         """Route one decrypted packet to its user (called by the UDP connection).
 
-        Packets routed by the UDP connection's dispatch table arrive with ``user_id`` set
-        and repeats already dropped; others are looked up (and de-duplicated) here.
+        The connection's router has already looked the SSRC up in ``ssrcs`` and dropped
+        repeats: a packet arrives with ``user_id`` set, or ``None`` for an SSRC not mapped
+        yet, which is held (see :meth:`ssrc_mapped`).
         """
         user_id = packet.user_id
         if user_id is None:
-            entry = self._ssrcs.lookup(packet.ssrc)
-            if entry is None:
-                self._hold(packet)
-                return
-            if not entry.accept(packet.sequence):
-                return
-            user_id = packet.user_id = entry.user_id
+            self._hold(packet)
+            return
         self._deliver(user_id, packet)
 
     def _deliver(self, user_id: int, packet: Packet) -> None:

@@ -18,6 +18,7 @@ from ._env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 
 __all__ = [
     "IMPLEMENTATION",
+    "DispatchOutcome",
     "Packet",
     "Packetizer",
     "Depacketizer",
@@ -33,6 +34,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._rtp_py import (
         IMPLEMENTATION,
         Depacketizer,
+        DispatchOutcome,
         Packet,
         Packetizer,
         SSRCEntry,
@@ -46,6 +48,7 @@ else:
         from ._rtp_c import (
             IMPLEMENTATION,
             Depacketizer,
+            DispatchOutcome,
             Packet,
             Packetizer,
             SSRCEntry,
@@ -63,6 +66,7 @@ else:
         from ._rtp_py import (  # noqa: F401
             IMPLEMENTATION,
             Depacketizer,
+            DispatchOutcome,
             Packet,
             Packetizer,
             SSRCEntry,
