@@ -22,8 +22,9 @@ import fastvoice._rtp_py as rtp_py
 
 try:
     import fastvoice._rtp_c as rtp_c
+    import fastvoice._rtp_edge_c as edge_c
 except ImportError:  # pure install: the compiled rows are skipped
-    rtp_c = None
+    rtp_c = edge_c = None
 
 BATCH = 1000
 PAYLOAD = os.urandom(120)  # a typical 20 ms Opus frame at ~48 kbit/s
@@ -166,7 +167,7 @@ def test_receive_compiled(benchmark, mode):
     benchmark.extra_info.update(contender="fastvoice compiled", batch=BATCH)
     stream, table = _stream(mode), _table(rtp_c)
     got = []
-    router = rtp_c.DatagramRouter(None, 4096, None)
+    router = edge_c.DatagramRouter(None, 4096, None)
     router.remote = ("127.0.0.1", 5000)
     router.route(rtp_c.Depacketizer(mode, KEY), table, got.append)
     rtp_c._call_from_c(router.datagram_received, stream[:2], ("127.0.0.1", 5000))

@@ -8,8 +8,7 @@ system libsodium is needed and no Python wrapper runs per packet.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, PyObject
-from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -31,8 +30,6 @@ __all__ = [
     "SSRCEntry",
     "SSRCTable",
     "aes256gcm_available",
-    "send_prepared",
-    "DatagramRouter",
 ]
 
 IMPLEMENTATION = "c"
@@ -80,7 +77,6 @@ cdef enum:
     MODE_XSALSA_SUFFIX = 3
     MODE_XSALSA_LITE = 4
     MAX_PAYLOAD = 65507 - (12 + 16 + 24)  # _rtp_common.MAX_PAYLOAD, as a C constant
-    KEEPALIVE_SIZE = 8  # _rtp_common.KEEPALIVE_SIZE
     ROUTED = 0  # _rtp_common.DispatchOutcome
     UNMAPPED = 1
     DUPLICATE = 2
@@ -141,9 +137,6 @@ cdef _load_aes_precomputed():
 _load_sodium()
 
 
-cdef struct _AesState:
-    void *raw          # what malloc returned
-    unsigned char *ctx  # 16-byte aligned libsodium state inside ``raw``; NULL when unused
 
 
 cdef int _aes_state_init(_AesState *st, const unsigned char *key) except -1:
@@ -201,11 +194,6 @@ cdef inline uint32_t _get_u32(const unsigned char *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-cdef inline bint _is_keepalive_tail(const unsigned char *p) noexcept nogil:
-    # A UDP keepalive is a u32 counter followed by four zero bytes.
-    return p[4] == 0 and p[5] == 0 and p[6] == 0 and p[7] == 0
-
-
 cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint32_t ssrc) noexcept nogil:
     p[0] = 0x80
     p[1] = 0x78
@@ -214,8 +202,6 @@ cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint
     _put_u32(p + 8, ssrc)
 
 
-cdef class SSRCTable
-cdef class SSRCEntry
 
 
 @cython.freelist(256)
@@ -233,16 +219,6 @@ cdef class Packet:
     """
 
     # Header fields are kept as C integers and become Python ints only when read.
-    cdef uint32_t _sequence
-    cdef uint32_t _timestamp
-    cdef uint32_t _ssrc
-    cdef uint32_t _payload_type
-    cdef bint _marker
-    cdef public object opus
-    cdef public object csrcs
-    cdef public object extension_profile
-    cdef public object extension
-    cdef public object user_id
 
     def __init__(self, sequence, timestamp, ssrc, opus, marker=False, payload_type=0x78, csrcs=(),
                  extension_profile=None, extension=b"", user_id=None):
@@ -327,15 +303,6 @@ cdef class Packet:
 cdef class Packetizer:
     """Builds encrypted RTP voice packets for one SSRC (see ``fastvoice._rtp_py.Packetizer``)."""
 
-    cdef uint32_t _ssrc
-    cdef uint32_t _sequence
-    cdef uint32_t _timestamp
-    cdef uint32_t _nonce
-    cdef int _mode_no
-    cdef object _mode
-    cdef unsigned char _key[32]
-    cdef _AesState _aes
-    cdef bint _wiped
 
     def __cinit__(self, *args, **kwargs):
         self._aes.raw = NULL
@@ -488,13 +455,6 @@ cdef class Packetizer:
 cdef class Depacketizer:
     """Parses and decrypts received RTP voice packets (see ``fastvoice._rtp_py.Depacketizer``)."""
 
-    cdef int _mode_no
-    cdef object _mode
-    cdef unsigned char _key[32]
-    cdef unsigned char *_scratch
-    cdef Py_ssize_t _scratch_size
-    cdef _AesState _aes
-    cdef bint _wiped
 
     def __cinit__(self, *args, **kwargs):
         self._scratch = NULL
@@ -750,14 +710,6 @@ cdef class SSRCEntry:
     """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state
     (see ``fastvoice._rtp_py.SSRCEntry``)."""
 
-    cdef public object ssrc
-    cdef public object user_id
-    cdef public object state
-    cdef readonly unsigned long long duplicates
-    cdef uint32_t _top
-    cdef uint64_t _window
-    cdef bint _seen
-    cdef uint64_t _active  # the owning table's activity stamp of its last use
 
     def __init__(self, ssrc, user_id, state=None):
         self.ssrc = ssrc
@@ -802,9 +754,6 @@ cdef class SSRCEntry:
         return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
 
 
-cdef struct _Slot:
-    uint32_t key
-    PyObject *entry  # NULL marks an empty slot
 
 
 cdef inline size_t _slot_hash(uint32_t key, size_t mask) noexcept nogil:
@@ -819,13 +768,6 @@ cdef class SSRCTable:
     ``max_entries``: the least recently active entries are evicted (see the pure twin).
     """
 
-    cdef _Slot *_slots
-    cdef size_t _mask
-    cdef size_t _count
-    cdef size_t _max_entries
-    cdef uint64_t _clock
-    cdef unsigned long long _evictions
-    cdef list _victims
 
     def __cinit__(self):
         self._slots = <_Slot *>calloc(16, sizeof(_Slot))
@@ -863,7 +805,7 @@ cdef class SSRCTable:
                 self._slots[i].entry = NULL
         self._count = 0
 
-    cdef inline size_t _find(self, uint32_t key) noexcept:
+    cdef size_t _find(self, uint32_t key) noexcept:
         """Index of ``key``'s slot, or of the empty slot where it would go."""
         cdef size_t i = _slot_hash(key, self._mask)
         while self._slots[i].entry != NULL and self._slots[i].key != key:
@@ -1020,159 +962,6 @@ cdef class SSRCTable:
 
     def __repr__(self):
         return f"SSRCTable({self._count} entries)"
-
-
-@cython.final
-cdef class DatagramRouter:
-    """A UDP socket's per-datagram entry point and its one receive route (see
-    ``fastvoice._rtp_py.DatagramRouter``)."""
-
-    cdef object _remote
-    cdef object _remote_host
-    cdef long _remote_port
-    cdef public object slow_path
-    cdef public bint slow
-    cdef public object logger
-    cdef public unsigned long long ignored
-    cdef public unsigned long long decrypt_failures
-    cdef public unsigned long long duplicates
-    cdef public unsigned long long keepalives
-    cdef Py_ssize_t _max_size
-    cdef Depacketizer _dep
-    cdef SSRCTable _table
-    cdef object _handler
-    cdef Packet _spare
-
-    def __init__(self, slow_path, max_size, logger):
-        self.slow_path = slow_path
-        self.slow = False
-        self._max_size = max_size
-        self.logger = logger
-        self.remote = None
-
-    @property
-    def remote(self):
-        """``(host, port)`` of the voice server; datagrams from elsewhere are ignored."""
-        return self._remote
-
-    @remote.setter
-    def remote(self, value):
-        if value is None:
-            self._remote, self._remote_host, self._remote_port = None, None, -1
-            return
-        host, port = value[0], value[1]
-        if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}"[:120])
-        self._remote, self._remote_host, self._remote_port = (host, port), host, port
-
-    def route(self, depacketizer, table, handler):
-        """Deliver audio decrypted by ``depacketizer`` and routed through ``table`` (or, with
-        ``None``, unrouted) to ``handler``; with ``depacketizer`` or ``handler`` ``None``
-        audio datagrams are counted in ``ignored``."""
-        if depacketizer is None or handler is None:
-            self._dep, self._table, self._handler = None, None, None
-            return
-        if not isinstance(depacketizer, Depacketizer) or not (table is None or isinstance(table, SSRCTable)):
-            raise TypeError("route() takes this twin's Depacketizer and SSRCTable (or None)")
-        self._dep, self._table, self._handler = depacketizer, table, handler
-
-    @property
-    def fast(self):
-        """True while datagrams go straight along the route (routed, and not ``slow``)."""
-        return self._dep is not None and not self.slow
-
-    def datagram_received(self, data, addr):
-        """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
-        cdef object packet
-        cdef object port
-        cdef object host
-        cdef Packet spare
-        cdef int outcome = NOT_AUDIO
-        if self._remote is not None:
-            # The port first (a C comparison), then the host; IPv6 addresses are 4-tuples.
-            # The event loop hands a tuple: its items are read without the generic indexing.
-            if PyTuple_CheckExact(addr) and PyTuple_GET_SIZE(addr) >= 2:
-                port = <object>PyTuple_GET_ITEM(addr, 1)
-                host = <object>PyTuple_GET_ITEM(addr, 0)
-            else:
-                self.ignored += 1  # not an (host, port, ...) address: not the voice server
-                return
-            if type(port) is not int or <long>port != self._remote_port or (
-                    host is not self._remote_host and host != self._remote_host):
-                self.ignored += 1
-                return
-        if not PyBytes_CheckExact(data) or PyBytes_GET_SIZE(data) > self._max_size:
-            self.ignored += 1
-            return
-        if self.slow and self.slow_path(data, addr):
-            return
-        if PyBytes_GET_SIZE(data) == KEEPALIVE_SIZE and _is_keepalive_tail(<const unsigned char *>PyBytes_AS_STRING(data)):
-            self.keepalives += 1  # expected traffic (PROTOCOL.md 4.3), not garbage
-            return
-        if self._dep is None:
-            self.ignored += 1  # no key or no receiver yet: nowhere to go
-            return
-        spare, self._spare = self._spare, None
-        try:
-            packet = self._dep.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                                          self._table, spare, &outcome)
-        except DecryptionFailedError as exc:
-            self.decrypt_failures += 1
-            self.logger.debug("dropped a voice packet: %s", exc)
-            return
-        if packet is None:
-            if outcome == DUPLICATE:
-                self.duplicates += 1  # told apart from non-audio by dispatch: decrypted once
-            else:
-                self.ignored += 1
-            return
-        spare = None
-        self._handler(packet)
-        if Py_REFCNT(packet) == 1:
-            # Nobody kept the packet: the next datagram is parsed into it (no allocation).
-            # Only this frame refers to it, and Packet has no weak references.
-            self._spare = <Packet>packet
-
-
-cdef extern from *:
-    """
-    #ifdef _WIN32
-    static long fastvoice_send(long fd, const char *buf, size_t n) { (void)fd; (void)buf; (void)n; return -2; }
-    #else
-    #include <sys/types.h>
-    #include <sys/socket.h>
-    #include <errno.h>
-    static long fastvoice_send(long fd, const char *buf, size_t n) {
-        ssize_t r;
-        do { r = send((int)fd, buf, n, MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
-        return (long)r;
-    }
-    #endif
-    """
-    long fastvoice_send(long fd, const char *buf, size_t n) nogil
-
-
-def send_prepared(senders):
-    """The send phase of a clock tick (see ``fastvoice._rtp_py.send_prepared``): every
-    datagram prepared by ``senders`` goes out back to back with one ``send`` syscall each,
-    straight on the socket; what could not be sent that way is returned for the transport."""
-    cdef list fallback = []
-    cdef object datagram, udp
-    cdef long fd, rc
-    for sender in senders:
-        datagram = sender._prepared
-        if datagram is None:
-            continue
-        sender._prepared = None
-        udp = sender._prepared_udp
-        fd = -1 if udp is None else getattr(udp, "_fd", -1)
-        if fd >= 0 and PyBytes_CheckExact(datagram):
-            rc = fastvoice_send(fd, PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram))
-            if rc == PyBytes_GET_SIZE(datagram):
-                sender.stats.sent += 1
-                continue
-        fallback.append((sender, datagram))
-    return fallback
 
 
 def _native_reference_loop(mode, secret_key, bytes payload, long count, bint decrypt=False):

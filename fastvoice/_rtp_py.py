@@ -1,5 +1,8 @@
 """Pure-Python twin of the packet core: RTP packing, transport encryption, SSRC dispatch.
 
+Sans-I/O: bytes in, bytes or packets out; no socket, clock or logging (the router and the
+send loop that meet sockets are the I/O edge, ``fastvoice._rtp_edge_py``).
+
 This module is the typed source of truth for the API; ``fastvoice._rtp_c`` is its
 compiled twin and must behave identically, byte for byte.  The crypto goes
 through ``nacl.bindings`` (libsodium bundled in PyNaCl >= 1.6).
@@ -9,8 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
-from typing import Any
 
 import nacl._sodium
 import nacl.bindings as _nb
@@ -22,8 +23,6 @@ from ._rtp_py_ssrc import SSRCEntry, SSRCTable
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError
 
-_os_write = os.write
-
 __all__ = [
     "IMPLEMENTATION",
     "DispatchOutcome",
@@ -33,8 +32,6 @@ __all__ = [
     "SSRCEntry",
     "SSRCTable",
     "aes256gcm_available",
-    "send_prepared",
-    "DatagramRouter",
 ]
 
 IMPLEMENTATION = "py"
@@ -47,8 +44,6 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _PREAMBLE = struct.Struct(">HH")
 _ZERO20 = bytes(20)
-_ZERO4 = bytes(4)
-_KEEPALIVE_SIZE = _c.KEEPALIVE_SIZE
 _ZERO8 = bytes(8)
 _ZERO12 = bytes(12)
 _ROUTED, _UNMAPPED, _DUPLICATE, _NOT_AUDIO = DispatchOutcome
@@ -488,130 +483,3 @@ class Depacketizer:
 
     def __repr__(self) -> str:
         return f"Depacketizer(mode={self._mode.value!r})"
-
-
-def send_prepared(senders: Iterable[Any]) -> list[tuple[Any, bytes]]:
-    """The send phase of a clock tick: send every datagram ``senders`` prepared.
-
-    For each sender whose ``_prepared`` datagram is set, the datagram is taken (``_prepared``
-    becomes ``None``) and written straight to the socket of the UDP connection it was
-    prepared for (``_prepared_udp._fd``, -1 once closed), counting ``stats.sent``. Datagrams
-    that cannot be written that way (no socket, a full socket buffer, any error, a platform
-    without socket writes on descriptors) are returned as ``(sender, datagram)`` pairs for
-    the caller to hand to the asyncio transport, which buffers and reports errors.
-    """
-    fallback = []
-    for sender in senders:
-        datagram = sender._prepared
-        if datagram is None:
-            continue
-        sender._prepared = None
-        udp = sender._prepared_udp
-        fd = -1 if udp is None else getattr(udp, "_fd", -1)
-        if fd >= 0 and type(datagram) is bytes:
-            try:
-                if _os_write(fd, datagram) == len(datagram):
-                    sender.stats.sent += 1
-                    continue
-            except OSError:
-                pass
-        fallback.append((sender, datagram))
-    return fallback
-
-
-class DatagramRouter:
-    """A UDP socket's per-datagram entry point: what the asyncio datagram protocol calls.
-
-    The one receive route. Each datagram from ``remote`` (any address while ``remote`` is
-    ``None``) no longer than ``max_size`` is depacketized, routed through the SSRC table and
-    handed to the handler in one call (:meth:`route`); datagrams from another address,
-    oversized ones, non-audio, repeats and forgeries are dropped and counted (``ignored``,
-    ``duplicates``, ``decrypt_failures``; forgeries logged at debug). UDP keepalives (8 bytes:
-    a u32 counter and 4 zero bytes) are dropped too, counted apart in ``keepalives``: they are
-    expected traffic, not garbage. Each datagram is decrypted at most once.
-    While ``slow`` is true (IP discovery running, a raw handler set), every datagram that
-    passed the address and size checks is first offered to ``slow_path(data, addr)``, which
-    returns true when it took it; otherwise it goes on along the route.
-    """
-
-    __slots__ = ("_remote", "slow_path", "slow", "logger", "ignored", "decrypt_failures", "duplicates",
-                 "keepalives", "_max_size", "_dep", "_table", "_handler")
-
-    def __init__(self, slow_path: Any, max_size: int, logger: Any) -> None:
-        self.slow_path = slow_path
-        #: Offer each datagram to ``slow_path`` first.
-        self.slow = False
-        self._max_size = max_size
-        self.logger = logger
-        self._remote: tuple[Any, int] | None = None
-        self.ignored = self.decrypt_failures = self.duplicates = self.keepalives = 0
-        self._dep: Depacketizer | None = None
-        self._table: SSRCTable | None = None
-        self._handler: Any = None
-
-    @property
-    def remote(self) -> tuple[Any, int] | None:
-        """``(host, port)`` of the voice server; datagrams from elsewhere are ignored."""
-        return self._remote
-
-    @remote.setter
-    def remote(self, value: Any) -> None:
-        if value is None:
-            self._remote = None
-            return
-        host, port = value[0], value[1]
-        if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}"[:120])
-        self._remote = (host, port)
-
-    def route(self, depacketizer: Depacketizer | None, table: SSRCTable | None, handler: Any) -> None:
-        """Deliver audio decrypted by ``depacketizer`` and routed through ``table`` to ``handler``.
-
-        With ``table`` ``None`` packets are delivered unrouted (``user_id`` ``None``, no
-        duplicate window). With ``depacketizer`` or ``handler`` ``None`` there is no route:
-        audio datagrams are counted in ``ignored``.
-        """
-        if depacketizer is None or handler is None:
-            self._dep = self._table = self._handler = None
-            return
-        if not isinstance(depacketizer, Depacketizer) or not (table is None or isinstance(table, SSRCTable)):
-            raise TypeError("route() takes this twin's Depacketizer and SSRCTable (or None)")
-        self._dep, self._table, self._handler = depacketizer, table, handler
-
-    @property
-    def fast(self) -> bool:
-        """True while datagrams go straight along the route (routed, and not ``slow``)."""
-        return self._dep is not None and not self.slow
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
-        remote = self._remote
-        if remote is not None and (type(addr) is not tuple or len(addr) < 2
-                                   or addr[1] != remote[1] or addr[0] != remote[0]):
-            self.ignored += 1
-            return
-        if type(data) is not bytes or len(data) > self._max_size:
-            self.ignored += 1
-            return
-        if self.slow and self.slow_path(data, addr):
-            return
-        if len(data) == _KEEPALIVE_SIZE and data[4:] == _ZERO4:
-            self.keepalives += 1
-            return
-        dep = self._dep
-        if dep is None:
-            self.ignored += 1
-            return
-        try:
-            outcome, packet = dep._dispatch(data, self._table)
-        except DecryptionFailedError as exc:
-            self.decrypt_failures += 1
-            self.logger.debug("dropped a voice packet: %s", exc)
-            return
-        if packet is None:
-            if outcome is _DUPLICATE:
-                self.duplicates += 1
-            else:
-                self.ignored += 1
-            return
-        self._handler(packet)

@@ -1,4 +1,8 @@
-"""The packet core: RTP packing, transport encryption and SSRC dispatch.
+"""The packet core (RTP packing, transport encryption, SSRC dispatch) and its I/O edge.
+
+The core (``Packet``, ``Packetizer``, ``Depacketizer``, the SSRC table) is sans-I/O: bytes
+in, bytes or packets out. The edge (``DatagramRouter``, ``send_prepared`` and the two objects
+they read, ``SendTarget`` and ``PreparedSlot``) is where datagrams meet sockets.
 
 Selects the compiled twin (``fastvoice._rtp_c``) when it is built and allowed,
 else the pure-Python twin (``fastvoice._rtp_py``), which has the same API and
@@ -27,6 +31,8 @@ __all__ = [
     "aes256gcm_available",
     "send_prepared",
     "DatagramRouter",
+    "PreparedSlot",
+    "SendTarget",
     "speedups_enabled",
 ]
 
@@ -40,9 +46,8 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         SSRCEntry,
         SSRCTable,
         aes256gcm_available,
-        send_prepared,
-        DatagramRouter,
     )
+    from ._rtp_edge_py import DatagramRouter, PreparedSlot, SendTarget, send_prepared
 else:
     try:
         from ._rtp_c import (
@@ -54,9 +59,8 @@ else:
             SSRCEntry,
             SSRCTable,
             aes256gcm_available,
-            send_prepared,
-            DatagramRouter,
         )
+        from ._rtp_edge_c import DatagramRouter, PreparedSlot, SendTarget, send_prepared
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
             raise ImportError(
@@ -72,9 +76,8 @@ else:
             SSRCEntry,
             SSRCTable,
             aes256gcm_available,
-            send_prepared,
-            DatagramRouter,
         )
+        from ._rtp_edge_py import DatagramRouter, PreparedSlot, SendTarget, send_prepared  # noqa: F401
 
         if sys.implementation.name == "cpython":  # where the build makes the compiled twin
             warnings.warn(

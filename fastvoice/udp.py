@@ -17,7 +17,7 @@ from .encryption import EncryptionMode
 from .errors import IPDiscoveryError, VoiceError
 from .ipdiscovery import build_ip_discovery_request, is_ip_discovery_response, parse_ip_discovery_response
 from .keepalive import KEEPALIVE_INTERVAL, KeepaliveScheduler, build_keepalive
-from .rtp import DatagramRouter, Depacketizer, Packet, Packetizer, SSRCTable
+from .rtp import DatagramRouter, Depacketizer, Packet, Packetizer, SendTarget, SSRCTable
 
 __all__ = ["UDPConn", "UDPConnConfig", "UDPConnCreateFunc", "UDPNotReadyError"]
 
@@ -95,8 +95,8 @@ class UDPConn:
             raise TypeError("pass either a UDPConnConfig or keyword options, not both")
         self._transport: asyncio.DatagramTransport | None = None
         self._remote: tuple[str, int] | None = None
-        #: The socket's descriptor while open, else -1 (the send clock writes to it directly).
-        self._fd = -1
+        #: The socket's descriptor while open, else -1: the send clock writes to it directly.
+        self._send_target = SendTarget(-1)
         self._ssrc = 0
         self._packetizer: Packetizer | None = None
         self._depacketizer: Depacketizer | None = None
@@ -230,7 +230,7 @@ class UDPConn:
         self._remote = (str(host), int(port))
         self._router.remote = self._remote
         sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        self._send_target.fd = sock.fileno() if sock is not None else -1
         self._ssrc = ssrc
         try:
             address = await self._discover(loop, ssrc)
@@ -298,7 +298,7 @@ class UDPConn:
         self._closed = True
         self._update_route()
         self._stop_keepalive()
-        self._fd = -1  # before the descriptor can be closed and its number reused
+        self._send_target.fd = -1  # before the descriptor can be closed and its number reused
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -331,6 +331,11 @@ class UDPConn:
             )
         transport.sendto(packetizer.packetize(opus))
         return len(opus)
+
+    @property
+    def send_target(self) -> SendTarget:
+        """This connection's socket as the send clock's loop sees it (its ``fd``, -1 when closed)."""
+        return self._send_target
 
     def send_datagram(self, datagram: bytes) -> None:
         """Send an already built datagram (used by the shared send clock)."""
@@ -420,7 +425,7 @@ class UDPConn:
         self._readable.set()
 
     def _connection_lost(self) -> None:
-        self._fd = -1
+        self._send_target.fd = -1
         self._closed = True
         self._stop_keepalive()
         self._update_route()
