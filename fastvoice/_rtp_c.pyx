@@ -964,76 +964,7 @@ cdef class SSRCTable:
         return f"SSRCTable({self._count} entries)"
 
 
-def _native_reference_loop(mode, secret_key, bytes payload, long count, bint decrypt=False):
-    """Benchmark ceiling: ``count`` packets packed and encrypted (or decrypted and stripped)
-    entirely in C, with no Python object per packet, making the same libsodium calls as
-    the Packetizer/Depacketizer (for AES-256-GCM the precomputed-key API when this
-    libsodium exports it).  Not part of the API."""
-    cdef int mode_no
-    _, mode_no = _c.resolve_mode(mode, _aes_available)
-    if mode_no > MODE_XCHACHA:
-        raise ValueError("the native reference loop covers the two AEAD modes only")
-    key_bytes = _c.check_key(secret_key)
-    cdef const unsigned char *key = <const unsigned char *>PyBytes_AS_STRING(key_bytes)
-    cdef const unsigned char *m = <const unsigned char *>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t mlen = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t total = 12 + mlen + TAG + 4
-    cdef unsigned char *pkt = <unsigned char *>malloc(total)
-    cdef unsigned char *plain = <unsigned char *>malloc(total)
-    cdef unsigned char nonce[24]
-    cdef ull outlen = 0
-    cdef long i
-    cdef int failures = 0
-    cdef Py_ssize_t hlen
-    cdef _AesState aes
-    aes.raw = NULL
-    aes.ctx = NULL
-    cdef aead_encrypt_fn enc = _aes_encrypt if mode_no == MODE_AES else _xchacha_encrypt
-    cdef aead_decrypt_fn dec = _aes_decrypt if mode_no == MODE_AES else _xchacha_decrypt
-    if pkt == NULL or plain == NULL:
-        free(pkt)
-        free(plain)
-        raise MemoryError()
-    try:
-        if mode_no == MODE_AES:
-            _aes_state_init(&aes, key)
-            if aes.ctx != NULL:
-                enc = _aes_encrypt_afternm
-                dec = _aes_decrypt_afternm
-                key = aes.ctx
-        with nogil:
-            memset(nonce, 0, 24)
-            _write_header(pkt, 0, 0, 12345)
-            _put_u32(nonce, 0)
-            enc(pkt + 12, &outlen, m, mlen, pkt, 12, NULL, nonce, key)
-            memcpy(pkt + total - 4, nonce, 4)
-            for i in range(count):
-                if decrypt:
-                    hlen = 12 + 4 * (pkt[0] & 0x0F)
-                    memcpy(nonce, pkt + total - 4, 4)
-                    failures += dec(plain, &outlen, NULL, pkt + hlen, total - 4 - hlen, pkt, hlen, nonce, key) != 0
-                else:
-                    _write_header(pkt, <uint32_t>i & 0xFFFF, <uint32_t>i * 960, 12345)
-                    _put_u32(nonce, <uint32_t>i)
-                    failures += enc(pkt + 12, &outlen, m, mlen, pkt, 12, NULL, nonce, key) != 0
-                    memcpy(pkt + total - 4, nonce, 4)
-        if decrypt and failures:
-            raise RuntimeError("native reference decryption failed")
-        return failures
-    finally:
-        _aes_state_free(&aes)
-        free(pkt)
-        free(plain)
-
-
-def _call_from_c(func, list items, arg):
-    """Benchmark harness: ``func(item, arg)`` for each item, called from C the way an event
-    loop's transport calls its protocol (no interpreter loop around the calls).  Not part
-    of the API."""
-    for item in items:
-        func(item, arg)
-
-
 def _uses_precomputed_aes():
-    """True when AES-256-GCM runs with the key expanded once per key.  Not part of the API."""
+    """True when AES-256-GCM runs with the key expanded once per key (a probe for the tests;
+    not part of the API)."""
     return _aes_beforenm != NULL and _aes_available

@@ -77,6 +77,12 @@ def test_the_core_twins_hold_no_io():
         assert not found, f"{name} holds I/O: {found}"
 
 
+def test_no_benchmark_harness_ships_in_the_compiled_modules(rtp_c):
+    # The native reference loop and the call-from-C driver are the benchmarks' (bench/).
+    for name in ("_native_reference_loop", "_call_from_c"):
+        assert not hasattr(rtp_c, name), name
+
+
 def _enum_constants(source_name):
     # NAME = value lines of the ``cdef enum:`` blocks of a compiled twin's source.
     import re
