@@ -17,7 +17,7 @@ cimport cython
 
 import os
 
-from . import _rtp_common as _c
+from . import _rtp_common as common
 from ._rtp_common import DispatchOutcome
 from .errors import DecryptionFailedError
 
@@ -82,7 +82,7 @@ cdef enum:
     DUPLICATE = 2
     NOT_AUDIO = 3
 
-cdef tuple _OUTCOMES = _c.OUTCOMES
+cdef tuple _OUTCOMES = common.OUTCOMES
 
 
 cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
@@ -222,12 +222,12 @@ cdef class Packet:
 
     def __init__(self, sequence, timestamp, ssrc, opus, marker=False, payload_type=0x78, csrcs=(),
                  extension_profile=None, extension=b"", user_id=None):
-        self._sequence = _c.check_uint("sequence", sequence, 16)
-        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
+        self._sequence = common.check_uint("sequence", sequence, 16)
+        self._timestamp = common.check_uint("timestamp", timestamp, 32)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
         self.opus = opus
         self._marker = bool(marker)
-        self._payload_type = _c.check_uint("payload_type", payload_type, 7)
+        self._payload_type = common.check_uint("payload_type", payload_type, 7)
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
@@ -240,7 +240,7 @@ cdef class Packet:
 
     @sequence.setter
     def sequence(self, value):
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self):
@@ -249,7 +249,7 @@ cdef class Packet:
 
     @timestamp.setter
     def timestamp(self, value):
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def ssrc(self):
@@ -258,7 +258,7 @@ cdef class Packet:
 
     @ssrc.setter
     def ssrc(self, value):
-        self._ssrc = _c.check_uint("ssrc", value, 32)
+        self._ssrc = common.check_uint("ssrc", value, 32)
 
     @property
     def marker(self):
@@ -276,7 +276,7 @@ cdef class Packet:
 
     @payload_type.setter
     def payload_type(self, value):
-        self._payload_type = _c.check_uint("payload_type", value, 7)
+        self._payload_type = common.check_uint("payload_type", value, 7)
 
     def __eq__(self, other):
         if not isinstance(other, Packet):
@@ -297,7 +297,7 @@ cdef class Packet:
     __hash__ = None
 
     def __repr__(self):
-        return _c.packet_repr(self)
+        return common.packet_repr(self)
 
 
 cdef class Packetizer:
@@ -309,17 +309,17 @@ cdef class Packetizer:
         self._aes.ctx = NULL
 
     def __init__(self, ssrc, mode, secret_key, *, sequence=0, timestamp=0, nonce=0):
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
-        self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
-        key = _c.check_key(secret_key)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
+        self._mode, self._mode_no = common.resolve_mode(mode, _aes_available)
+        key = common.check_key(secret_key)
         try:
-            self._sequence = _c.check_uint("sequence", sequence, 16)
-            self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-            self._nonce = _c.check_uint("nonce", nonce, 32)
+            self._sequence = common.check_uint("sequence", sequence, 16)
+            self._timestamp = common.check_uint("timestamp", timestamp, 32)
+            self._nonce = common.check_uint("nonce", nonce, 32)
             _aes_state_free(&self._aes)
             memcpy(self._key, PyBytes_AS_STRING(key), 32)
         finally:
-            _c.scrub(key)
+            common.scrub(key)
         if self._mode_no == MODE_AES:
             _aes_state_init(&self._aes, self._key)
         self._wiped = False
@@ -356,7 +356,7 @@ cdef class Packetizer:
 
     @sequence.setter
     def sequence(self, value):
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self):
@@ -365,7 +365,7 @@ cdef class Packetizer:
 
     @timestamp.setter
     def timestamp(self, value):
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def nonce(self):
@@ -374,7 +374,7 @@ cdef class Packetizer:
 
     @nonce.setter
     def nonce(self, value):
-        self._nonce = _c.check_uint("nonce", value, 32)
+        self._nonce = common.check_uint("nonce", value, 32)
 
     def packetize(self, opus, *, bint marker=False):
         """Encrypt ``opus`` into a complete RTP datagram and advance the counters.
@@ -395,7 +395,7 @@ cdef class Packetizer:
             mlen = view.len
         try:
             if self._wiped:
-                raise _c.wiped_error("Packetizer")
+                raise common.wiped_error("Packetizer")
             if mlen > MAX_PAYLOAD:
                 raise ValueError(f"payload of {mlen} bytes exceeds the maximum of {MAX_PAYLOAD}")
             return self._packetize(m, mlen, marker)
@@ -463,11 +463,11 @@ cdef class Depacketizer:
         self._aes.ctx = NULL
 
     def __init__(self, mode, secret_key):
-        self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
-        key = _c.check_key(secret_key)
+        self._mode, self._mode_no = common.resolve_mode(mode, _aes_available)
+        key = common.check_key(secret_key)
         _aes_state_free(&self._aes)
         memcpy(self._key, PyBytes_AS_STRING(key), 32)
-        _c.scrub(key)
+        common.scrub(key)
         if self._mode_no == MODE_AES:
             _aes_state_init(&self._aes, self._key)
         self._wiped = False
@@ -593,7 +593,7 @@ cdef class Depacketizer:
         cdef object direct = None
         cdef Packet pkt
         if self._wiped:
-            raise _c.wiped_error("Depacketizer")
+            raise common.wiped_error("Depacketizer")
         if n < 12:
             return None
         b0 = data[0]
@@ -719,7 +719,7 @@ cdef class SSRCEntry:
     def accept(self, sequence):
         """True the first time ``sequence`` is seen within the last 64 packets; False (and
         ``duplicates`` + 1) for a repeat."""
-        return self.c_accept(_c.check_uint("sequence", sequence, 16))
+        return self.c_accept(common.check_uint("sequence", sequence, 16))
 
     cdef bint c_accept(self, uint32_t seq) noexcept:
         cdef uint32_t ahead, behind
@@ -775,11 +775,11 @@ cdef class SSRCTable:
             raise MemoryError()
         self._mask = 15
         self._count = 0
-        self._max_entries = _c.DEFAULT_MAX_SSRCS
+        self._max_entries = common.DEFAULT_MAX_SSRCS
         self._victims = []
 
-    def __init__(self, max_entries=_c.DEFAULT_MAX_SSRCS):
-        self._max_entries = _c.check_max_entries(max_entries)
+    def __init__(self, max_entries=common.DEFAULT_MAX_SSRCS):
+        self._max_entries = common.check_max_entries(max_entries)
 
     @property
     def max_entries(self):
@@ -870,8 +870,8 @@ cdef class SSRCTable:
 
     def set(self, ssrc, user_id, state=None):
         """Map ``ssrc`` to ``user_id`` and return its entry (same rules as the pure twin)."""
-        cdef uint32_t key = _c.check_uint("ssrc", ssrc, 32)
-        _c.check_uint("user_id", user_id, 64)
+        cdef uint32_t key = common.check_uint("ssrc", ssrc, 32)
+        common.check_uint("user_id", user_id, 64)
         cdef size_t i = self._find(key)
         cdef SSRCEntry entry
         self._clock += 1
@@ -905,7 +905,7 @@ cdef class SSRCTable:
                 for i in range(self._mask + 1):
                     if self._slots[i].entry != NULL:
                         stamps.append(((<SSRCEntry>self._slots[i].entry)._active, self._slots[i].key))
-                self._victims = _c.eviction_candidates(stamps, self._max_entries)
+                self._victims = common.eviction_candidates(stamps, self._max_entries)
             stamp, key = self._victims.pop()
             i = self._find(key)
             # Evicted only if unused (and not replaced) since it was picked.

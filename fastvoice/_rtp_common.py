@@ -30,11 +30,12 @@ _MODE_NUMBERS = {
 
 KEY_SIZE = 32
 TAG_SIZE = 16
-# Largest UDP payload over IPv4; a packet never grows past it.
-MAX_DATAGRAM = 65507
+#: Largest UDP payload over IPv4: no packet the core builds is longer. (What the receive side
+#: accepts is far less: ``fastvoice.udp.MAX_RECEIVED_DATAGRAM``.)
+MAX_UDP_PAYLOAD = 65507
 # Worst-case bytes added around the Opus payload by any supported mode.
 MAX_OVERHEAD = 12 + TAG_SIZE + 24
-MAX_PAYLOAD = MAX_DATAGRAM - MAX_OVERHEAD
+MAX_PAYLOAD = MAX_UDP_PAYLOAD - MAX_OVERHEAD
 # A UDP keepalive (PROTOCOL.md 4.3): a u32 little-endian counter and four zero bytes.
 KEEPALIVE_SIZE = 8
 

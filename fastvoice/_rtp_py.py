@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import struct
 
-import nacl._sodium
 import nacl.bindings as _nb
 from nacl.exceptions import CryptoError
 
-from . import _rtp_common as _c
+from . import _rtp_common as common
+from ._cpu import aes256gcm_available
 from ._rtp_common import DispatchOutcome
 from ._rtp_py_ssrc import SSRCEntry, SSRCTable
 from .encryption import EncryptionMode
@@ -47,12 +47,6 @@ _ZERO20 = bytes(20)
 _ZERO8 = bytes(8)
 _ZERO12 = bytes(12)
 _ROUTED, _UNMAPPED, _DUPLICATE, _NOT_AUDIO = DispatchOutcome
-
-
-def aes256gcm_available() -> bool:
-    """True when libsodium can use AES-256-GCM on this CPU (AES-NI/PCLMUL or ARMv8 crypto)."""
-    # Importing nacl.bindings has run sodium_init(), which detects the CPU features.
-    return bool(nacl._sodium.lib.crypto_aead_aes256gcm_is_available())
 
 
 class Packet:
@@ -92,12 +86,12 @@ class Packet:
         extension: bytes = b"",
         user_id: int | None = None,
     ) -> None:
-        self._sequence = _c.check_uint("sequence", sequence, 16)
-        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
+        self._sequence = common.check_uint("sequence", sequence, 16)
+        self._timestamp = common.check_uint("timestamp", timestamp, 32)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
         self.opus = opus
         self._marker = bool(marker)
-        self._payload_type = _c.check_uint("payload_type", payload_type, 7)
+        self._payload_type = common.check_uint("payload_type", payload_type, 7)
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
@@ -122,7 +116,7 @@ class Packet:
 
     @sequence.setter
     def sequence(self, value: int) -> None:
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self) -> int:
@@ -131,7 +125,7 @@ class Packet:
 
     @timestamp.setter
     def timestamp(self, value: int) -> None:
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def ssrc(self) -> int:
@@ -140,7 +134,7 @@ class Packet:
 
     @ssrc.setter
     def ssrc(self, value: int) -> None:
-        self._ssrc = _c.check_uint("ssrc", value, 32)
+        self._ssrc = common.check_uint("ssrc", value, 32)
 
     @property
     def marker(self) -> bool:
@@ -158,7 +152,7 @@ class Packet:
 
     @payload_type.setter
     def payload_type(self, value: int) -> None:
-        self._payload_type = _c.check_uint("payload_type", value, 7)
+        self._payload_type = common.check_uint("payload_type", value, 7)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Packet):
@@ -178,7 +172,7 @@ class Packet:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return _c.packet_repr(self)
+        return common.packet_repr(self)
 
 
 class Packetizer:
@@ -208,12 +202,12 @@ class Packetizer:
         timestamp: int = 0,
         nonce: int = 0,
     ) -> None:
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
-        self._mode, self._mode_no = _c.resolve_mode(mode, aes256gcm_available())
-        self._key = _c.check_key(secret_key)
-        self._sequence = _c.check_uint("sequence", sequence, 16)
-        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-        self._nonce = _c.check_uint("nonce", nonce, 32)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
+        self._mode, self._mode_no = common.resolve_mode(mode, aes256gcm_available())
+        self._key = common.check_key(secret_key)
+        self._sequence = common.check_uint("sequence", sequence, 16)
+        self._timestamp = common.check_uint("timestamp", timestamp, 32)
+        self._nonce = common.check_uint("nonce", nonce, 32)
         self._wiped = False
 
     def wipe(self) -> None:
@@ -222,13 +216,13 @@ class Packetizer:
         Both twins hold a private copy of the key (never the caller's object) and overwrite
         it with zeros here, and when the object is freed.
         """
-        _c.scrub(self._key)
+        common.scrub(self._key)
         self._wiped = True
 
     def __del__(self) -> None:
         key = getattr(self, "_key", None)
         if key is not None:
-            _c.scrub(key)
+            common.scrub(key)
 
     @property
     def wiped(self) -> bool:
@@ -252,7 +246,7 @@ class Packetizer:
 
     @sequence.setter
     def sequence(self, value: int) -> None:
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self) -> int:
@@ -261,7 +255,7 @@ class Packetizer:
 
     @timestamp.setter
     def timestamp(self, value: int) -> None:
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def nonce(self) -> int:
@@ -270,7 +264,7 @@ class Packetizer:
 
     @nonce.setter
     def nonce(self, value: int) -> None:
-        self._nonce = _c.check_uint("nonce", value, 32)
+        self._nonce = common.check_uint("nonce", value, 32)
 
     def packetize(self, opus: bytes, *, marker: bool = False) -> bytes:
         """Encrypt ``opus`` into a complete RTP datagram and advance the counters.
@@ -280,21 +274,21 @@ class Packetizer:
         if not isinstance(opus, bytes):
             opus = bytes(memoryview(opus))
         if self._wiped:
-            raise _c.wiped_error("Packetizer")
-        if len(opus) > _c.MAX_PAYLOAD:
-            raise ValueError(f"payload of {len(opus)} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
+            raise common.wiped_error("Packetizer")
+        if len(opus) > common.MAX_PAYLOAD:
+            raise ValueError(f"payload of {len(opus)} bytes exceeds the maximum of {common.MAX_PAYLOAD}")
         header = _HEADER.pack(0x80, 0xF8 if marker else 0x78, self._sequence, self._timestamp, self._ssrc)
         mode = self._mode_no
-        if mode == _c.MODE_AES256GCM_RTPSIZE:
+        if mode == common.MODE_AES256GCM_RTPSIZE:
             suffix = _U32.pack(self._nonce)
             body = _nb.crypto_aead_aes256gcm_encrypt(opus, header, suffix + _ZERO8, self._key)
-        elif mode == _c.MODE_XCHACHA20_RTPSIZE:
+        elif mode == common.MODE_XCHACHA20_RTPSIZE:
             suffix = _U32.pack(self._nonce)
             body = _nb.crypto_aead_xchacha20poly1305_ietf_encrypt(opus, header, suffix + _ZERO20, self._key)
-        elif mode == _c.MODE_XSALSA20:
+        elif mode == common.MODE_XSALSA20:
             suffix = b""
             body = _nb.crypto_secretbox_easy(opus, header + _ZERO12, self._key)
-        elif mode == _c.MODE_XSALSA20_SUFFIX:
+        elif mode == common.MODE_XSALSA20_SUFFIX:
             suffix = _urandom(24)
             body = _nb.crypto_secretbox_easy(opus, suffix, self._key)
         else:  # MODE_XSALSA20_LITE
@@ -322,19 +316,19 @@ class Depacketizer:
     __slots__ = ("_mode", "_mode_no", "_key", "_wiped")
 
     def __init__(self, mode: EncryptionMode | str, secret_key: bytes) -> None:
-        self._mode, self._mode_no = _c.resolve_mode(mode, aes256gcm_available())
-        self._key = _c.check_key(secret_key)
+        self._mode, self._mode_no = common.resolve_mode(mode, aes256gcm_available())
+        self._key = common.check_key(secret_key)
         self._wiped = False
 
     def wipe(self) -> None:
         """Zero the secret key now; later calls raise (see :meth:`Packetizer.wipe`)."""
-        _c.scrub(self._key)
+        common.scrub(self._key)
         self._wiped = True
 
     def __del__(self) -> None:
         key = getattr(self, "_key", None)
         if key is not None:
-            _c.scrub(key)
+            common.scrub(key)
 
     @property
     def wiped(self) -> bool:
@@ -392,7 +386,7 @@ class Depacketizer:
         """Return the :class:`Packet` in ``datagram``, or ``None`` if it is not RTP audio."""
         data = datagram if isinstance(datagram, bytes) else bytes(memoryview(datagram))
         if self._wiped:
-            raise _c.wiped_error("Depacketizer")
+            raise common.wiped_error("Depacketizer")
         n = len(data)
         if n < 12:
             return None
@@ -407,7 +401,7 @@ class Depacketizer:
         key = self._key
         profile = None
         ext_len = 0
-        if mode <= _c.MODE_XCHACHA20_RTPSIZE:
+        if mode <= common.MODE_XCHACHA20_RTPSIZE:
             # Header (fixed part, CSRCs, extension preamble) is the AAD.
             hlen = 12 + 4 * cc
             if has_ext:
@@ -416,11 +410,11 @@ class Depacketizer:
                 profile, words = _PREAMBLE.unpack_from(data, hlen)
                 ext_len = words * 4
                 hlen += 4
-            if n < hlen + _c.TAG_SIZE + 4:
+            if n < hlen + common.TAG_SIZE + 4:
                 raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
             suffix = data[-4:]
             try:
-                if mode == _c.MODE_AES256GCM_RTPSIZE:
+                if mode == common.MODE_AES256GCM_RTPSIZE:
                     plain = _nb.crypto_aead_aes256gcm_decrypt(data[hlen:-4], data[:hlen], suffix + _ZERO8, key)
                 else:
                     plain = _nb.crypto_aead_xchacha20poly1305_ietf_decrypt(
@@ -432,18 +426,18 @@ class Depacketizer:
             start = 0
         else:
             # Legacy secretbox modes: only the fixed 12 bytes are in the clear.
-            if mode == _c.MODE_XSALSA20:
-                if n < 12 + _c.TAG_SIZE:
+            if mode == common.MODE_XSALSA20:
+                if n < 12 + common.TAG_SIZE:
                     raise DecryptionFailedError("truncated packet: shorter than header + tag")
                 nonce = data[:12] + _ZERO12
                 box = data[12:]
-            elif mode == _c.MODE_XSALSA20_SUFFIX:
-                if n < 12 + _c.TAG_SIZE + 24:
+            elif mode == common.MODE_XSALSA20_SUFFIX:
+                if n < 12 + common.TAG_SIZE + 24:
                     raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
                 nonce = data[-24:]
                 box = data[12:-24]
             else:
-                if n < 12 + _c.TAG_SIZE + 4:
+                if n < 12 + common.TAG_SIZE + 4:
                     raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
                 nonce = data[-4:] + _ZERO20
                 box = data[12:-4]

@@ -23,8 +23,9 @@ __all__ = ["UDPConn", "UDPConnConfig", "UDPConnCreateFunc", "UDPNotReadyError"]
 
 _log = logging.getLogger("fastvoice.udp")
 
-#: Largest datagram the receive side accepts; anything longer is dropped unread.
-MAX_DATAGRAM = 4096
+#: Largest datagram the receive side accepts; anything longer is dropped unread. (Not the
+#: largest UDP payload, ``_rtp_common.MAX_UDP_PAYLOAD``: a voice packet is far smaller.)
+MAX_RECEIVED_DATAGRAM = 4096
 
 
 def _random_stream_start() -> tuple[int, int]:
@@ -115,7 +116,7 @@ class UDPConn:
         self._keepalives_sent = 0
         # Every datagram enters through the router: depacketize + SSRC routing + handler in
         # one compiled call; only IP discovery and a raw handler take _datagram_received first.
-        self._router = DatagramRouter(self._datagram_received, MAX_DATAGRAM, self._config.logger)
+        self._router = DatagramRouter(self._datagram_received, MAX_RECEIVED_DATAGRAM, self._config.logger)
 
     # -- properties -----------------------------------------------------------------
 
