@@ -1,8 +1,13 @@
-/* The packet benchmarks' ceiling: RTP header packing, nonce and libsodium AEAD in a C loop
- * with no Python object per packet, making the same libsodium calls as the compiled packet
- * core (for AES-256-GCM, the precomputed-key API when given). The libsodium functions are
- * PyNaCl's bundled copy, passed in as addresses; built and loaded by test_bench_packets.py. */
+/* The packet benchmarks' C side, built and loaded by test_bench_packets.py:
+ * - rtp_loop, the ceiling: RTP header packing, nonce and libsodium AEAD in a C loop with no
+ *   Python object per packet, making the same libsodium calls as the compiled packet core
+ *   (for AES-256-GCM, the precomputed-key API when given). The libsodium functions are
+ *   PyNaCl's bundled copy, passed in as addresses;
+ * - call_each, the driver of the receive row: a Python callable called from C per datagram,
+ *   the way an event loop's transport calls its protocol. */
 
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,4 +72,18 @@ long rtp_loop(void *enc_addr, void *dec_addr, void *beforenm_addr, size_t state_
     free(pkt);
     free(plain);
     return failures;
+}
+
+/* func(item, arg) for each item of the list ``items``; -1 with the exception set on error. */
+long call_each(PyObject *func, PyObject *items, PyObject *arg) {
+    Py_ssize_t i, n;
+    if (!PyList_Check(items)) { PyErr_SetString(PyExc_TypeError, "items must be a list"); return -1; }
+    n = PyList_GET_SIZE(items);
+    for (i = 0; i < n; i++) {
+        PyObject *args[2] = {PyList_GET_ITEM(items, i), arg};
+        PyObject *result = PyObject_Vectorcall(func, args, 2, NULL);
+        if (result == NULL) return -1;
+        Py_DECREF(result);
+    }
+    return 0;
 }

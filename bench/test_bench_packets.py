@@ -15,8 +15,7 @@ import os
 import shutil
 import struct
 import subprocess
-from collections import deque
-from itertools import repeat
+import sysconfig
 from types import SimpleNamespace
 
 import nacl.bindings
@@ -43,22 +42,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 needs_c = pytest.mark.skipif(rtp_c is None, reason="compiled twin not built")
 
 
-def _call_from_c(func, items, arg):
-    # ``func(item, arg)`` for each item, called from C (map and a zero-length deque) the way
-    # an event loop's transport calls its protocol: no interpreter loop around the calls.
-    deque(map(func, items, repeat(arg)), maxlen=0)
-
-
 @pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    """The ceiling (bench/rtp_native.c): ``native(mode, count, decrypt)`` runs ``count``
-    packets through PyNaCl's libsodium from a C loop, as the compiled core calls it."""
+def native_lib(tmp_path_factory):
+    """bench/rtp_native.c, compiled for this Python (loaded with the GIL held)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         pytest.skip("no C compiler for the native reference")
     out = str(tmp_path_factory.mktemp("rtp_native") / "rtp_native.so")
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, os.path.join(HERE, "rtp_native.c")], check=True)
-    lib = ctypes.CDLL(out)
+    include = sysconfig.get_paths()["include"]
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", "-o", out, os.path.join(HERE, "rtp_native.c")],
+                   check=True)
+    lib = ctypes.PyDLL(out)
+    lib.call_each.restype = ctypes.c_long
+    lib.call_each.argtypes = [ctypes.py_object, ctypes.py_object, ctypes.py_object]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def call_from_c(native_lib):
+    """``call_from_c(func, items, arg)``: ``func(item, arg)`` for each item, called from C the
+    way an event loop's transport calls its protocol (no interpreter loop around the calls)."""
+    return native_lib.call_each
+
+
+@pytest.fixture(scope="module")
+def native(native_lib):
+    """The ceiling: ``native(mode, count, decrypt)`` runs ``count`` packets through PyNaCl's
+    libsodium from a C loop, as the compiled core calls it."""
+    lib = native_lib
     lib.rtp_loop.restype = ctypes.c_long
     lib.rtp_loop.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p,
                              ctypes.c_char_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]
@@ -205,7 +216,7 @@ def test_receive_native(benchmark, mode, native):
 
 @needs_c
 @modes
-def test_receive_compiled(benchmark, mode):
+def test_receive_compiled(benchmark, mode, call_from_c):
     # The production entry point: the socket's DatagramRouter, called from C per datagram
     # the way the event loop's transport calls its protocol (address check, size check,
     # depacketize, SSRC routing, duplicate window, handler call; the handler is a builtin
@@ -217,12 +228,12 @@ def test_receive_compiled(benchmark, mode):
     router = edge_c.DatagramRouter(None, 4096, None)
     router.remote = ("127.0.0.1", 5000)
     router.route(rtp_c.Depacketizer(mode, KEY), table, got.append)
-    _call_from_c(router.datagram_received, stream[:2], ("127.0.0.1", 5000))
+    call_from_c(router.datagram_received, stream[:2], ("127.0.0.1", 5000))
     assert [p.user_id for p in got] == [10**17, 10**17] and router.ignored == 0
     # The handler is the user's receiver: here the cheapest C builtin that takes one object
     # (``callable``: no allocation, unlike ``id`` which builds an int and raises an audit event).
     router.route(rtp_c.Depacketizer(mode, KEY), table, callable)
-    benchmark(_call_from_c, router.datagram_received, stream, ("127.0.0.1", 5000))
+    benchmark(call_from_c, router.datagram_received, stream, ("127.0.0.1", 5000))
     assert router.ignored == router.decrypt_failures == 0
 
 

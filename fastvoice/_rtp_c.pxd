@@ -60,6 +60,11 @@ cdef class SSRCEntry:
     cdef bint c_accept(self, uint32_t seq) noexcept
 
 
+cdef inline size_t _slot_hash(uint32_t key, size_t mask) noexcept nogil:
+    # Fibonacci hashing spreads sequential or clustered SSRCs over the table.
+    return <size_t>((<uint32_t>(key * 2654435769u)) >> 8) & mask
+
+
 cdef class SSRCTable:
     cdef _Slot *_slots
     cdef size_t _mask
@@ -70,7 +75,14 @@ cdef class SSRCTable:
     cdef list _victims
 
     cdef void _release_all(self) noexcept
-    cdef size_t _find(self, uint32_t key) noexcept
+    cdef inline size_t _find(self, uint32_t key) noexcept:
+        """Index of ``key``'s slot, or of the empty slot where it would go (inline: the
+        per-packet lookup's probe loop)."""
+        cdef size_t i = _slot_hash(key, self._mask)
+        while self._slots[i].entry != NULL and self._slots[i].key != key:
+            i = (i + 1) & self._mask
+        return i
+
     cdef SSRCEntry c_lookup(self, uint32_t key)
     cdef object _peek(self, object ssrc)
     cdef int _grow(self) except -1

@@ -754,13 +754,6 @@ cdef class SSRCEntry:
         return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
 
 
-
-
-cdef inline size_t _slot_hash(uint32_t key, size_t mask) noexcept nogil:
-    # Fibonacci hashing spreads sequential or clustered SSRCs over the table.
-    return <size_t>((<uint32_t>(key * 2654435769u)) >> 8) & mask
-
-
 cdef class SSRCTable:
     """SSRC -> (user id, receiver state), an open-addressing hash table keyed by the C ``uint32``.
 
@@ -804,13 +797,6 @@ cdef class SSRCTable:
                 Py_DECREF(<object>self._slots[i].entry)
                 self._slots[i].entry = NULL
         self._count = 0
-
-    cdef size_t _find(self, uint32_t key) noexcept:
-        """Index of ``key``'s slot, or of the empty slot where it would go."""
-        cdef size_t i = _slot_hash(key, self._mask)
-        while self._slots[i].entry != NULL and self._slots[i].key != key:
-            i = (i + 1) & self._mask
-        return i
 
     cdef SSRCEntry c_lookup(self, uint32_t key):
         cdef size_t i = self._find(key)
