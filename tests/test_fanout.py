@@ -14,6 +14,7 @@ import pytest
 from fastvoice import FanOut, OpusFrameProvider
 from fastvoice.audio import AudioSender, SendClock
 from fastvoice.conn import ConnConfig
+from fastvoice.rtp import SendTarget
 from fastvoice.gateway import GatewayConfig
 from fastvoice.manager import Manager
 from fastvoice.opus import OpusReader
@@ -162,6 +163,7 @@ class FakeUDP:
     def __init__(self):
         self.packetizer = self
         self.sent = []
+        self.send_target = SendTarget()  # no socket (fd -1): the clock sends through send_datagram
 
     def packetize(self, frame, *, marker=False):
         return frame
