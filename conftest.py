@@ -24,22 +24,48 @@ def _load_twin(name: str, core: str = "rtp") -> types.ModuleType:
         pytest.skip(f"compiled twin not built: {exc}")
 
 
+class _RtpTwin:
+    """One twin of the packet core (``_rtp_c`` / ``_rtp_py``) with its I/O edge
+    (``_rtp_edge_c`` / ``_rtp_edge_py``): names are read from the core, then the edge;
+    attributes set (``monkeypatch.setattr``) go to the core module."""
+
+    def __init__(self, core: types.ModuleType, edge: types.ModuleType) -> None:
+        object.__setattr__(self, "_core", core)
+        object.__setattr__(self, "_edge", edge)
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return getattr(self._core, name)
+        except AttributeError:
+            return getattr(self._edge, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(self._core, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._core, name)
+
+
+def _load_rtp_twin(name: str) -> _RtpTwin:
+    return _RtpTwin(_load_twin(name), _load_twin(name, "rtp_edge"))
+
+
 @pytest.fixture(scope="session", params=["c", "py"])
-def rtp(request: pytest.FixtureRequest) -> types.ModuleType:
-    """The packet core module under test: compiled (``c``) or pure (``py``)."""
-    return _load_twin(request.param)
+def rtp(request: pytest.FixtureRequest) -> _RtpTwin:
+    """The packet core and its I/O edge under test: compiled (``c``) or pure (``py``)."""
+    return _load_rtp_twin(request.param)
 
 
 @pytest.fixture(scope="session")
-def rtp_c() -> types.ModuleType:
+def rtp_c() -> _RtpTwin:
     """The compiled twin (skipped when it is not built or not wanted)."""
-    return _load_twin("c")
+    return _load_rtp_twin("c")
 
 
 @pytest.fixture(scope="session")
-def rtp_py() -> types.ModuleType:
+def rtp_py() -> _RtpTwin:
     """The pure-Python twin."""
-    return _load_twin("py")
+    return _load_rtp_twin("py")
 
 
 def _load_opus_twin(name: str) -> types.ModuleType:

@@ -10,8 +10,12 @@ time is the round time divided by ``BATCH``.  Run side by side in one process:
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import struct
+import subprocess
+import sysconfig
 from types import SimpleNamespace
 
 import nacl.bindings
@@ -22,8 +26,9 @@ import fastvoice._rtp_py as rtp_py
 
 try:
     import fastvoice._rtp_c as rtp_c
+    import fastvoice._rtp_edge_c as edge_c
 except ImportError:  # pure install: the compiled rows are skipped
-    rtp_c = None
+    rtp_c = edge_c = None
 
 BATCH = 1000
 PAYLOAD = os.urandom(120)  # a typical 20 ms Opus frame at ~48 kbit/s
@@ -32,7 +37,65 @@ SSRC = 0x1234ABCD
 AES = "aead_aes256_gcm_rtpsize"
 XCHACHA = "aead_xchacha20_poly1305_rtpsize"
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 needs_c = pytest.mark.skipif(rtp_c is None, reason="compiled twin not built")
+
+
+@pytest.fixture(scope="module")
+def native_lib(tmp_path_factory):
+    """bench/rtp_native.c, compiled for this Python (loaded with the GIL held)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler for the native reference")
+    out = str(tmp_path_factory.mktemp("rtp_native") / "rtp_native.so")
+    include = sysconfig.get_paths()["include"]
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", "-o", out, os.path.join(HERE, "rtp_native.c")],
+                   check=True)
+    lib = ctypes.PyDLL(out)
+    lib.call_each.restype = ctypes.c_long
+    lib.call_each.argtypes = [ctypes.py_object, ctypes.py_object, ctypes.py_object]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def call_from_c(native_lib):
+    """``call_from_c(func, items, arg)``: ``func(item, arg)`` for each item, called from C the
+    way an event loop's transport calls its protocol (no interpreter loop around the calls)."""
+    return native_lib.call_each
+
+
+@pytest.fixture(scope="module")
+def native(native_lib):
+    """The ceiling: ``native(mode, count, decrypt)`` runs ``count`` packets through PyNaCl's
+    libsodium from a C loop, as the compiled core calls it."""
+    lib = native_lib
+    lib.rtp_loop.restype = ctypes.c_long
+    lib.rtp_loop.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p,
+                             ctypes.c_char_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    import nacl._sodium
+
+    sodium = ctypes.CDLL(nacl._sodium.__file__)
+
+    def address(name):
+        return ctypes.cast(getattr(sodium, name), ctypes.c_void_p).value
+
+    def functions(mode):
+        if mode == XCHACHA:
+            return (address("crypto_aead_xchacha20poly1305_ietf_encrypt"),
+                    address("crypto_aead_xchacha20poly1305_ietf_decrypt"), None, 0)
+        try:  # the precomputed-key API, as the compiled core uses it when PyNaCl exports it
+            state_bytes = ctypes.CFUNCTYPE(ctypes.c_size_t)(address("crypto_aead_aes256gcm_statebytes"))()
+            return (address("crypto_aead_aes256gcm_encrypt_afternm"), address("crypto_aead_aes256gcm_decrypt_afternm"),
+                    address("crypto_aead_aes256gcm_beforenm"), state_bytes)
+        except AttributeError:
+            return address("crypto_aead_aes256gcm_encrypt"), address("crypto_aead_aes256gcm_decrypt"), None, 0
+
+    def run(mode, count, decrypt=False):
+        failures = lib.rtp_loop(*functions(mode), KEY, PAYLOAD, len(PAYLOAD), count, int(decrypt))
+        assert failures == 0, "native reference loop failed"
+
+    return run
 modes = pytest.mark.parametrize(
     "mode",
     [
@@ -76,12 +139,10 @@ def _send_batch(packetize):
 
 
 @modes
-def test_send_native(benchmark, mode):
-    if rtp_c is None:
-        pytest.skip("compiled twin not built")
+def test_send_native(benchmark, mode, native):
     benchmark.group = f"send {mode}"
     benchmark.extra_info.update(contender="native C loop", batch=BATCH)
-    benchmark(rtp_c._native_reference_loop, mode, KEY, PAYLOAD, BATCH)
+    benchmark(native, mode, BATCH)
 
 
 @needs_c
@@ -147,17 +208,15 @@ def _table(twin):
 
 
 @modes
-def test_receive_native(benchmark, mode):
-    if rtp_c is None:
-        pytest.skip("compiled twin not built")
+def test_receive_native(benchmark, mode, native):
     benchmark.group = f"receive {mode}"
     benchmark.extra_info.update(contender="native C loop", batch=BATCH)
-    benchmark(rtp_c._native_reference_loop, mode, KEY, PAYLOAD, BATCH, True)
+    benchmark(native, mode, BATCH, True)
 
 
 @needs_c
 @modes
-def test_receive_compiled(benchmark, mode):
+def test_receive_compiled(benchmark, mode, call_from_c):
     # The production entry point: the socket's DatagramRouter, called from C per datagram
     # the way the event loop's transport calls its protocol (address check, size check,
     # depacketize, SSRC routing, duplicate window, handler call; the handler is a builtin
@@ -166,15 +225,15 @@ def test_receive_compiled(benchmark, mode):
     benchmark.extra_info.update(contender="fastvoice compiled", batch=BATCH)
     stream, table = _stream(mode), _table(rtp_c)
     got = []
-    router = rtp_c.DatagramRouter(None, 4096, None)
+    router = edge_c.DatagramRouter(None, 4096, None)
     router.remote = ("127.0.0.1", 5000)
     router.route(rtp_c.Depacketizer(mode, KEY), table, got.append)
-    rtp_c._call_from_c(router.datagram_received, stream[:2], ("127.0.0.1", 5000))
+    call_from_c(router.datagram_received, stream[:2], ("127.0.0.1", 5000))
     assert [p.user_id for p in got] == [10**17, 10**17] and router.ignored == 0
     # The handler is the user's receiver: here the cheapest C builtin that takes one object
     # (``callable``: no allocation, unlike ``id`` which builds an int and raises an audit event).
     router.route(rtp_c.Depacketizer(mode, KEY), table, callable)
-    benchmark(rtp_c._call_from_c, router.datagram_received, stream, ("127.0.0.1", 5000))
+    benchmark(call_from_c, router.datagram_received, stream, ("127.0.0.1", 5000))
     assert router.ignored == router.decrypt_failures == 0
 
 

@@ -21,13 +21,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import fastvoice._rtp_py as rtp_py
+import fastvoice._rtp_edge_py as edge_py
 from fastvoice.audio import FrameStats
 
 try:
-    import fastvoice._rtp_c as rtp_c
+    import fastvoice._rtp_edge_c as edge_c
 except ImportError:
-    rtp_c = None
+    edge_c = None
 
 SENDERS = int(os.environ.get("FASTVOICE_BENCH_SEND_PHASE", "1000"))
 DATAGRAM = os.urandom(152)  # a 120-byte frame after RTP header, tag and nonce suffix
@@ -71,25 +71,24 @@ def _drain(sink):
         pass
 
 
-def _senders(transports):
-    return [
-        SimpleNamespace(
-            _prepared=None,
-            _prepared_udp=SimpleNamespace(_fd=t.get_extra_info("socket").fileno()),
-            stats=FrameStats(),
-        )
-        for t in transports
-    ]
+def _slots(twin, transports):
+    # What each AudioSender owns: the slot its datagram is prepared in, aimed at its socket.
+    slots = []
+    for t in transports:
+        slot = twin.PreparedSlot(None, FrameStats())
+        slot.target = twin.SendTarget(t.get_extra_info("socket").fileno())
+        slots.append(slot)
+    return slots
 
 
 def _run_send_prepared(benchmark, twin, endpoints, name):
     loop, sink, transports = endpoints
-    senders = _senders(transports)
+    slots = _slots(twin, transports)
 
     def tick():
-        for s in senders:
-            s._prepared = DATAGRAM
-        assert twin.send_prepared(senders) == []
+        for s in slots:
+            s.datagram = DATAGRAM
+        assert twin.send_prepared(slots) == []
 
     def setup():
         _drain(sink)
@@ -100,13 +99,13 @@ def _run_send_prepared(benchmark, twin, endpoints, name):
 
 
 def test_send_phase_compiled(benchmark, endpoints):
-    if rtp_c is None:
+    if edge_c is None:
         pytest.skip("compiled twin not built")
-    _run_send_prepared(benchmark, rtp_c, endpoints, "compiled send_prepared")
+    _run_send_prepared(benchmark, edge_c, endpoints, "compiled send_prepared")
 
 
 def test_send_phase_pure(benchmark, endpoints):
-    _run_send_prepared(benchmark, rtp_py, endpoints, "pure send_prepared")
+    _run_send_prepared(benchmark, edge_py, endpoints, "pure send_prepared")
 
 
 def test_send_phase_transport_loop(benchmark, endpoints):

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import importlib
 import random
 import struct
 import sys
@@ -104,7 +105,8 @@ def _init() -> None:
         ROUTERS[m] = []
         for t in TWINS:
             delivered: list = []
-            router = t.DatagramRouter(delivered.append, 4096, _Quiet())
+            edge = importlib.import_module(t.__name__.replace("_rtp_", "_rtp_edge_"))  # the twin's I/O edge
+            router = edge.DatagramRouter(delivered.append, 4096, _Quiet())
             router.remote = SERVER
             table = t.SSRCTable()
             table.set(0xCAFEBABE, 42)

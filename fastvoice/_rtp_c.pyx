@@ -8,8 +8,7 @@ system libsodium is needed and no Python wrapper runs per packet.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, PyObject
-from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -18,19 +17,19 @@ cimport cython
 
 import os
 
-from . import _rtp_common as _c
+from . import _rtp_common as common
+from ._rtp_common import DispatchOutcome
 from .errors import DecryptionFailedError
 
 __all__ = [
     "IMPLEMENTATION",
+    "DispatchOutcome",
     "Packet",
     "Packetizer",
     "Depacketizer",
     "SSRCEntry",
     "SSRCTable",
     "aes256gcm_available",
-    "send_prepared",
-    "DatagramRouter",
 ]
 
 IMPLEMENTATION = "c"
@@ -78,7 +77,12 @@ cdef enum:
     MODE_XSALSA_SUFFIX = 3
     MODE_XSALSA_LITE = 4
     MAX_PAYLOAD = 65507 - (12 + 16 + 24)  # _rtp_common.MAX_PAYLOAD, as a C constant
-    KEEPALIVE_SIZE = 8  # _rtp_common.KEEPALIVE_SIZE
+    ROUTED = 0  # _rtp_common.DispatchOutcome
+    UNMAPPED = 1
+    DUPLICATE = 2
+    NOT_AUDIO = 3
+
+cdef tuple _OUTCOMES = common.OUTCOMES
 
 
 cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
@@ -133,9 +137,6 @@ cdef _load_aes_precomputed():
 _load_sodium()
 
 
-cdef struct _AesState:
-    void *raw          # what malloc returned
-    unsigned char *ctx  # 16-byte aligned libsodium state inside ``raw``; NULL when unused
 
 
 cdef int _aes_state_init(_AesState *st, const unsigned char *key) except -1:
@@ -193,11 +194,6 @@ cdef inline uint32_t _get_u32(const unsigned char *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-cdef inline bint _is_keepalive_tail(const unsigned char *p) noexcept nogil:
-    # A UDP keepalive is a u32 counter followed by four zero bytes.
-    return p[4] == 0 and p[5] == 0 and p[6] == 0 and p[7] == 0
-
-
 cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint32_t ssrc) noexcept nogil:
     p[0] = 0x80
     p[1] = 0x78
@@ -206,8 +202,6 @@ cdef inline void _write_header(unsigned char *p, uint32_t seq, uint32_t ts, uint
     _put_u32(p + 8, ssrc)
 
 
-cdef class SSRCTable
-cdef class SSRCEntry
 
 
 @cython.freelist(256)
@@ -225,25 +219,15 @@ cdef class Packet:
     """
 
     # Header fields are kept as C integers and become Python ints only when read.
-    cdef uint32_t _sequence
-    cdef uint32_t _timestamp
-    cdef uint32_t _ssrc
-    cdef uint32_t _payload_type
-    cdef bint _marker
-    cdef public object opus
-    cdef public object csrcs
-    cdef public object extension_profile
-    cdef public object extension
-    cdef public object user_id
 
     def __init__(self, sequence, timestamp, ssrc, opus, marker=False, payload_type=0x78, csrcs=(),
                  extension_profile=None, extension=b"", user_id=None):
-        self._sequence = _c.check_uint("sequence", sequence, 16)
-        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
+        self._sequence = common.check_uint("sequence", sequence, 16)
+        self._timestamp = common.check_uint("timestamp", timestamp, 32)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
         self.opus = opus
         self._marker = bool(marker)
-        self._payload_type = _c.check_uint("payload_type", payload_type, 7)
+        self._payload_type = common.check_uint("payload_type", payload_type, 7)
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
@@ -256,7 +240,7 @@ cdef class Packet:
 
     @sequence.setter
     def sequence(self, value):
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self):
@@ -265,7 +249,7 @@ cdef class Packet:
 
     @timestamp.setter
     def timestamp(self, value):
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def ssrc(self):
@@ -274,7 +258,7 @@ cdef class Packet:
 
     @ssrc.setter
     def ssrc(self, value):
-        self._ssrc = _c.check_uint("ssrc", value, 32)
+        self._ssrc = common.check_uint("ssrc", value, 32)
 
     @property
     def marker(self):
@@ -292,7 +276,7 @@ cdef class Packet:
 
     @payload_type.setter
     def payload_type(self, value):
-        self._payload_type = _c.check_uint("payload_type", value, 7)
+        self._payload_type = common.check_uint("payload_type", value, 7)
 
     def __eq__(self, other):
         if not isinstance(other, Packet):
@@ -313,38 +297,29 @@ cdef class Packet:
     __hash__ = None
 
     def __repr__(self):
-        return _c.packet_repr(self)
+        return common.packet_repr(self)
 
 
 cdef class Packetizer:
     """Builds encrypted RTP voice packets for one SSRC (see ``fastvoice._rtp_py.Packetizer``)."""
 
-    cdef uint32_t _ssrc
-    cdef uint32_t _sequence
-    cdef uint32_t _timestamp
-    cdef uint32_t _nonce
-    cdef int _mode_no
-    cdef object _mode
-    cdef unsigned char _key[32]
-    cdef _AesState _aes
-    cdef bint _wiped
 
     def __cinit__(self, *args, **kwargs):
         self._aes.raw = NULL
         self._aes.ctx = NULL
 
     def __init__(self, ssrc, mode, secret_key, *, sequence=0, timestamp=0, nonce=0):
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
-        self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
-        key = _c.check_key(secret_key)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
+        self._mode, self._mode_no = common.resolve_mode(mode, _aes_available)
+        key = common.check_key(secret_key)
         try:
-            self._sequence = _c.check_uint("sequence", sequence, 16)
-            self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-            self._nonce = _c.check_uint("nonce", nonce, 32)
+            self._sequence = common.check_uint("sequence", sequence, 16)
+            self._timestamp = common.check_uint("timestamp", timestamp, 32)
+            self._nonce = common.check_uint("nonce", nonce, 32)
             _aes_state_free(&self._aes)
             memcpy(self._key, PyBytes_AS_STRING(key), 32)
         finally:
-            _c.scrub(key)
+            common.scrub(key)
         if self._mode_no == MODE_AES:
             _aes_state_init(&self._aes, self._key)
         self._wiped = False
@@ -381,7 +356,7 @@ cdef class Packetizer:
 
     @sequence.setter
     def sequence(self, value):
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self):
@@ -390,7 +365,7 @@ cdef class Packetizer:
 
     @timestamp.setter
     def timestamp(self, value):
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def nonce(self):
@@ -399,7 +374,7 @@ cdef class Packetizer:
 
     @nonce.setter
     def nonce(self, value):
-        self._nonce = _c.check_uint("nonce", value, 32)
+        self._nonce = common.check_uint("nonce", value, 32)
 
     def packetize(self, opus, *, bint marker=False):
         """Encrypt ``opus`` into a complete RTP datagram and advance the counters.
@@ -420,7 +395,7 @@ cdef class Packetizer:
             mlen = view.len
         try:
             if self._wiped:
-                raise _c.wiped_error("Packetizer")
+                raise common.wiped_error("Packetizer")
             if mlen > MAX_PAYLOAD:
                 raise ValueError(f"payload of {mlen} bytes exceeds the maximum of {MAX_PAYLOAD}")
             return self._packetize(m, mlen, marker)
@@ -480,13 +455,6 @@ cdef class Packetizer:
 cdef class Depacketizer:
     """Parses and decrypts received RTP voice packets (see ``fastvoice._rtp_py.Depacketizer``)."""
 
-    cdef int _mode_no
-    cdef object _mode
-    cdef unsigned char _key[32]
-    cdef unsigned char *_scratch
-    cdef Py_ssize_t _scratch_size
-    cdef _AesState _aes
-    cdef bint _wiped
 
     def __cinit__(self, *args, **kwargs):
         self._scratch = NULL
@@ -495,11 +463,11 @@ cdef class Depacketizer:
         self._aes.ctx = NULL
 
     def __init__(self, mode, secret_key):
-        self._mode, self._mode_no = _c.resolve_mode(mode, _aes_available)
-        key = _c.check_key(secret_key)
+        self._mode, self._mode_no = common.resolve_mode(mode, _aes_available)
+        key = common.check_key(secret_key)
         _aes_state_free(&self._aes)
         memcpy(self._key, PyBytes_AS_STRING(key), 32)
-        _c.scrub(key)
+        common.scrub(key)
         if self._mode_no == MODE_AES:
             _aes_state_init(&self._aes, self._key)
         self._wiped = False
@@ -548,30 +516,52 @@ cdef class Depacketizer:
         SSRC not in it), or ``None`` when the datagram is not RTP audio or repeats a
         packet already dispatched for its SSRC (counted in ``SSRCEntry.duplicates``).
         Raises ``DecryptionFailedError`` like :meth:`depacketize`.
+        :meth:`dispatch_outcome` also says which of these happened.
         """
+        cdef int outcome
+        return self._dispatch_buffer(datagram, table, &outcome)
+
+    def dispatch_outcome(self, datagram, SSRCTable table not None):
+        """``dispatch``, saying what happened: ``(DispatchOutcome, Packet or None)``
+        (see ``fastvoice._rtp_py.Depacketizer.dispatch_outcome``)."""
+        cdef int outcome = NOT_AUDIO
+        packet = self._dispatch_buffer(datagram, table, &outcome)
+        return _OUTCOMES[outcome], packet
+
+    cdef object _dispatch_buffer(self, object datagram, SSRCTable table, int *outcome):
         cdef Py_buffer view
         if PyBytes_CheckExact(datagram):
-            return self.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram), table)
+            return self.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram),
+                                   table, None, outcome)
         PyObject_GetBuffer(datagram, &view, PyBUF_SIMPLE)
         try:
-            return self.c_dispatch(<const unsigned char *>view.buf, view.len, table)
+            return self.c_dispatch(<const unsigned char *>view.buf, view.len, table, None, outcome)
         finally:
             PyBuffer_Release(&view)
 
-    cdef object c_dispatch(self, const unsigned char *data, Py_ssize_t n, SSRCTable table, Packet spare=None):
+    cdef object c_dispatch(self, const unsigned char *data, Py_ssize_t n, SSRCTable table, Packet spare,
+                           int *outcome):
+        # The one route of a datagram: the Packet or None, and what happened in ``outcome[0]``.
+        # ``table`` None: no routing. ``spare`` (or None): a Packet nobody else refers to.
         cdef Packet pkt
         cdef SSRCEntry entry
         cdef object result = self._depacketize(data, n, spare)
         if result is None:
+            outcome[0] = NOT_AUDIO
             return None
         pkt = <Packet>result
-        entry = table.c_lookup(pkt._ssrc)
-        if entry is not None:
-            if not entry.c_accept(pkt._sequence):
-                return None
-            pkt.user_id = entry.user_id
-        elif spare is not None:
+        if table is not None:
+            entry = table.c_lookup(pkt._ssrc)
+            if entry is not None:
+                if not entry.c_accept(pkt._sequence):
+                    outcome[0] = DUPLICATE
+                    return None
+                pkt.user_id = entry.user_id
+                outcome[0] = ROUTED
+                return pkt
+        if spare is not None:
             pkt.user_id = None
+        outcome[0] = UNMAPPED
         return pkt
 
     cdef unsigned char *_buffer(self, Py_ssize_t size) except NULL:
@@ -603,7 +593,7 @@ cdef class Depacketizer:
         cdef object direct = None
         cdef Packet pkt
         if self._wiped:
-            raise _c.wiped_error("Depacketizer")
+            raise common.wiped_error("Depacketizer")
         if n < 12:
             return None
         b0 = data[0]
@@ -720,14 +710,6 @@ cdef class SSRCEntry:
     """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state
     (see ``fastvoice._rtp_py.SSRCEntry``)."""
 
-    cdef public object ssrc
-    cdef public object user_id
-    cdef public object state
-    cdef readonly unsigned long long duplicates
-    cdef uint32_t _top
-    cdef uint64_t _window
-    cdef bint _seen
-    cdef uint64_t _active  # the owning table's activity stamp of its last use
 
     def __init__(self, ssrc, user_id, state=None):
         self.ssrc = ssrc
@@ -737,7 +719,7 @@ cdef class SSRCEntry:
     def accept(self, sequence):
         """True the first time ``sequence`` is seen within the last 64 packets; False (and
         ``duplicates`` + 1) for a repeat."""
-        return self.c_accept(_c.check_uint("sequence", sequence, 16))
+        return self.c_accept(common.check_uint("sequence", sequence, 16))
 
     cdef bint c_accept(self, uint32_t seq) noexcept:
         cdef uint32_t ahead, behind
@@ -772,16 +754,6 @@ cdef class SSRCEntry:
         return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
 
 
-cdef struct _Slot:
-    uint32_t key
-    PyObject *entry  # NULL marks an empty slot
-
-
-cdef inline size_t _slot_hash(uint32_t key, size_t mask) noexcept nogil:
-    # Fibonacci hashing spreads sequential or clustered SSRCs over the table.
-    return <size_t>((<uint32_t>(key * 2654435769u)) >> 8) & mask
-
-
 cdef class SSRCTable:
     """SSRC -> (user id, receiver state), an open-addressing hash table keyed by the C ``uint32``.
 
@@ -789,13 +761,6 @@ cdef class SSRCTable:
     ``max_entries``: the least recently active entries are evicted (see the pure twin).
     """
 
-    cdef _Slot *_slots
-    cdef size_t _mask
-    cdef size_t _count
-    cdef size_t _max_entries
-    cdef uint64_t _clock
-    cdef unsigned long long _evictions
-    cdef list _victims
 
     def __cinit__(self):
         self._slots = <_Slot *>calloc(16, sizeof(_Slot))
@@ -803,11 +768,11 @@ cdef class SSRCTable:
             raise MemoryError()
         self._mask = 15
         self._count = 0
-        self._max_entries = _c.DEFAULT_MAX_SSRCS
+        self._max_entries = common.DEFAULT_MAX_SSRCS
         self._victims = []
 
-    def __init__(self, max_entries=_c.DEFAULT_MAX_SSRCS):
-        self._max_entries = _c.check_max_entries(max_entries)
+    def __init__(self, max_entries=common.DEFAULT_MAX_SSRCS):
+        self._max_entries = common.check_max_entries(max_entries)
 
     @property
     def max_entries(self):
@@ -832,13 +797,6 @@ cdef class SSRCTable:
                 Py_DECREF(<object>self._slots[i].entry)
                 self._slots[i].entry = NULL
         self._count = 0
-
-    cdef inline size_t _find(self, uint32_t key) noexcept:
-        """Index of ``key``'s slot, or of the empty slot where it would go."""
-        cdef size_t i = _slot_hash(key, self._mask)
-        while self._slots[i].entry != NULL and self._slots[i].key != key:
-            i = (i + 1) & self._mask
-        return i
 
     cdef SSRCEntry c_lookup(self, uint32_t key):
         cdef size_t i = self._find(key)
@@ -898,8 +856,8 @@ cdef class SSRCTable:
 
     def set(self, ssrc, user_id, state=None):
         """Map ``ssrc`` to ``user_id`` and return its entry (same rules as the pure twin)."""
-        cdef uint32_t key = _c.check_uint("ssrc", ssrc, 32)
-        _c.check_uint("user_id", user_id, 64)
+        cdef uint32_t key = common.check_uint("ssrc", ssrc, 32)
+        common.check_uint("user_id", user_id, 64)
         cdef size_t i = self._find(key)
         cdef SSRCEntry entry
         self._clock += 1
@@ -933,7 +891,7 @@ cdef class SSRCTable:
                 for i in range(self._mask + 1):
                     if self._slots[i].entry != NULL:
                         stamps.append(((<SSRCEntry>self._slots[i].entry)._active, self._slots[i].key))
-                self._victims = _c.eviction_candidates(stamps, self._max_entries)
+                self._victims = common.eviction_candidates(stamps, self._max_entries)
             stamp, key = self._victims.pop()
             i = self._find(key)
             # Evicted only if unused (and not replaced) since it was picked.
@@ -992,224 +950,7 @@ cdef class SSRCTable:
         return f"SSRCTable({self._count} entries)"
 
 
-@cython.final
-cdef class DatagramRouter:
-    """A UDP socket's per-datagram entry point (see ``fastvoice._rtp_py.DatagramRouter``)."""
-
-    cdef object _remote
-    cdef object _remote_host
-    cdef long _remote_port
-    cdef public object slow_path
-    cdef public object logger
-    cdef public unsigned long long ignored
-    cdef public unsigned long long decrypt_failures
-    cdef public unsigned long long duplicates
-    cdef public unsigned long long keepalives
-    cdef public unsigned long long received
-    cdef Py_ssize_t _max_size
-    cdef Depacketizer _dep
-    cdef SSRCTable _table
-    cdef object _handler
-    cdef Packet _spare
-
-    def __init__(self, slow_path, max_size, logger):
-        self.slow_path = slow_path
-        self._max_size = max_size
-        self.logger = logger
-        self.remote = None
-
-    @property
-    def remote(self):
-        """``(host, port)`` of the voice server; datagrams from elsewhere are ignored."""
-        return self._remote
-
-    @remote.setter
-    def remote(self, value):
-        if value is None:
-            self._remote, self._remote_host, self._remote_port = None, None, -1
-            return
-        host, port = value[0], value[1]
-        if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}")
-        self._remote, self._remote_host, self._remote_port = (host, port), host, port
-
-    def route(self, depacketizer, table, handler):
-        """Route through ``depacketizer`` and ``table`` to ``handler`` in the fast path, or
-        (with any of them ``None``) send every datagram to ``slow_path``."""
-        if depacketizer is None or table is None or handler is None:
-            self._dep, self._table, self._handler = None, None, None
-            return
-        if not isinstance(depacketizer, Depacketizer) or not isinstance(table, SSRCTable):
-            raise TypeError("route() takes this twin's Depacketizer and SSRCTable")
-        self._dep, self._table, self._handler = depacketizer, table, handler
-
-    @property
-    def fast(self):
-        """True while datagrams take the fast path."""
-        return self._dep is not None
-
-    def datagram_received(self, data, addr):
-        """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
-        cdef object packet
-        cdef object port
-        cdef object host
-        cdef Packet spare
-        self.received += 1
-        if self._dep is None:
-            self.slow_path(data, addr)
-            return
-        if self._remote is not None:
-            # The port first (a C comparison), then the host; IPv6 addresses are 4-tuples.
-            # The event loop hands a tuple: its items are read without the generic indexing.
-            if PyTuple_CheckExact(addr) and PyTuple_GET_SIZE(addr) >= 2:
-                port = <object>PyTuple_GET_ITEM(addr, 1)
-                host = <object>PyTuple_GET_ITEM(addr, 0)
-            else:
-                self.ignored += 1  # not an (host, port, ...) address: not the voice server
-                return
-            if type(port) is not int or <long>port != self._remote_port or (
-                    host is not self._remote_host and host != self._remote_host):
-                self.ignored += 1
-                return
-        if not PyBytes_CheckExact(data) or PyBytes_GET_SIZE(data) > self._max_size:
-            self.ignored += 1
-            return
-        if PyBytes_GET_SIZE(data) == KEEPALIVE_SIZE and _is_keepalive_tail(<const unsigned char *>PyBytes_AS_STRING(data)):
-            self.keepalives += 1  # expected traffic (PROTOCOL.md 4.3), not garbage
-            return
-        spare, self._spare = self._spare, None
-        try:
-            packet = self._dep.c_dispatch(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                                          self._table, spare)
-        except DecryptionFailedError as exc:
-            self.decrypt_failures += 1
-            self.logger.debug("dropped a voice packet: %s", exc)
-            return
-        if packet is None:
-            if self._dep.depacketize(data) is not None:
-                self.duplicates += 1  # a repeat (slow only for repeats): told apart from non-audio
-            else:
-                self.ignored += 1
-            return
-        spare = None
-        self._handler(packet)
-        if Py_REFCNT(packet) == 1:
-            # Nobody kept the packet: the next datagram is parsed into it (no allocation).
-            # Only this frame refers to it, and Packet has no weak references.
-            self._spare = <Packet>packet
-
-
-cdef extern from *:
-    """
-    #ifdef _WIN32
-    static long fastvoice_send(long fd, const char *buf, size_t n) { (void)fd; (void)buf; (void)n; return -2; }
-    #else
-    #include <sys/types.h>
-    #include <sys/socket.h>
-    #include <errno.h>
-    static long fastvoice_send(long fd, const char *buf, size_t n) {
-        ssize_t r;
-        do { r = send((int)fd, buf, n, MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
-        return (long)r;
-    }
-    #endif
-    """
-    long fastvoice_send(long fd, const char *buf, size_t n) nogil
-
-
-def send_prepared(senders):
-    """The send phase of a clock tick (see ``fastvoice._rtp_py.send_prepared``): every
-    datagram prepared by ``senders`` goes out back to back with one ``send`` syscall each,
-    straight on the socket; what could not be sent that way is returned for the transport."""
-    cdef list fallback = []
-    cdef object datagram, udp
-    cdef long fd, rc
-    for sender in senders:
-        datagram = sender._prepared
-        if datagram is None:
-            continue
-        sender._prepared = None
-        udp = sender._prepared_udp
-        fd = -1 if udp is None else getattr(udp, "_fd", -1)
-        if fd >= 0 and PyBytes_CheckExact(datagram):
-            rc = fastvoice_send(fd, PyBytes_AS_STRING(datagram), PyBytes_GET_SIZE(datagram))
-            if rc == PyBytes_GET_SIZE(datagram):
-                sender.stats.sent += 1
-                continue
-        fallback.append((sender, datagram))
-    return fallback
-
-
-def _native_reference_loop(mode, secret_key, bytes payload, long count, bint decrypt=False):
-    """Benchmark ceiling: ``count`` packets packed and encrypted (or decrypted and stripped)
-    entirely in C, with no Python object per packet, making the same libsodium calls as
-    the Packetizer/Depacketizer (for AES-256-GCM the precomputed-key API when this
-    libsodium exports it).  Not part of the API."""
-    cdef int mode_no
-    _, mode_no = _c.resolve_mode(mode, _aes_available)
-    if mode_no > MODE_XCHACHA:
-        raise ValueError("the native reference loop covers the two AEAD modes only")
-    key_bytes = _c.check_key(secret_key)
-    cdef const unsigned char *key = <const unsigned char *>PyBytes_AS_STRING(key_bytes)
-    cdef const unsigned char *m = <const unsigned char *>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t mlen = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t total = 12 + mlen + TAG + 4
-    cdef unsigned char *pkt = <unsigned char *>malloc(total)
-    cdef unsigned char *plain = <unsigned char *>malloc(total)
-    cdef unsigned char nonce[24]
-    cdef ull outlen = 0
-    cdef long i
-    cdef int failures = 0
-    cdef Py_ssize_t hlen
-    cdef _AesState aes
-    aes.raw = NULL
-    aes.ctx = NULL
-    cdef aead_encrypt_fn enc = _aes_encrypt if mode_no == MODE_AES else _xchacha_encrypt
-    cdef aead_decrypt_fn dec = _aes_decrypt if mode_no == MODE_AES else _xchacha_decrypt
-    if pkt == NULL or plain == NULL:
-        free(pkt)
-        free(plain)
-        raise MemoryError()
-    try:
-        if mode_no == MODE_AES:
-            _aes_state_init(&aes, key)
-            if aes.ctx != NULL:
-                enc = _aes_encrypt_afternm
-                dec = _aes_decrypt_afternm
-                key = aes.ctx
-        with nogil:
-            memset(nonce, 0, 24)
-            _write_header(pkt, 0, 0, 12345)
-            _put_u32(nonce, 0)
-            enc(pkt + 12, &outlen, m, mlen, pkt, 12, NULL, nonce, key)
-            memcpy(pkt + total - 4, nonce, 4)
-            for i in range(count):
-                if decrypt:
-                    hlen = 12 + 4 * (pkt[0] & 0x0F)
-                    memcpy(nonce, pkt + total - 4, 4)
-                    failures += dec(plain, &outlen, NULL, pkt + hlen, total - 4 - hlen, pkt, hlen, nonce, key) != 0
-                else:
-                    _write_header(pkt, <uint32_t>i & 0xFFFF, <uint32_t>i * 960, 12345)
-                    _put_u32(nonce, <uint32_t>i)
-                    failures += enc(pkt + 12, &outlen, m, mlen, pkt, 12, NULL, nonce, key) != 0
-                    memcpy(pkt + total - 4, nonce, 4)
-        if decrypt and failures:
-            raise RuntimeError("native reference decryption failed")
-        return failures
-    finally:
-        _aes_state_free(&aes)
-        free(pkt)
-        free(plain)
-
-
-def _call_from_c(func, list items, arg):
-    """Benchmark harness: ``func(item, arg)`` for each item, called from C the way an event
-    loop's transport calls its protocol (no interpreter loop around the calls).  Not part
-    of the API."""
-    for item in items:
-        func(item, arg)
-
-
 def _uses_precomputed_aes():
-    """True when AES-256-GCM runs with the key expanded once per key.  Not part of the API."""
+    """True when AES-256-GCM runs with the key expanded once per key (a probe for the tests;
+    not part of the API)."""
     return _aes_beforenm != NULL and _aes_available

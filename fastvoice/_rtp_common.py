@@ -5,6 +5,7 @@ Only construction-time work lives here; nothing in this module runs per packet.
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections.abc import Iterable
 
@@ -29,13 +30,33 @@ _MODE_NUMBERS = {
 
 KEY_SIZE = 32
 TAG_SIZE = 16
-# Largest UDP payload over IPv4; a packet never grows past it.
-MAX_DATAGRAM = 65507
+#: Largest UDP payload over IPv4: no packet the core builds is longer. (What the receive side
+#: accepts is far less: ``fastvoice.udp.MAX_RECEIVED_DATAGRAM``.)
+MAX_UDP_PAYLOAD = 65507
 # Worst-case bytes added around the Opus payload by any supported mode.
 MAX_OVERHEAD = 12 + TAG_SIZE + 24
-MAX_PAYLOAD = MAX_DATAGRAM - MAX_OVERHEAD
+MAX_PAYLOAD = MAX_UDP_PAYLOAD - MAX_OVERHEAD
 # A UDP keepalive (PROTOCOL.md 4.3): a u32 little-endian counter and four zero bytes.
 KEEPALIVE_SIZE = 8
+
+
+class DispatchOutcome(enum.IntEnum):
+    """What :meth:`Depacketizer.dispatch_outcome` did with a datagram.
+
+    ``ROUTED``: an audio packet of a mapped SSRC, first seen (its ``user_id`` is set);
+    ``UNMAPPED``: an audio packet of an SSRC the table does not hold (``user_id`` is ``None``);
+    ``DUPLICATE``: a repeat of a packet already dispatched for its SSRC (dropped, no packet);
+    ``NOT_AUDIO``: not RTP audio (RTCP, IP discovery replies, stray bytes; no packet).
+    """
+
+    ROUTED = 0
+    UNMAPPED = 1
+    DUPLICATE = 2
+    NOT_AUDIO = 3
+
+
+#: The outcomes by number (the compiled twin hands out these members).
+OUTCOMES = tuple(DispatchOutcome)
 
 
 def resolve_mode(mode: object, aes_available: bool) -> tuple[EncryptionMode, int]:

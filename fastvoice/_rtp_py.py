@@ -1,5 +1,8 @@
 """Pure-Python twin of the packet core: RTP packing, transport encryption, SSRC dispatch.
 
+Sans-I/O: bytes in, bytes or packets out; no socket, clock or logging (the router and the
+send loop that meet sockets are the I/O edge, ``fastvoice._rtp_edge_py``).
+
 This module is the typed source of truth for the API; ``fastvoice._rtp_c`` is its
 compiled twin and must behave identically, byte for byte.  The crypto goes
 through ``nacl.bindings`` (libsodium bundled in PyNaCl >= 1.6).
@@ -9,30 +12,26 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
-from typing import Any
 
-import nacl._sodium
 import nacl.bindings as _nb
 from nacl.exceptions import CryptoError
 
-from . import _rtp_common as _c
+from . import _rtp_common as common
+from ._cpu import aes256gcm_available
+from ._rtp_common import DispatchOutcome
 from ._rtp_py_ssrc import SSRCEntry, SSRCTable
 from .encryption import EncryptionMode
 from .errors import DecryptionFailedError
 
-_os_write = os.write
-
 __all__ = [
     "IMPLEMENTATION",
+    "DispatchOutcome",
     "Packet",
     "Packetizer",
     "Depacketizer",
     "SSRCEntry",
     "SSRCTable",
     "aes256gcm_available",
-    "send_prepared",
-    "DatagramRouter",
 ]
 
 IMPLEMENTATION = "py"
@@ -45,16 +44,9 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _PREAMBLE = struct.Struct(">HH")
 _ZERO20 = bytes(20)
-_ZERO4 = bytes(4)
-_KEEPALIVE_SIZE = _c.KEEPALIVE_SIZE
 _ZERO8 = bytes(8)
 _ZERO12 = bytes(12)
-
-
-def aes256gcm_available() -> bool:
-    """True when libsodium can use AES-256-GCM on this CPU (AES-NI/PCLMUL or ARMv8 crypto)."""
-    # Importing nacl.bindings has run sodium_init(), which detects the CPU features.
-    return bool(nacl._sodium.lib.crypto_aead_aes256gcm_is_available())
+_ROUTED, _UNMAPPED, _DUPLICATE, _NOT_AUDIO = DispatchOutcome
 
 
 class Packet:
@@ -94,12 +86,12 @@ class Packet:
         extension: bytes = b"",
         user_id: int | None = None,
     ) -> None:
-        self._sequence = _c.check_uint("sequence", sequence, 16)
-        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
+        self._sequence = common.check_uint("sequence", sequence, 16)
+        self._timestamp = common.check_uint("timestamp", timestamp, 32)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
         self.opus = opus
         self._marker = bool(marker)
-        self._payload_type = _c.check_uint("payload_type", payload_type, 7)
+        self._payload_type = common.check_uint("payload_type", payload_type, 7)
         self.csrcs = tuple(csrcs)
         self.extension_profile = extension_profile
         self.extension = extension
@@ -124,7 +116,7 @@ class Packet:
 
     @sequence.setter
     def sequence(self, value: int) -> None:
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self) -> int:
@@ -133,7 +125,7 @@ class Packet:
 
     @timestamp.setter
     def timestamp(self, value: int) -> None:
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def ssrc(self) -> int:
@@ -142,7 +134,7 @@ class Packet:
 
     @ssrc.setter
     def ssrc(self, value: int) -> None:
-        self._ssrc = _c.check_uint("ssrc", value, 32)
+        self._ssrc = common.check_uint("ssrc", value, 32)
 
     @property
     def marker(self) -> bool:
@@ -160,7 +152,7 @@ class Packet:
 
     @payload_type.setter
     def payload_type(self, value: int) -> None:
-        self._payload_type = _c.check_uint("payload_type", value, 7)
+        self._payload_type = common.check_uint("payload_type", value, 7)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Packet):
@@ -180,7 +172,7 @@ class Packet:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return _c.packet_repr(self)
+        return common.packet_repr(self)
 
 
 class Packetizer:
@@ -210,12 +202,12 @@ class Packetizer:
         timestamp: int = 0,
         nonce: int = 0,
     ) -> None:
-        self._ssrc = _c.check_uint("ssrc", ssrc, 32)
-        self._mode, self._mode_no = _c.resolve_mode(mode, aes256gcm_available())
-        self._key = _c.check_key(secret_key)
-        self._sequence = _c.check_uint("sequence", sequence, 16)
-        self._timestamp = _c.check_uint("timestamp", timestamp, 32)
-        self._nonce = _c.check_uint("nonce", nonce, 32)
+        self._ssrc = common.check_uint("ssrc", ssrc, 32)
+        self._mode, self._mode_no = common.resolve_mode(mode, aes256gcm_available())
+        self._key = common.check_key(secret_key)
+        self._sequence = common.check_uint("sequence", sequence, 16)
+        self._timestamp = common.check_uint("timestamp", timestamp, 32)
+        self._nonce = common.check_uint("nonce", nonce, 32)
         self._wiped = False
 
     def wipe(self) -> None:
@@ -224,13 +216,13 @@ class Packetizer:
         Both twins hold a private copy of the key (never the caller's object) and overwrite
         it with zeros here, and when the object is freed.
         """
-        _c.scrub(self._key)
+        common.scrub(self._key)
         self._wiped = True
 
     def __del__(self) -> None:
         key = getattr(self, "_key", None)
         if key is not None:
-            _c.scrub(key)
+            common.scrub(key)
 
     @property
     def wiped(self) -> bool:
@@ -254,7 +246,7 @@ class Packetizer:
 
     @sequence.setter
     def sequence(self, value: int) -> None:
-        self._sequence = _c.check_uint("sequence", value, 16)
+        self._sequence = common.check_uint("sequence", value, 16)
 
     @property
     def timestamp(self) -> int:
@@ -263,7 +255,7 @@ class Packetizer:
 
     @timestamp.setter
     def timestamp(self, value: int) -> None:
-        self._timestamp = _c.check_uint("timestamp", value, 32)
+        self._timestamp = common.check_uint("timestamp", value, 32)
 
     @property
     def nonce(self) -> int:
@@ -272,7 +264,7 @@ class Packetizer:
 
     @nonce.setter
     def nonce(self, value: int) -> None:
-        self._nonce = _c.check_uint("nonce", value, 32)
+        self._nonce = common.check_uint("nonce", value, 32)
 
     def packetize(self, opus: bytes, *, marker: bool = False) -> bytes:
         """Encrypt ``opus`` into a complete RTP datagram and advance the counters.
@@ -282,21 +274,21 @@ class Packetizer:
         if not isinstance(opus, bytes):
             opus = bytes(memoryview(opus))
         if self._wiped:
-            raise _c.wiped_error("Packetizer")
-        if len(opus) > _c.MAX_PAYLOAD:
-            raise ValueError(f"payload of {len(opus)} bytes exceeds the maximum of {_c.MAX_PAYLOAD}")
+            raise common.wiped_error("Packetizer")
+        if len(opus) > common.MAX_PAYLOAD:
+            raise ValueError(f"payload of {len(opus)} bytes exceeds the maximum of {common.MAX_PAYLOAD}")
         header = _HEADER.pack(0x80, 0xF8 if marker else 0x78, self._sequence, self._timestamp, self._ssrc)
         mode = self._mode_no
-        if mode == _c.MODE_AES256GCM_RTPSIZE:
+        if mode == common.MODE_AES256GCM_RTPSIZE:
             suffix = _U32.pack(self._nonce)
             body = _nb.crypto_aead_aes256gcm_encrypt(opus, header, suffix + _ZERO8, self._key)
-        elif mode == _c.MODE_XCHACHA20_RTPSIZE:
+        elif mode == common.MODE_XCHACHA20_RTPSIZE:
             suffix = _U32.pack(self._nonce)
             body = _nb.crypto_aead_xchacha20poly1305_ietf_encrypt(opus, header, suffix + _ZERO20, self._key)
-        elif mode == _c.MODE_XSALSA20:
+        elif mode == common.MODE_XSALSA20:
             suffix = b""
             body = _nb.crypto_secretbox_easy(opus, header + _ZERO12, self._key)
-        elif mode == _c.MODE_XSALSA20_SUFFIX:
+        elif mode == common.MODE_XSALSA20_SUFFIX:
             suffix = _urandom(24)
             body = _nb.crypto_secretbox_easy(opus, suffix, self._key)
         else:  # MODE_XSALSA20_LITE
@@ -324,19 +316,19 @@ class Depacketizer:
     __slots__ = ("_mode", "_mode_no", "_key", "_wiped")
 
     def __init__(self, mode: EncryptionMode | str, secret_key: bytes) -> None:
-        self._mode, self._mode_no = _c.resolve_mode(mode, aes256gcm_available())
-        self._key = _c.check_key(secret_key)
+        self._mode, self._mode_no = common.resolve_mode(mode, aes256gcm_available())
+        self._key = common.check_key(secret_key)
         self._wiped = False
 
     def wipe(self) -> None:
         """Zero the secret key now; later calls raise (see :meth:`Packetizer.wipe`)."""
-        _c.scrub(self._key)
+        common.scrub(self._key)
         self._wiped = True
 
     def __del__(self) -> None:
         key = getattr(self, "_key", None)
         if key is not None:
-            _c.scrub(key)
+            common.scrub(key)
 
     @property
     def wiped(self) -> bool:
@@ -350,31 +342,51 @@ class Depacketizer:
         SSRC not in it), or ``None`` when the datagram is not RTP audio or repeats a
         packet already dispatched for its SSRC (counted in ``SSRCEntry.duplicates``).
         Raises :class:`DecryptionFailedError` like :meth:`depacketize`.
+        :meth:`dispatch_outcome` also says which of these happened.
         """
         if not isinstance(table, SSRCTable):
             raise TypeError(f"table must be an SSRCTable, got {type(table).__name__}")
-        packet = self.depacketize(datagram)
+        return self._dispatch(datagram, table)[1]
+
+    def dispatch_outcome(self, datagram: bytes, table: SSRCTable) -> tuple[DispatchOutcome, Packet | None]:
+        """:meth:`dispatch`, saying what happened: ``(outcome, packet or None)``.
+
+        ``(ROUTED, packet)`` for a mapped SSRC (``user_id`` set), ``(UNMAPPED, packet)`` for an
+        SSRC not in ``table``, ``(DUPLICATE, None)`` for a repeat and ``(NOT_AUDIO, None)`` for
+        anything that is not RTP audio (see :class:`DispatchOutcome`). The datagram is
+        decrypted once, whatever the outcome.
+        """
+        if not isinstance(table, SSRCTable):
+            raise TypeError(f"table must be an SSRCTable, got {type(table).__name__}")
+        return self._dispatch(datagram, table)
+
+    def _dispatch(self, datagram: bytes, table: SSRCTable | None) -> tuple[DispatchOutcome, Packet | None]:
+        # The one route of a datagram (the router calls it too); ``table`` None: no routing.
+        packet = self._depacketize(datagram)
         if packet is None:
-            return None
+            return _NOT_AUDIO, None
+        if table is None:
+            return _UNMAPPED, packet
         entry = table._entries.get(packet.ssrc)
-        if entry is not None:
-            table._clock += 1
-            entry._active = table._clock
-            if not entry.accept(packet.sequence):
-                return None
-            packet.user_id = entry.user_id
-        return packet
+        if entry is None:
+            return _UNMAPPED, packet
+        table._clock += 1
+        entry._active = table._clock
+        if not entry.accept(packet.sequence):
+            return _DUPLICATE, None
+        packet.user_id = entry.user_id
+        return _ROUTED, packet
 
     @property
     def mode(self) -> EncryptionMode:
         """The transport encryption mode."""
         return self._mode
 
-    def depacketize(self, datagram: bytes) -> Packet | None:
+    def _depacketize(self, datagram: bytes) -> Packet | None:
         """Return the :class:`Packet` in ``datagram``, or ``None`` if it is not RTP audio."""
         data = datagram if isinstance(datagram, bytes) else bytes(memoryview(datagram))
         if self._wiped:
-            raise _c.wiped_error("Depacketizer")
+            raise common.wiped_error("Depacketizer")
         n = len(data)
         if n < 12:
             return None
@@ -389,7 +401,7 @@ class Depacketizer:
         key = self._key
         profile = None
         ext_len = 0
-        if mode <= _c.MODE_XCHACHA20_RTPSIZE:
+        if mode <= common.MODE_XCHACHA20_RTPSIZE:
             # Header (fixed part, CSRCs, extension preamble) is the AAD.
             hlen = 12 + 4 * cc
             if has_ext:
@@ -398,11 +410,11 @@ class Depacketizer:
                 profile, words = _PREAMBLE.unpack_from(data, hlen)
                 ext_len = words * 4
                 hlen += 4
-            if n < hlen + _c.TAG_SIZE + 4:
+            if n < hlen + common.TAG_SIZE + 4:
                 raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
             suffix = data[-4:]
             try:
-                if mode == _c.MODE_AES256GCM_RTPSIZE:
+                if mode == common.MODE_AES256GCM_RTPSIZE:
                     plain = _nb.crypto_aead_aes256gcm_decrypt(data[hlen:-4], data[:hlen], suffix + _ZERO8, key)
                 else:
                     plain = _nb.crypto_aead_xchacha20poly1305_ietf_decrypt(
@@ -414,18 +426,18 @@ class Depacketizer:
             start = 0
         else:
             # Legacy secretbox modes: only the fixed 12 bytes are in the clear.
-            if mode == _c.MODE_XSALSA20:
-                if n < 12 + _c.TAG_SIZE:
+            if mode == common.MODE_XSALSA20:
+                if n < 12 + common.TAG_SIZE:
                     raise DecryptionFailedError("truncated packet: shorter than header + tag")
                 nonce = data[:12] + _ZERO12
                 box = data[12:]
-            elif mode == _c.MODE_XSALSA20_SUFFIX:
-                if n < 12 + _c.TAG_SIZE + 24:
+            elif mode == common.MODE_XSALSA20_SUFFIX:
+                if n < 12 + common.TAG_SIZE + 24:
                     raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
                 nonce = data[-24:]
                 box = data[12:-24]
             else:
-                if n < 12 + _c.TAG_SIZE + 4:
+                if n < 12 + common.TAG_SIZE + 4:
                     raise DecryptionFailedError("truncated packet: shorter than header + tag + nonce")
                 nonce = data[-4:] + _ZERO20
                 box = data[12:-4]
@@ -459,124 +471,9 @@ class Depacketizer:
             sequence, timestamp, ssrc, plain[start:end], bool(b1 & 0x80), b1 & 0x7F, csrcs, profile, extension
         )
 
+    # The public name; dispatch and the router call ``_depacketize``, so a subclass that
+    # wraps ``depacketize`` does not change what they do.
+    depacketize = _depacketize
+
     def __repr__(self) -> str:
         return f"Depacketizer(mode={self._mode.value!r})"
-
-
-def send_prepared(senders: Iterable[Any]) -> list[tuple[Any, bytes]]:
-    """The send phase of a clock tick: send every datagram ``senders`` prepared.
-
-    For each sender whose ``_prepared`` datagram is set, the datagram is taken (``_prepared``
-    becomes ``None``) and written straight to the socket of the UDP connection it was
-    prepared for (``_prepared_udp._fd``, -1 once closed), counting ``stats.sent``. Datagrams
-    that cannot be written that way (no socket, a full socket buffer, any error, a platform
-    without socket writes on descriptors) are returned as ``(sender, datagram)`` pairs for
-    the caller to hand to the asyncio transport, which buffers and reports errors.
-    """
-    fallback = []
-    for sender in senders:
-        datagram = sender._prepared
-        if datagram is None:
-            continue
-        sender._prepared = None
-        udp = sender._prepared_udp
-        fd = -1 if udp is None else getattr(udp, "_fd", -1)
-        if fd >= 0 and type(datagram) is bytes:
-            try:
-                if _os_write(fd, datagram) == len(datagram):
-                    sender.stats.sent += 1
-                    continue
-            except OSError:
-                pass
-        fallback.append((sender, datagram))
-    return fallback
-
-
-class DatagramRouter:
-    """A UDP socket's per-datagram entry point: what the asyncio datagram protocol calls.
-
-    In the fast path (after :meth:`route`) each datagram from ``remote`` is depacketized,
-    routed through the SSRC table and handed to the handler in one call; datagrams from
-    another address, oversized ones, non-audio, repeats and forgeries are dropped and
-    counted (``ignored``, ``duplicates``, ``decrypt_failures``; forgeries logged at debug).
-    UDP keepalives (8 bytes: a u32 counter and 4 zero bytes) are dropped too, counted
-    apart in ``keepalives``: they are expected traffic, not garbage.
-    ``received`` counts every datagram handed in, whatever became of it.
-    Until routed, every datagram goes to ``slow_path(data, addr)`` (IP discovery, raw
-    handlers, queued reads).
-    """
-
-    __slots__ = ("_remote", "slow_path", "logger", "ignored", "decrypt_failures", "duplicates",
-                 "keepalives", "received", "_max_size", "_dep", "_table", "_handler")
-
-    def __init__(self, slow_path: Any, max_size: int, logger: Any) -> None:
-        self.slow_path = slow_path
-        self._max_size = max_size
-        self.logger = logger
-        self._remote: tuple[Any, int] | None = None
-        self.ignored = self.decrypt_failures = self.duplicates = self.keepalives = self.received = 0
-        self._dep: Depacketizer | None = None
-        self._table: SSRCTable | None = None
-        self._handler: Any = None
-
-    @property
-    def remote(self) -> tuple[Any, int] | None:
-        """``(host, port)`` of the voice server; datagrams from elsewhere are ignored."""
-        return self._remote
-
-    @remote.setter
-    def remote(self, value: Any) -> None:
-        if value is None:
-            self._remote = None
-            return
-        host, port = value[0], value[1]
-        if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-            raise ValueError(f"remote port must be an int in 0..65535, got {port!r}")
-        self._remote = (host, port)
-
-    def route(self, depacketizer: Depacketizer | None, table: SSRCTable | None, handler: Any) -> None:
-        """Route through ``depacketizer`` and ``table`` to ``handler`` in the fast path, or
-        (with any of them ``None``) send every datagram to ``slow_path``."""
-        if depacketizer is None or table is None or handler is None:
-            self._dep = self._table = self._handler = None
-            return
-        if not isinstance(depacketizer, Depacketizer) or not isinstance(table, SSRCTable):
-            raise TypeError("route() takes this twin's Depacketizer and SSRCTable")
-        self._dep, self._table, self._handler = depacketizer, table, handler
-
-    @property
-    def fast(self) -> bool:
-        """True while datagrams take the fast path."""
-        return self._dep is not None
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        """Handle one datagram from ``addr`` (the asyncio ``DatagramProtocol`` method)."""
-        self.received += 1
-        dep = self._dep
-        if dep is None:
-            self.slow_path(data, addr)
-            return
-        remote = self._remote
-        if remote is not None and (type(addr) is not tuple or len(addr) < 2
-                                   or addr[1] != remote[1] or addr[0] != remote[0]):
-            self.ignored += 1
-            return
-        if type(data) is not bytes or len(data) > self._max_size:
-            self.ignored += 1
-            return
-        if len(data) == _KEEPALIVE_SIZE and data[4:] == _ZERO4:
-            self.keepalives += 1
-            return
-        try:
-            packet = dep.dispatch(data, self._table)  # type: ignore[arg-type]
-        except DecryptionFailedError as exc:
-            self.decrypt_failures += 1
-            self.logger.debug("dropped a voice packet: %s", exc)
-            return
-        if packet is None:
-            if dep.depacketize(data) is not None:
-                self.duplicates += 1  # a repeat (slow only for repeats): told apart from non-audio
-            else:
-                self.ignored += 1
-            return
-        self._handler(packet)

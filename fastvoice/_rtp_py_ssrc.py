@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from . import _rtp_common as _c
+from . import _rtp_common as common
 
 __all__ = ["SSRCEntry", "SSRCTable"]
 
@@ -44,7 +44,7 @@ class SSRCEntry:
 
         A sequence number more than 64 behind the newest one starts the window over (a
         restarted stream rather than a late copy)."""
-        seq = _c.check_uint("sequence", sequence, 16)
+        seq = common.check_uint("sequence", sequence, 16)
         if self._top < 0:
             self._top, self._window = seq, 1
             return True
@@ -84,8 +84,8 @@ class SSRCTable:
 
     __slots__ = ("_entries", "_max_entries", "_clock", "_evictions", "_victims")
 
-    def __init__(self, max_entries: int = _c.DEFAULT_MAX_SSRCS) -> None:
-        self._max_entries = _c.check_max_entries(max_entries)
+    def __init__(self, max_entries: int = common.DEFAULT_MAX_SSRCS) -> None:
+        self._max_entries = common.check_max_entries(max_entries)
         self._entries: dict[int, SSRCEntry] = {}
         self._clock = 0  # activity stamps: +1 per use, so the least recently used has the lowest
         self._evictions = 0
@@ -108,8 +108,8 @@ class SSRCTable:
         is kept; if it belonged to someone else, the entry is replaced. A new entry in a
         full table evicts the least recently active one.
         """
-        _c.check_uint("ssrc", ssrc, 32)
-        _c.check_uint("user_id", user_id, 64)
+        common.check_uint("ssrc", ssrc, 32)
+        common.check_uint("user_id", user_id, 64)
         self._clock += 1
         entry = self._entries.get(ssrc)
         if entry is not None and entry.user_id == user_id:
@@ -126,7 +126,7 @@ class SSRCTable:
         entries = self._entries
         while len(entries) > self._max_entries:
             if not self._victims:
-                self._victims = _c.eviction_candidates(((e._active, s) for s, e in entries.items()),
+                self._victims = common.eviction_candidates(((e._active, s) for s, e in entries.items()),
                                                        self._max_entries)
             stamp, ssrc = self._victims.pop()
             entry = entries.get(ssrc)

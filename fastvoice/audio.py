@@ -21,7 +21,7 @@ from ._timer import DeadlineTimer
 from .histogram import Histogram
 from .constants import OPUS_FRAME_SIZE_MS, SILENCE_AUDIO_FRAME
 from .opus import OpusFrameProvider, OpusFrameReceiver, UserFilterFunc
-from .rtp import Packet, Packetizer, SSRCTable, send_prepared
+from .rtp import Packet, Packetizer, PreparedSlot, SSRCTable, send_prepared
 from .udp import UDPConn
 
 __all__ = [
@@ -123,7 +123,8 @@ class SendClock:
         self._precise = precise
         #: True while a timerfd wakes the loop for ticks (Linux), False with the loop's timers.
         self.precise = False
-        self._live: dict[AudioSender, None] = {}
+        #: The live senders, each with the slot its next datagram is prepared in.
+        self._live: dict[AudioSender, PreparedSlot] = {}
         self._task: asyncio.Task[None] | None = None
         #: Ticks run, and ticks skipped by resynchronisation, since the clock was made.
         self.ticks = 0
@@ -157,7 +158,7 @@ class SendClock:
         return self._task is not None and not self._task.done()
 
     def _add(self, sender: AudioSender) -> None:
-        self._live[sender] = None
+        self._live[sender] = sender._slot
         if self._autostart and not self.running:
             self._task = self._loop.create_task(self._run(), name="fastvoice-send-clock")
 
@@ -215,7 +216,7 @@ class SendClock:
         senders = list(self._live)
         # Back to back, one syscall per datagram, in the compiled core when it is built;
         # what cannot go straight to a socket goes through the transport.
-        for sender, datagram in send_prepared(senders):
+        for sender, datagram in send_prepared(self._live.values()):
             sender._send(datagram)
         for sender in senders:
             if sender._live:
@@ -270,8 +271,9 @@ class AudioSender:
         self._clock = clock
         self.stats = FrameStats()
         self.frame_hook: Callable[[bytes], bytes | None] | None = None
-        self._prepared: bytes | None = None
-        #: The UDP connection ``_prepared`` was encrypted for (its socket is where it goes).
+        #: The datagram for the next tick and the socket it goes to (read by ``send_prepared``).
+        self._slot = PreparedSlot(self, self.stats)
+        #: The UDP connection the prepared datagram was encrypted for.
         self._prepared_udp: UDPConn | None = None
         self._live = False
         self._open = False
@@ -324,7 +326,7 @@ class AudioSender:
     def _go_idle(self) -> None:
         if self._live:
             self._live = False
-            self._prepared = self._prepared_udp = None
+            self._clear_prepared()
             if self._clock is not None:
                 self._clock._remove(self)
 
@@ -345,13 +347,18 @@ class AudioSender:
 
     def reset_session(self) -> None:
         """The voice session changed (reconnect): announce Speaking again before the next frame."""
-        self._prepared = self._prepared_udp = None
+        self._clear_prepared()
         self._speaking = False
         self._tail_sent = False
         self._silence_left = 0
         if self._speaking_task is not None and not self._speaking_task.done():
             self._speaking_task.cancel()
         self._speaking_task = None
+
+    def _clear_prepared(self) -> None:
+        slot = self._slot
+        slot.datagram = slot.target = None
+        self._prepared_udp = None
 
     def _send(self, datagram: bytes) -> None:
         udp = self._conn.udp
@@ -428,15 +435,17 @@ class AudioSender:
                 return
         udp = self._conn.udp
         packetizer = None if udp is None else udp.packetizer
-        if packetizer is None:
+        if udp is None or packetizer is None:
             # No Session Description yet: nothing may be encrypted or sent.
             self.stats.nulled += 1
             return
         position = self._clock.position  # type: ignore[union-attr]  # _pack runs in the clock's tick
+        slot = self._slot
         if position == self._next_position:
-            self._prepared = packetizer.packetize(frame)  # the stream goes on: nothing to adjust
+            slot.datagram = packetizer.packetize(frame)  # the stream goes on: nothing to adjust
         else:
-            self._prepared = self._pack_after_gap(packetizer, frame, position, silence)
+            slot.datagram = self._pack_after_gap(packetizer, frame, position, silence)
+        slot.target = udp.send_target
         self._next_position = position + 1
         self._prepared_udp = udp
         if silence:
@@ -550,18 +559,14 @@ class AudioReceiver:
     def handle_packet(self, packet: Packet) -> None:
         """Route one decrypted packet to its user (called by the UDP connection).
 
-        Packets routed by the UDP connection's dispatch table arrive with ``user_id`` set
-        and repeats already dropped; others are looked up (and de-duplicated) here.
+        The connection's router has already looked the SSRC up in ``ssrcs`` and dropped
+        repeats: a packet arrives with ``user_id`` set, or ``None`` for an SSRC not mapped
+        yet, which is held (see :meth:`ssrc_mapped`).
         """
         user_id = packet.user_id
         if user_id is None:
-            entry = self._ssrcs.lookup(packet.ssrc)
-            if entry is None:
-                self._hold(packet)
-                return
-            if not entry.accept(packet.sequence):
-                return
-            user_id = packet.user_id = entry.user_id
+            self._hold(packet)
+            return
         self._deliver(user_id, packet)
 
     def _deliver(self, user_id: int, packet: Packet) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+from ._cpu import aes256gcm_available
 from ._shown import cut, shown
 
 __all__ = ["EncryptionMode", "choose_encryption_mode", "AVAILABLE_MODES", "DISCONTINUED_MODES"]
@@ -106,8 +107,6 @@ def choose_encryption_mode(
     offered_list = list(offered)
     names = {str(m.value if isinstance(m, EncryptionMode) else m) for m in offered_list}
     if aes_gcm_available is None:
-        from .rtp import aes256gcm_available
-
         aes_gcm_available = aes256gcm_available()
     if aes_gcm_available and EncryptionMode.AEAD_AES256_GCM_RTPSIZE.value in names:
         return EncryptionMode.AEAD_AES256_GCM_RTPSIZE

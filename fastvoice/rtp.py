@@ -1,4 +1,8 @@
-"""The packet core: RTP packing, transport encryption and SSRC dispatch.
+"""The packet core (RTP packing, transport encryption, SSRC dispatch) and its I/O edge.
+
+The core (``Packet``, ``Packetizer``, ``Depacketizer``, the SSRC table) is sans-I/O: bytes
+in, bytes or packets out. The edge (``DatagramRouter``, ``send_prepared`` and the two objects
+they read, ``SendTarget`` and ``PreparedSlot``) is where datagrams meet sockets.
 
 Selects the compiled twin (``fastvoice._rtp_c``) when it is built and allowed,
 else the pure-Python twin (``fastvoice._rtp_py``), which has the same API and
@@ -18,6 +22,7 @@ from ._env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 
 __all__ = [
     "IMPLEMENTATION",
+    "DispatchOutcome",
     "Packet",
     "Packetizer",
     "Depacketizer",
@@ -26,6 +31,8 @@ __all__ = [
     "aes256gcm_available",
     "send_prepared",
     "DatagramRouter",
+    "PreparedSlot",
+    "SendTarget",
     "speedups_enabled",
 ]
 
@@ -33,27 +40,27 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._rtp_py import (
         IMPLEMENTATION,
         Depacketizer,
+        DispatchOutcome,
         Packet,
         Packetizer,
         SSRCEntry,
         SSRCTable,
         aes256gcm_available,
-        send_prepared,
-        DatagramRouter,
     )
+    from ._rtp_edge_py import DatagramRouter, PreparedSlot, SendTarget, send_prepared
 else:
     try:
         from ._rtp_c import (
             IMPLEMENTATION,
             Depacketizer,
+            DispatchOutcome,
             Packet,
             Packetizer,
             SSRCEntry,
             SSRCTable,
             aes256gcm_available,
-            send_prepared,
-            DatagramRouter,
         )
+        from ._rtp_edge_c import DatagramRouter, PreparedSlot, SendTarget, send_prepared
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
             raise ImportError(
@@ -63,14 +70,14 @@ else:
         from ._rtp_py import (  # noqa: F401
             IMPLEMENTATION,
             Depacketizer,
+            DispatchOutcome,
             Packet,
             Packetizer,
             SSRCEntry,
             SSRCTable,
             aes256gcm_available,
-            send_prepared,
-            DatagramRouter,
         )
+        from ._rtp_edge_py import DatagramRouter, PreparedSlot, SendTarget, send_prepared  # noqa: F401
 
         if sys.implementation.name == "cpython":  # where the build makes the compiled twin
             warnings.warn(

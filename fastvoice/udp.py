@@ -14,17 +14,18 @@ from typing import Any
 from ._shown import shown
 from .constants import UDP_TIMEOUT
 from .encryption import EncryptionMode
-from .errors import DecryptionFailedError, IPDiscoveryError, VoiceError
+from .errors import IPDiscoveryError, VoiceError
 from .ipdiscovery import build_ip_discovery_request, is_ip_discovery_response, parse_ip_discovery_response
-from .keepalive import KEEPALIVE_INTERVAL, KeepaliveScheduler, build_keepalive, is_keepalive
-from .rtp import DatagramRouter, Depacketizer, Packet, Packetizer, SSRCTable
+from .keepalive import KEEPALIVE_INTERVAL, KeepaliveScheduler, build_keepalive
+from .rtp import DatagramRouter, Depacketizer, Packet, Packetizer, SendTarget, SSRCTable
 
 __all__ = ["UDPConn", "UDPConnConfig", "UDPConnCreateFunc", "UDPNotReadyError"]
 
 _log = logging.getLogger("fastvoice.udp")
 
-#: Largest datagram the receive side accepts; anything longer is dropped unread.
-MAX_DATAGRAM = 4096
+#: Largest datagram the receive side accepts; anything longer is dropped unread. (Not the
+#: largest UDP payload, ``_rtp_common.MAX_UDP_PAYLOAD``: a voice packet is far smaller.)
+MAX_RECEIVED_DATAGRAM = 4096
 
 
 def _random_stream_start() -> tuple[int, int]:
@@ -95,8 +96,8 @@ class UDPConn:
             raise TypeError("pass either a UDPConnConfig or keyword options, not both")
         self._transport: asyncio.DatagramTransport | None = None
         self._remote: tuple[str, int] | None = None
-        #: The socket's descriptor while open, else -1 (the send clock writes to it directly).
-        self._fd = -1
+        #: The socket's descriptor while open, else -1: the send clock writes to it directly.
+        self._send_target = SendTarget(-1)
         self._ssrc = 0
         self._packetizer: Packetizer | None = None
         self._depacketizer: Depacketizer | None = None
@@ -114,8 +115,8 @@ class UDPConn:
         self._keepalive_mark: int | None = None
         self._keepalives_sent = 0
         # Every datagram enters through the router: depacketize + SSRC routing + handler in
-        # one compiled call once a key, a handler and a table are set, else _datagram_received.
-        self._router = DatagramRouter(self._datagram_received, MAX_DATAGRAM, self._config.logger)
+        # one compiled call; only IP discovery and a raw handler take _datagram_received first.
+        self._router = DatagramRouter(self._datagram_received, MAX_RECEIVED_DATAGRAM, self._config.logger)
 
     # -- properties -----------------------------------------------------------------
 
@@ -150,12 +151,15 @@ class UDPConn:
         return self._keepalives_sent
 
     def _update_route(self) -> None:
-        # The fast path needs the whole pipeline and nothing pending on the slow path.
+        # Every datagram takes the router's one route; IP discovery and a raw handler need
+        # the slow path first.
         discovering = self._discovery is not None and not self._discovery.done()
-        if self._closed or discovering or self._raw_handler is not None or self._handler is None:
+        self._router.slow = discovering or self._raw_handler is not None
+        if self._closed:
             self._router.route(None, None, None)
         else:
-            self._router.route(self._depacketizer, self._table, self._handler)
+            handler = self._handler if self._handler is not None else self._enqueue
+            self._router.route(self._depacketizer, self._table, handler)
 
     @property
     def config(self) -> UDPConnConfig:
@@ -232,7 +236,7 @@ class UDPConn:
         self._remote = (str(host), int(port))
         self._router.remote = self._remote
         sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        self._send_target.fd = sock.fileno() if sock is not None else -1
         self._ssrc = ssrc
         try:
             address = await self._discover(loop, ssrc)
@@ -300,7 +304,7 @@ class UDPConn:
         self._closed = True
         self._update_route()
         self._stop_keepalive()
-        self._fd = -1  # before the descriptor can be closed and its number reused
+        self._send_target.fd = -1  # before the descriptor can be closed and its number reused
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -333,6 +337,11 @@ class UDPConn:
             )
         transport.sendto(packetizer.packetize(opus))
         return len(opus)
+
+    @property
+    def send_target(self) -> SendTarget:
+        """This connection's socket as the send clock's loop sees it (its ``fd``, -1 when closed)."""
+        return self._send_target
 
     def send_datagram(self, datagram: bytes) -> None:
         """Send an already built datagram (used by the shared send clock)."""
@@ -403,47 +412,26 @@ class UDPConn:
         self._raw_handler = handler
         self._update_route()
 
-    def _datagram_received(self, data: bytes, addr: Any) -> None:
-        remote = self._remote
-        if remote is not None and (addr[0], addr[1]) != remote:
-            self._router.ignored += 1
-            return
-        if len(data) > MAX_DATAGRAM:
-            self._router.ignored += 1
-            return
+    def _datagram_received(self, data: bytes, addr: Any) -> bool:
+        # The router's slow path (while IP discovery runs or a raw handler is set): called
+        # after its address and size checks; True when the datagram was taken here, else it
+        # goes on along the router's one route.
         discovery = self._discovery
         if discovery is not None and not discovery.done() and is_ip_discovery_response(data):
             discovery.set_result(data)
-            return
+            return True
         if self._raw_handler is not None:
             self._raw_handler(data)
-            return
-        if is_keepalive(data):
-            self._router.keepalives += 1
-            return
-        depacketizer = self._depacketizer
-        if depacketizer is None:
-            self._router.ignored += 1
-            return
-        # Routed traffic (handler + table) takes the router's fast path; what reaches this
-        # slow path is depacketized alone (a handler with a table looks users up itself).
-        try:
-            packet = depacketizer.depacketize(data)
-        except DecryptionFailedError as exc:
-            self._router.decrypt_failures += 1
-            self._config.logger.debug("dropped a voice packet: %s", exc)
-            return
-        if packet is None:
-            self._router.ignored += 1
-            return
-        if self._handler is not None:
-            self._handler(packet)
-        else:
-            self._queue.append(packet)
-            self._readable.set()
+            return True
+        return False
+
+    def _enqueue(self, packet: Packet) -> None:
+        # Where routed packets go while no handler is set: the queue read_packet reads.
+        self._queue.append(packet)
+        self._readable.set()
 
     def _connection_lost(self) -> None:
-        self._fd = -1
+        self._send_target.fd = -1
         self._closed = True
         self._stop_keepalive()
         self._update_route()

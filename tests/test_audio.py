@@ -180,7 +180,7 @@ async def test_deterministic_ticks(link):
     sender = link.sender = AudioSender(Script([b"1", b"2"]), link, clock=clock)
     sender.open()
     clock.run_tick()  # frame 1 held while Speaking goes out
-    assert sender._prepared is None and sender._held == b"1"
+    assert sender._slot.datagram is None and sender._held == b"1"
     await asyncio.sleep(0)  # Speaking sent
     clock.run_tick()  # prepares 1
     clock.run_tick()  # sends 1, prepares 2

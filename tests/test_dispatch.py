@@ -261,8 +261,8 @@ def test_router_fast_path_drops_and_counts_what_it_must(rtp):
     dep = rtp.Depacketizer(XCHACHA, KEY)
     a, b = _stream(rtp, XCHACHA, 1111, [5, 6])
 
-    router.datagram_received(a, server)  # not routed yet: everything goes to the slow path
-    assert slow == [(a, server)] and not router.fast
+    router.datagram_received(a, server)  # no route yet (no key, no receiver): ignored
+    assert slow == [] and not router.fast and router.ignored == 1
     router.route(dep, table, delivered.append)
     assert router.fast
 
@@ -281,15 +281,92 @@ def test_router_fast_path_drops_and_counts_what_it_must(rtp):
     ]:
         router.datagram_received(datagram, addr)
     assert [(p.sequence, p.user_id) for p in delivered] == [(5, 42), (6, 42)]
-    assert (router.ignored, router.duplicates, router.decrypt_failures) == (5, 1, 1)
+    assert (router.ignored, router.duplicates, router.decrypt_failures) == (6, 1, 1)
     assert len(log.lines) == 1 and "authentication failed" in log.lines[0] and KEY.hex() not in log.lines[0]
-    assert len(slow) == 1
+    assert slow == []
 
-    router.route(None, table, delivered.append)  # any part missing: back to the slow path
+    router.route(None, table, delivered.append)  # any part missing: no route
     router.datagram_received(b, server)
-    assert not router.fast and slow[-1] == (b, server)
+    assert not router.fast and slow == [] and router.ignored == 7
     with pytest.raises(TypeError):
         router.route(dep, {1111: 42}, delivered.append)
+
+
+def test_router_offers_datagrams_to_the_slow_path_first_while_slow(rtp):
+    # IP discovery and raw handlers: the slow path sees what passed the address and size
+    # checks, and what it does not take goes on along the one route.
+    offered, delivered = [], []
+    router = rtp.DatagramRouter(lambda d, a: offered.append(d) or d.startswith(b"\x00\x02"), 4096, _Log())
+    server = ("10.0.0.1", 50000)
+    router.remote = server
+    table = rtp.SSRCTable()
+    table.set(1111, 42)
+    router.route(rtp.Depacketizer(XCHACHA, KEY), table, delivered.append)
+    router.slow = True
+    assert not router.fast
+    a, b = _stream(rtp, XCHACHA, 1111, [1, 2])
+    reply = b"\x00\x02" + bytes(72)
+    router.datagram_received(reply, server)           # taken by the slow path
+    router.datagram_received(reply, ("10.0.0.9", 1))  # another address: never offered
+    router.datagram_received(a, server)               # offered, not taken: delivered
+    assert offered == [reply, a] and [p.sequence for p in delivered] == [1] and router.ignored == 1
+    router.slow = False
+    router.datagram_received(b, server)
+    assert offered == [reply, a] and [p.sequence for p in delivered] == [1, 2]
+
+
+def test_router_without_a_table_delivers_unrouted_packets(rtp):
+    delivered = []
+    router = rtp.DatagramRouter(None, 4096, _Log())
+    router.route(rtp.Depacketizer(XCHACHA, KEY), None, delivered.append)
+    a, = _stream(rtp, XCHACHA, 1111, [1])
+    router.datagram_received(a, ("h", 1))
+    router.datagram_received(a, ("h", 1))  # no table, no duplicate window: delivered again
+    assert [(p.sequence, p.user_id) for p in delivered] == [(1, None), (1, None)]
+
+
+def test_dispatch_outcome_says_what_happened(rtp):
+    table = rtp.SSRCTable()
+    table.set(1111, 42)
+    dep = rtp.Depacketizer(XCHACHA, KEY)
+    mapped, = _stream(rtp, XCHACHA, 1111, [7])
+    unmapped, = _stream(rtp, XCHACHA, 2222, [7])
+    outcome = rtp.DispatchOutcome
+    got = dep.dispatch_outcome(mapped, table)
+    assert got[0] is outcome.ROUTED and (got[1].sequence, got[1].user_id) == (7, 42)
+    assert dep.dispatch_outcome(mapped, table) == (outcome.DUPLICATE, None)
+    got = dep.dispatch_outcome(unmapped, table)
+    assert got[0] is outcome.UNMAPPED and (got[1].ssrc, got[1].user_id) == (2222, None)
+    assert dep.dispatch_outcome(b"\x81\xc8" + bytes(30), table) == (outcome.NOT_AUDIO, None)
+    assert dep.dispatch_outcome(b"", table) == (outcome.NOT_AUDIO, None)
+    with pytest.raises(DecryptionFailedError):
+        dep.dispatch_outcome(mapped[:-1] + bytes([mapped[-1] ^ 1]), table)
+    with pytest.raises(TypeError):
+        dep.dispatch_outcome(mapped, {1111: 42})
+    assert table.lookup(1111).duplicates == 1
+
+
+def test_router_decrypts_a_duplicate_once(rtp):
+    # Telling a repeat from non-audio must not take a second decryption: the router reads
+    # dispatch's outcome. (A subclass sees every call of the public depacketize.)
+    calls = []
+
+    class Counting(rtp.Depacketizer):
+        def depacketize(self, datagram):
+            calls.append(datagram)
+            return super().depacketize(datagram)
+
+    table = rtp.SSRCTable()
+    table.set(1111, 42)
+    delivered = []
+    router = rtp.DatagramRouter(None, 4096, _Log())
+    router.route(Counting(XCHACHA, KEY), table, delivered.append)
+    a, = _stream(rtp, XCHACHA, 1111, [3])
+    for _ in range(3):
+        router.datagram_received(a, ("h", 1))
+    router.datagram_received(b"\x81\xc8" + bytes(30), ("h", 1))
+    assert (len(delivered), router.duplicates, router.ignored) == (1, 2, 1)
+    assert calls == []
 
 
 def test_router_twins_agree(rtp_c, rtp_py):

@@ -78,3 +78,33 @@ def test_ip_discovery_response_round_trip(address):
 def test_ip_discovery_bad_replies(data, message):
     with pytest.raises(IPDiscoveryError, match=message):
         parse_ip_discovery_response(data, 99)
+
+
+def _fastvoice_imports(path):
+    # Every module a fastvoice source imports, function-local imports included.
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found.add(node.module or "")
+            found.update(alias.name for alias in node.names if not node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_mode_choice_does_not_import_the_packet_core():
+    # encryption -> rtp closed a cycle (the core imports EncryptionMode): the CPU check both
+    # need is in the leaf module _cpu.
+    from pathlib import Path
+
+    import fastvoice
+
+    root = Path(fastvoice.__file__).parent
+    assert not {m for m in _fastvoice_imports(root / "encryption.py") if m == "rtp" or m.startswith("_rtp")}
+    assert not {m for m in _fastvoice_imports(root / "_cpu.py") if not m.startswith("nacl") and m != "__future__"}
+    from fastvoice._cpu import aes256gcm_available
+    from fastvoice.rtp import aes256gcm_available as core_says
+
+    assert aes256gcm_available() == core_says()

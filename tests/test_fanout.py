@@ -15,6 +15,7 @@ from _calls import Collect
 from fastvoice import FanOut, OpusFrameProvider
 from fastvoice.audio import AudioSender, SendClock
 from fastvoice.conn import ConnConfig
+from fastvoice.rtp import SendTarget
 from fastvoice.gateway import GatewayConfig
 from fastvoice.manager import Manager
 from fastvoice.opus import OpusReader
@@ -163,6 +164,7 @@ class FakeUDP:
     def __init__(self):
         self.packetizer = self
         self.sent = []
+        self.send_target = SendTarget()  # no socket (fd -1): the clock sends through send_datagram
 
     def packetize(self, frame, *, marker=False):
         return frame

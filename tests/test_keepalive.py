@@ -160,7 +160,7 @@ def test_udp_config_rejects_a_bad_interval():
 def test_router_counts_keepalives_apart_from_garbage(rtp):
     got = []
     slow = []
-    router = rtp.DatagramRouter(lambda data, addr: slow.append(data), 4096, None)
+    router = rtp.DatagramRouter(lambda data, addr: slow.append(data) or True, 4096, None)
     router.remote = ("127.0.0.1", 5000)
     router.route(rtp.Depacketizer(XCHACHA, KEY), rtp.SSRCTable(), got.append)
     server = ("127.0.0.1", 5000)

@@ -76,11 +76,16 @@ async def test_tick_lateness_is_kept_only_when_metrics_are_on():
 
 def test_router_counts_every_datagram_handed_in(rtp):
     seen = []
-    router = rtp.DatagramRouter(lambda data, addr: seen.append(data), 4096, None)
+    router = rtp.DatagramRouter(lambda data, addr: seen.append(data) or True, 4096, None)
     router.remote = ("127.0.0.1", 9)
+    router.slow = True  # offered to the slow path (IP discovery): taken there
     for data in (b"x", b"\x00" * 8, b"y" * 100):
         router.datagram_received(data, ("127.0.0.1", 9))
     assert router.received == 3 and len(seen) == 3
+    router.slow = False  # no route yet: dropped, and still counted as received
+    router.datagram_received(b"z" * 20, ("127.0.0.1", 9))
+    router.datagram_received(b"z" * 20, ("127.0.0.2", 9))  # from elsewhere
+    assert router.received == 5 and len(seen) == 3
 
 
 # -- a call against the local server, scraped --------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from fastvoice import _timer
 from fastvoice._timer import DeadlineTimer
 from fastvoice.audio import SendClock
+from fastvoice.rtp import PreparedSlot
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
 
@@ -108,7 +109,7 @@ async def test_the_send_clock_runs_on_the_timerfd_and_closes_it():
 
     class Sender:
         _live = True
-        _prepared = None  # nothing to send: the clock only calls _prepare
+        _slot = PreparedSlot(None, None)  # nothing prepared: the clock only calls _prepare
         ticks = 0
 
         def _prepare(self):

@@ -6,6 +6,7 @@ import inspect
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,79 @@ def test_twins_expose_same_names(rtp_c, rtp_py):
             pub_b = {m for m in dir(b) if not m.startswith("_")}
             pub_a = {m for m in dir(a) if not m.startswith("_")}
             assert pub_a == pub_b, f"{name}: {pub_a ^ pub_b}"
+
+
+def test_edge_twins_expose_same_names_and_signatures(rtp_c, rtp_py):
+    import fastvoice._rtp_edge_c as edge_c
+    import fastvoice._rtp_edge_py as edge_py
+
+    assert _public(edge_c) == _public(edge_py) == ["DatagramRouter", "PreparedSlot", "SendTarget", "send_prepared"]
+    for name in ("DatagramRouter", "PreparedSlot", "SendTarget"):
+        c_cls, py_cls = getattr(edge_c, name), getattr(edge_py, name)
+        pub_c = {m for m in dir(c_cls) if not m.startswith("_")}
+        pub_py = {m for m in dir(py_cls) if not m.startswith("_")}
+        if name != "DatagramRouter":  # slots of the pure twin are instance attributes
+            pub_py |= set(py_cls.__slots__)
+        assert pub_c == pub_py, f"{name}: {pub_c ^ pub_py}"
+    router_c = edge_c.DatagramRouter(None, 1, None)
+    router_py = edge_py.DatagramRouter(None, 1, None)
+    for attr in ("slow", "ignored", "duplicates", "decrypt_failures", "keepalives", "remote", "fast", "slow_path",
+                 "logger"):
+        assert getattr(router_c, attr) == getattr(router_py, attr), attr
+
+
+def test_the_core_twins_hold_no_io():
+    # Sockets, syscalls, logging and the event loop belong to the I/O edge and above; the
+    # packet core is bytes in, bytes or packets out. (Docstrings and comments are left out.)
+    import re
+
+    forbidden = re.compile(r"\b(socket|asyncio|logging|logger|os\.write|_os_write|send|sendto|recv|MSG_\w+)\b")
+    root = Path(fastvoice.__file__).parent
+    for name in ("_rtp_c.pyx", "_rtp_py.py", "_rtp_py_ssrc.py", "_rtp_common.py"):
+        text = re.sub(r'"""[\s\S]*?"""', "", (root / name).read_text())
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        found = sorted(set(forbidden.findall(code)))
+        assert not found, f"{name} holds I/O: {found}"
+
+
+def test_no_benchmark_harness_ships_in_the_compiled_modules(rtp_c):
+    # The native reference loop and the call-from-C driver are the benchmarks' (bench/).
+    for name in ("_native_reference_loop", "_call_from_c"):
+        assert not hasattr(rtp_c, name), name
+
+
+def _enum_constants(source_name):
+    # NAME = value lines of the ``cdef enum:`` blocks of a compiled twin's source.
+    import re
+
+    source = (Path(fastvoice.__file__).parent / source_name).read_text()
+    found = {}
+    for block in re.findall(r"^cdef enum:\n((?:    .*\n)+)", source, re.M):
+        for name, expr in re.findall(r"^    (\w+) = ([^#\n]+)", block, re.M):
+            found[name] = eval(expr, {"__builtins__": {}})  # integer arithmetic only
+    return found
+
+
+def test_constants_copied_into_the_compiled_twins_match_the_shared_ones():
+    # The compiled twins switch on C constants; their values are written once, in
+    # _rtp_common, and copied by hand into the .pyx enums: they must not drift.
+    from fastvoice import _rtp_common as common
+
+    expected = {
+        "TAG": common.TAG_SIZE,
+        "MODE_AES": common.MODE_AES256GCM_RTPSIZE,
+        "MODE_XCHACHA": common.MODE_XCHACHA20_RTPSIZE,
+        "MODE_XSALSA": common.MODE_XSALSA20,
+        "MODE_XSALSA_SUFFIX": common.MODE_XSALSA20_SUFFIX,
+        "MODE_XSALSA_LITE": common.MODE_XSALSA20_LITE,
+        "MAX_PAYLOAD": common.MAX_PAYLOAD,
+        "KEEPALIVE_SIZE": common.KEEPALIVE_SIZE,
+        **{outcome.name: int(outcome) for outcome in common.DispatchOutcome},
+    }
+    core, edge = _enum_constants("_rtp_c.pyx"), _enum_constants("_rtp_edge_c.pyx")
+    assert set(core) | set(edge) == set(expected)
+    for copied in (core, edge):
+        assert copied == {name: expected[name] for name in copied}
 
 
 def _params(obj):

@@ -138,7 +138,7 @@ async def test_datagrams_from_other_addresses_are_ignored():
         conn.set_read_deadline(0.1)
         with pytest.raises(TimeoutError):
             await conn.read_packet()
-        conn._datagram_received(b"x", ("203.0.113.1", 9))  # and the check in the handler itself
+        conn._router.datagram_received(b"x", ("203.0.113.1", 9))  # and the check on the route itself
         assert conn.ignored == 1
     finally:
         conn.close()
