@@ -440,8 +440,8 @@ def parser() -> argparse.ArgumentParser:
     """The demo's command line (plain-text help)."""
     p = argparse.ArgumentParser(prog="python -m fastvoice demo", description=DESCRIPTION.format(limit=server_limit()),
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--calls", "--connections", dest="calls", type=_calls, default=50, metavar="N",
-                   help=f"calls to run, each a speaker and a listener connection (1 to {MAX_CALLS}; default 50)")
+    p.add_argument("-n", "--calls", "--connections", dest="calls", type=_calls, default=200, metavar="N",
+                   help=f"calls to run, each a speaker and a listener connection (1 to {MAX_CALLS}; default 200)")
     p.add_argument("-s", "--seconds", type=_seconds, default=10.0,
                    help=f"seconds of audio per call ({MIN_SECONDS:g} to {MAX_SECONDS:g}; default 10)")
     p.add_argument("--no-dave", action="store_true", help="run the calls without DAVE end-to-end encryption")
