@@ -50,6 +50,7 @@ from ..gateway_messages import (
 from ._dave_relay import DaveRelay
 from ._dispatches import voice_dispatches
 from ._keepalive import KeepaliveLapse, KeepaliveWatch, ReceivedKeepalive
+from ._media import MediaEngine
 from ._mls import is_dave_frame
 from ._recording import Recording, ReceivedPacket, RecordedMessage, RejectedDatagram, check_limit
 from ._sockbuf import enlarge_receive_buffer, receive_drops
@@ -354,7 +355,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         stamp = self._stamp() if self.server.kernel_stamps and self._stamp is not None else None
         try:
             if stamp is None:
-                self.server._on_datagram(data, addr)
+                self.server._on_udp(data, addr)
             else:
                 # The kernel's receive time, moved from the wall clock to the monotonic one.
                 self.server._on_datagram(data, addr, time.monotonic() - (time.time() - stamp))
@@ -421,6 +422,13 @@ class VoiceServer:
     time the kernel received it rather than the time the server's loop read it, so pacing
     measured at the server excludes the server's own delays (it shares the loop under test).
 
+    Media path: audio from a known session in an AEAD ``_rtpsize`` mode is forwarded by a
+    media engine (compiled, with a pure-Python twin) that reads and sends the UDP socket in
+    batches; everything else, and everything while a UDP fault knob is set or with
+    ``kernel_stamps``, takes the Python path. ``media_recording`` chooses what it keeps of the
+    audio: ``"full"`` (default: every packet in :meth:`packets` and ``ServerSession.packets``),
+    ``"counts"`` (only :meth:`packets_received`) or ``"off"`` (nothing: the fastest).
+
     The main gateway's part: :meth:`voice_updates` returns the VOICE_STATE_UPDATE
     and VOICE_SERVER_UPDATE payloads for a guild/user/channel, and
     :meth:`main_gateway` a :class:`MainGatewayStandIn` that answers op 4 with them.
@@ -443,6 +451,7 @@ class VoiceServer:
         record_messages: int | None = 10_000,
         record_message_bytes: int | None = 4 * 1024 * 1024,
         record_packets: int | None = 10_000,
+        media_recording: str = "full",
     ) -> None:
         self._keepalive = KeepaliveWatch(expect_keepalive)
         self.host = host
@@ -507,6 +516,9 @@ class VoiceServer:
         self._closing = False
         #: Receive buffer of the UDP socket as the kernel reports it (``SO_RCVBUF``), once started.
         self.udp_receive_buffer = 0
+        # -- media engine (the UDP audio fast path; see _media.py) --
+        self._media = MediaEngine(self.dave.groups, media_recording)
+        self._audio_counts: collections.Counter[int] = collections.Counter()  # Python-path audio per SSRC
 
     # -- UDP fault rates ---------------------------------------------------------------
 
@@ -674,6 +686,7 @@ class VoiceServer:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        self._media.close()
         if self._cert is not None:
             self._cert.cleanup()
             self._cert = None
@@ -825,6 +838,32 @@ class VoiceServer:
         """The audio packets received from ``ssrc``, in arrival order (the newest
         ``record_packets``; ``dropped`` counts older ones let go)."""
         return self._packets.get(ssrc) or Recording(self.record_packets)
+
+    @property
+    def media_recording(self) -> str:
+        """What the server keeps of the audio it forwards: ``"full"`` (every packet, in
+        :meth:`packets` and ``ServerSession.packets``), ``"counts"`` (only
+        :meth:`packets_received`) or ``"off"`` (nothing). Changeable at any time."""
+        return self._media.recording
+
+    @media_recording.setter
+    def media_recording(self, value: str) -> None:
+        self._media.recording = value
+
+    def packets_received(self, ssrc: int) -> int:
+        """Audio packets accepted from ``ssrc`` while ``media_recording`` was ``"counts"`` or
+        ``"full"`` (``len(packets(ssrc))`` without the recording's bound)."""
+        return self._media.count(ssrc) + self._audio_counts[ssrc]
+
+    def media_stats(self) -> dict[str, Any]:
+        """The media engine's figures: ``implementation`` (``"c"`` or ``"py"``), ``forwarded``
+        (audio datagrams it took), ``sent`` (datagrams it sent to members) and ``send_drops``
+        (datagrams the socket refused)."""
+        from ._media import IMPLEMENTATION
+
+        media = self._media
+        return {"implementation": IMPLEMENTATION, "forwarded": media.forwarded, "sent": media.sent,
+                "send_drops": media.send_drops}
 
     def session_for_user(self, user_id: int) -> ServerSession | None:
         """The most recent session of ``user_id``, or ``None``."""
@@ -993,6 +1032,7 @@ class VoiceServer:
         if session in members:
             members.remove(session)
         self._by_ssrc.pop(session.ssrc, None)
+        self._media_update(session)
         for other in members:
             self._spawn(other.send(Opcode.CLIENT_DISCONNECT, GatewayMessageDataClientDisconnect(session.user_id)))
         self.dave.left(session)
@@ -1166,11 +1206,13 @@ class VoiceServer:
             GatewayMessageDataSessionDescription(session.mode, session.secret_key, dave_version),
         )
         await self.dave.join(session)
+        self._media_update(session)
 
     async def _on_speaking(self, conn: ServerConnection, data: GatewayMessageDataSpeaking) -> None:
         session = conn.session
         assert session is not None
         session.speaking = SpeakingFlags(data.speaking)
+        self._media_update(session)
         relay = GatewayMessageDataSpeaking(data.speaking, session.ssrc, user_id=session.user_id)
         for other in self.call_members(session.guild_id, session.channel_id):
             if other is not session:
@@ -1191,6 +1233,7 @@ class VoiceServer:
             if session is not None:
                 session.udp_address = addr
                 self._keepalive.heard(session, addr, now)
+                self._media_update(session)
             self._udp_send(addr, build_ip_discovery_reply(ssrc, addr[0], addr[1]), faults=False)
             self._notify()
             return
@@ -1228,18 +1271,16 @@ class VoiceServer:
         if packet is None:
             self._reject(addr, "not an RTP audio packet", data)
             return
-        session.udp_address = addr
+        if session.udp_address != addr:
+            session.udp_address = addr
+            self._media_update(session)
         self._keepalive.heard(session, addr, now)
         if session.speaking is None:
             session.audio_before_speaking += 1
-        received = ReceivedPacket(
-            ssrc, session.user_id, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr
-        )
-        session.packets.record(received)
-        recording = self._packets.get(ssrc)
-        if recording is None:
-            recording = self._packets[ssrc] = Recording(self.record_packets)
-        recording.record(received)
+        if self._media.recording != "off":
+            self._audio_counts[ssrc] += 1
+        if self._media.recording == "full":
+            self._record_audio(session, ssrc, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr)
         group = self.dave.groups.get((session.guild_id, session.channel_id))
         if (
             group is not None
@@ -1269,7 +1310,58 @@ class VoiceServer:
                 member._packetizers[sender.ssrc] = packetizer
             packetizer.sequence = packet.sequence
             packetizer.timestamp = packet.timestamp
-            self._udp_send(member.udp_address, packetizer.packetize(packet.opus))
+            self._udp_send(member.udp_address, packetizer.packetize(packet.opus, marker=packet.marker))
+
+    def _record_audio(self, session: ServerSession, ssrc: int, sequence: int, timestamp: int, opus: bytes,
+                      marker: bool, now: float, addr: tuple[str, int]) -> None:
+        received = ReceivedPacket(ssrc, session.user_id, sequence, timestamp, opus, marker, now, addr)
+        session.packets.record(received)
+        recording = self._packets.get(ssrc)
+        if recording is None:
+            recording = self._packets[ssrc] = Recording(self.record_packets)
+        recording.record(received)
+
+    # -- internals: the media engine seam --------------------------------------------
+
+    def _media_update(self, session: ServerSession) -> None:
+        """Tell the media engine what it needs of ``session`` (after any change to it)."""
+        if session.ended or session.mode is None or session.secret_key is None:
+            self._media.remove_session(session.ssrc)
+            return
+        self._media.set_session(
+            session.ssrc, session, (session.guild_id, session.channel_id), session.mode, session.secret_key,
+            session.udp_address, speaking=session.speaking is not None, dave=bool(session.max_dave_protocol_version),
+        )
+
+    def _udp_faults(self) -> bool:
+        return bool(
+            self._udp_loss or self._udp_duplicate or self._udp_reorder or self._udp_delay or self._udp_jitter
+            or self._stall_timer is not None or self._held is not None or self._stalled
+        )
+
+    def _on_udp(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A datagram arrived: the media engine forwards it and what else waits on the socket,
+        in batches; what it leaves (and everything while a fault knob is set) goes to
+        :meth:`_on_datagram`."""
+        udp = self._udp
+        if udp is None or self._udp_faults():
+            self._on_datagram(data, addr)
+            return
+        now = time.monotonic()
+        slow = self._media.pump(udp.get_extra_info("socket").fileno(), data, addr)
+        heard, records = self._media.take()
+        for session in heard:
+            self._keepalive.heard(session, session.udp_address, now)
+        for session, ssrc, sequence, timestamp, opus, marker, address in records:
+            self._record_audio(session, ssrc, sequence, timestamp, opus, marker, now, address)
+        for data, addr in slow:
+            try:
+                self._on_datagram(data, addr, now)
+            except Exception:  # the server must survive whatever arrives
+                _log.exception("voice server failed on a datagram from %s", addr)
+        self._notify()
+
+    # -- internals: UDP sending ------------------------------------------------------
 
     def _udp_send(self, addr: tuple[str, int], data: bytes, faults: bool = True) -> None:
         if self._udp is None:
