@@ -343,3 +343,32 @@ def test_the_server_uses_the_twin_the_environment_selects():
     if REQUIRE_EXTENSIONS:
         assert IMPLEMENTATION == "c"
     assert VoiceServer().media_stats()["implementation"] == IMPLEMENTATION
+
+
+async def test_a_hook_on_the_python_path_still_sees_every_datagram():
+    # Benchmarks and tests replace _on_datagram (record-only servers, simulated drops): the
+    # engine must not take audio past them.
+    async with VoiceServer(heartbeat_interval=1000.0, seed=9) as server:
+        alice = await Client(server, ALICE).connect()
+        bob = await Client(server, BOB).connect()
+        seen = []
+        full_path = server._on_datagram
+
+        def hook(data, addr, now=None):
+            seen.append(data)
+            full_path(data, addr, now)
+
+        server._on_datagram = hook
+        try:
+            for _ in range(3):
+                alice.send_audio(b"h" * 20)
+            for _ in range(3):
+                assert bob.depacketizer.depacketize(await bob.udp.recv()).opus == b"h" * 20
+            assert len(seen) == 3 and server.media_stats()["forwarded"] == 0
+            del server._on_datagram
+            alice.send_audio(b"e" * 20)
+            assert bob.depacketizer.depacketize(await bob.udp.recv()).opus == b"e" * 20
+            assert len(seen) == 3 and server.media_stats()["forwarded"] == 1
+        finally:
+            await alice.close()
+            await bob.close()
