@@ -27,6 +27,7 @@ import time
 
 import pytest
 
+from fastvoice._env import NO_EXTENSIONS
 from fastvoice.gateway_messages import GatewayMessageDataIdentify, SpeakingFlags
 from fastvoice.rtp import Packetizer, aes256gcm_available
 from fastvoice.testing import VoiceServer
@@ -42,6 +43,8 @@ MODES = [XCHACHA] + ([AES] if aes256gcm_available() else [])
 
 
 def _twin(name):
+    if name == "c" and NO_EXTENSIONS:
+        pytest.skip("FASTVOICE_NO_EXTENSIONS is set")
     try:
         return importlib.import_module(f"fastvoice.testing._media_{name}")
     except ImportError as exc:
