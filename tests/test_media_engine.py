@@ -244,7 +244,6 @@ def test_pump_forwards_a_batch_and_returns_the_rest_in_order(media):
         slow = {
             20: build_ip_discovery_request(A),
             50: build_packet(XCHACHA, KEYS[A], 1, 960, 0x77777777, b"u" * 30),  # unknown SSRC
-            51: good[0][:-5] + bytes([good[0][-5] ^ 1]) + good[0][-4:],  # bad tag
             90: struct.pack("<I", 3) + bytes(4),  # keepalive
         }
         sent = []
@@ -252,10 +251,12 @@ def test_pump_forwards_a_batch_and_returns_the_rest_in_order(media):
             if i in slow:
                 sent.append(slow[i])
             sent.append(datagram)
+        bad_tag = good[0][:-5] + bytes([good[0][-5] ^ 1]) + good[0][-4:]
+        sent.append(bad_tag)
         for datagram in sent[1:]:
             alice.sendto(datagram, server.getsockname())
         left = engine.pump(server.fileno(), sent[0], addr[A])
-        assert left == [(slow[i], addr[A]) for i in sorted(slow)]
+        assert left == [(slow[i], addr[A]) for i in sorted(slow)] + [(bad_tag, addr[A])]
         assert engine.count(A) == 100 and engine.forwarded == 100 and engine.sent == 100
         got = [bob.recv(4096) for _ in range(100)]
         assert [open_rtpsize(MODES[B], KEYS[B], d)[1] for d in got] == [bytes([s]) * 25 for s in range(1, 101)]
@@ -268,6 +269,36 @@ def test_pump_forwards_a_batch_and_returns_the_rest_in_order(media):
     finally:
         engine.close()
         for sock in (server, alice, bob):
+            sock.close()
+
+
+def test_pump_keeps_each_stream_in_order(media):
+    # Once a datagram of an SSRC goes to the Python path (which runs after the batch), the later
+    # ones of that SSRC in the batch go there too; other SSRCs are not affected.
+    server, alice, bob, carol = _udp(), _udp(), _udp(), _udp()
+    engine = media.MediaEngine({}, "full")
+    try:
+        addr = {A: alice.getsockname(), B: bob.getsockname(), C: carol.getsockname()}
+        for ssrc in (A, B, C):
+            engine.set_session(ssrc, OWNER[ssrc], CALL, MODES[ssrc], KEYS[ssrc], addr[ssrc], speaking=True, dave=False)
+        from_a = [_audio(A, seq, bytes([seq]) * 20) for seq in range(1, 7)]
+        bad = bytearray(from_a[2])
+        bad[14] ^= 1
+        from_a[2] = bytes(bad)
+        from_c = [_audio(C, seq, bytes([seq]) * 20) for seq in range(1, 7)]
+        for a, c in zip(from_a, from_c):
+            alice.sendto(a, server.getsockname())
+            carol.sendto(c, server.getsockname())
+        first = server.recvfrom(4096)
+        left = engine.pump(server.fileno(), *first)
+        assert left == [(d, addr[A]) for d in from_a[2:]]
+        heard, records = engine.take()
+        assert [(r[1], r[2]) for r in records] == [(A, 1), (C, 1), (A, 2), (C, 2), (C, 3), (C, 4), (C, 5), (C, 6)]
+        # the next batch starts afresh
+        assert engine.pump(server.fileno(), _audio(A, 7, b"7"), addr[A]) == []
+    finally:
+        engine.close()
+        for sock in (server, alice, bob, carol):
             sock.close()
 
 

@@ -187,6 +187,7 @@ cdef class _Session:
     cdef bint foreign
     cdef uint64_t count
     cdef uint64_t heard
+    cdef uint64_t handed_back  # the batch in which a datagram of this SSRC went to the Python path
     cdef uint32_t nonce
 
     def __dealloc__(self):
@@ -209,6 +210,7 @@ cdef class MediaEngine:
     cdef dict _all
     cdef dict _calls
     cdef uint64_t _gen
+    cdef uint64_t _batch
     cdef list _heard
     cdef list _records
     cdef list _collected   # handle(): the datagrams to send, instead of the socket
@@ -265,6 +267,7 @@ cdef class MediaEngine:
         self._all = {}
         self._calls = {}
         self._gen = 0
+        self._batch = 0
         self._heard = []
         self._records = []
         self._collected = None
@@ -383,6 +386,7 @@ cdef class MediaEngine:
         cdef uint32_t ip = (<uint32_t *>PyBytes_AS_STRING(_socket.inet_aton(str(address[0]))))[0]
         cdef uint16_t port = htons(<uint16_t>int(address[1]))
         cdef int done
+        self._batch += 1
         self._collected = []
         self._fd = -1
         try:
@@ -395,7 +399,8 @@ cdef class MediaEngine:
     def pump(self, int fd, data, address):
         """Process ``data`` (already read), then read and process what waits on the socket
         ``fd`` in batches, sending the forwarded datagrams on it in batches. Returns the
-        datagrams for the Python path, as ``(data, address)``, in arrival order."""
+        datagrams for the Python path, as ``(data, address)``, in arrival order (an SSRC's
+        datagrams after one that goes there go there too, see the pure twin)."""
         cdef list slow = []
         cdef bytes raw = bytes(data)
         cdef uint32_t ip = (<uint32_t *>PyBytes_AS_STRING(_socket.inet_aton(str(address[0]))))[0]
@@ -406,6 +411,7 @@ cdef class MediaEngine:
         cdef const unsigned char *p
         self._fd = fd
         self._collected = None
+        self._batch += 1
         try:
             if not self._process(<const unsigned char *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), ip, port):
                 slow.append((raw, (str(address[0]), int(address[1]))))
@@ -485,9 +491,24 @@ cdef class MediaEngine:
 
     cdef int _process(self, const unsigned char *data, Py_ssize_t n, uint32_t ip, uint16_t port) except -1:
         """Forward ``data`` and return 1, or return 0 (nothing done) for the Python path."""
-        cdef _Session sender, member
-        cdef _Call call
+        cdef _Session sender
         cdef object found
+        if n < MIN_DATAGRAM or n > FAST_MAX or data[0] != 0x80 or (data[1] & 0x7F) != 0x78:
+            return 0
+        found = self._sessions.get(_u32(data + 8))
+        if found is None:
+            return 0
+        sender = <_Session>found
+        if self._forward(sender, data, n, ip, port):
+            return 1
+        # The rest of this SSRC's datagrams in the batch follow it (see the pure twin).
+        sender.handed_back = self._batch
+        return 0
+
+    cdef int _forward(self, _Session sender, const unsigned char *data, Py_ssize_t n, uint32_t ip,
+                      uint16_t port) except -1:
+        cdef _Session member
+        cdef _Call call
         cdef ull out_len = 0
         cdef int rc
         cdef Py_ssize_t plain_len, i, count
@@ -495,13 +516,8 @@ cdef class MediaEngine:
         cdef unsigned char *out
         cdef bint dave_frame
         cdef list members
-        if n < MIN_DATAGRAM or n > FAST_MAX or data[0] != 0x80 or (data[1] & 0x7F) != 0x78:
-            return 0
-        found = self._sessions.get(_u32(data + 8))
-        if found is None:
-            return 0
-        sender = <_Session>found
-        if sender.foreign or not sender.speaking or not sender.has_address or sender.ip != ip or sender.port != port:
+        if (sender.handed_back == self._batch or sender.foreign or not sender.speaking or not sender.has_address
+                or sender.ip != ip or sender.port != port):
             return 0
         call = sender.entry
         if call is None or call.foreign:

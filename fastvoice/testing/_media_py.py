@@ -60,7 +60,7 @@ def check_recording(value: object) -> str:
 
 class _Session:
     __slots__ = ("ssrc", "owner", "call", "aes", "key", "address", "speaking", "dave", "count", "heard",
-                 "nonce", "foreign")
+                 "handed_back", "nonce", "foreign")
 
     def __init__(self, ssrc: int) -> None:
         self.ssrc = ssrc
@@ -73,6 +73,7 @@ class _Session:
         self.dave = False
         self.count = 0
         self.heard = -1
+        self.handed_back = 0  # the batch in which a datagram of this SSRC went to the Python path
         self.nonce = NONCE_START
         self.foreign = False
 
@@ -101,6 +102,7 @@ class MediaEngine:
         self._all: dict[int, _Session] = {}
         self._calls: dict[Hashable, _Call] = {}
         self._gen = 0
+        self._batch = 0
         self._heard: list[Any] = []
         self._records: list[tuple[Any, ...]] = []
         self._socks: dict[int, socket.socket] = {}
@@ -190,12 +192,17 @@ class MediaEngine:
     def handle(self, data: bytes, address: tuple[str, int]) -> list[tuple[tuple[str, int], bytes]] | None:
         """Process one datagram without a socket: the datagrams to send, as ``(address, bytes)``,
         or ``None`` when ``data`` belongs to the server's Python path."""
+        self._batch += 1
         return self._process(bytes(data), (str(address[0]), int(address[1])))
 
     def pump(self, fd: int, data: bytes, address: tuple[str, int]) -> list[tuple[bytes, tuple[str, int]]]:
         """Process ``data`` (already read), then read and process what waits on the socket
         ``fd`` (up to :data:`PUMP_LIMIT`), sending the forwarded datagrams on it. Returns the
-        datagrams for the Python path, as ``(data, address)``, in arrival order."""
+        datagrams for the Python path, as ``(data, address)``, in arrival order. Within one
+        call, once a datagram of an SSRC goes to the Python path, the later ones of that SSRC
+        go there too: the Python path handles them after the engine's, and the members and the
+        recordings must not see one stream out of order."""
+        self._batch += 1
         sock = self._socks.get(fd)
         if sock is None:
             sock = self._socks[fd] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=os.dup(fd))
@@ -243,7 +250,17 @@ class MediaEngine:
         if n < _MIN_DATAGRAM or n > MAX_FAST_DATAGRAM or data[0] != 0x80 or (data[1] & 0x7F) != 0x78:
             return None
         sender = self._sessions.get(int.from_bytes(data[8:12], "big"))
-        if sender is None or sender.foreign or not sender.speaking or sender.address != address:
+        if sender is None:
+            return None
+        out = self._forward(sender, data, address)
+        if out is None:
+            # The rest of this SSRC's datagrams in the batch follow it, so that neither the
+            # members nor the recordings see them out of order.
+            sender.handed_back = self._batch
+        return out
+
+    def _forward(self, sender: _Session, data: bytes, address: tuple[str, int]) -> list[tuple[tuple[str, int], bytes]] | None:
+        if sender.handed_back == self._batch or sender.foreign or not sender.speaking or sender.address != address:
             return None
         call = self._calls[sender.call]
         if call.foreign:
