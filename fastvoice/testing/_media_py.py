@@ -11,7 +11,6 @@ else is handed back to the server's Python path, which handles it as before.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -39,6 +38,7 @@ _MIN_DATAGRAM = 12 + 16 + 4
 _SILENCE = b"\xf8\xff\xfe"
 _ZEROS8 = bytes(8)
 _ZEROS20 = bytes(20)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def aes_available() -> bool:
@@ -105,7 +105,6 @@ class MediaEngine:
         self._batch = 0
         self._heard: list[Any] = []
         self._records: list[tuple[Any, ...]] = []
-        self._socks: dict[int, socket.socket] = {}
         self._aes_ok = aes_available()
         #: Datagrams forwarded by the engine (received and accepted).
         self.forwarded = 0
@@ -203,23 +202,24 @@ class MediaEngine:
         go there too: the Python path handles them after the engine's, and the members and the
         recordings must not see one stream out of order."""
         self._batch += 1
-        sock = self._socks.get(fd)
-        if sock is None:
-            sock = self._socks[fd] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=os.dup(fd))
-            sock.setblocking(False)
-        slow: list[tuple[bytes, tuple[str, int]]] = []
-        self._one(sock, bytes(data), (str(address[0]), int(address[1])), slow)
-        for _ in range(PUMP_LIMIT - 1):
-            try:
-                data, address = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:  # a pending ICMP error from an earlier send
-                    continue
-                raise
-            self._one(sock, data, address, slow)
-        return slow
+        # A socket object over the caller's descriptor for this call only (no duplicate kept).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=fd)
+        try:
+            slow: list[tuple[bytes, tuple[str, int]]] = []
+            self._one(sock, bytes(data), (str(address[0]), int(address[1])), slow)
+            for _ in range(PUMP_LIMIT - 1):
+                try:
+                    data, address = sock.recvfrom(65536, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ECONNREFUSED:  # a pending ICMP error from an earlier send
+                        continue
+                    raise
+                self._one(sock, data, address, slow)
+            return slow
+        finally:
+            sock.detach()
 
     def _one(self, sock: socket.socket, data: bytes, address: tuple[str, int],
              slow: list[tuple[bytes, tuple[str, int]]]) -> None:
@@ -236,10 +236,7 @@ class MediaEngine:
                 self.sent += 1
 
     def close(self) -> None:
-        """Close the engine's duplicates of the sockets it pumped and forget every key."""
-        for sock in self._socks.values():
-            sock.close()
-        self._socks.clear()
+        """Forget every key (the engine holds no socket of its own)."""
         for session in self._all.values():
             session.key = b""
         self._sessions.clear()
