@@ -25,7 +25,14 @@ def _flag(name):
 NO_EXTENSIONS = _flag("FASTVOICE_NO_EXTENSIONS")
 REQUIRE_EXTENSIONS = _flag("FASTVOICE_REQUIRE_EXTENSIONS") and not NO_EXTENSIONS
 
-EXTENSION_MODULES = ["fastvoice._rtp_c", "fastvoice._rtp_edge_c", "fastvoice._opus_c", "fastvoice._resample_c"]
+EXTENSION_MODULES = [
+    "fastvoice._rtp_c",
+    "fastvoice._rtp_edge_c",
+    "fastvoice._opus_c",
+    "fastvoice._resample_c",
+    # The local test server's UDP media path (fastvoice.testing), beside the packet core.
+    "fastvoice.testing._media_c",
+]
 
 WARNING = """
 ********************************************************************************

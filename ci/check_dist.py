@@ -78,8 +78,9 @@ def check_sdist(path: str) -> list[str]:
         names = [n.split("/", 1)[1] for n in sdist.getnames() if "/" in n]
     if "LICENSE" not in names:
         problems.append("sdist: no LICENSE")
-    if "fastvoice/_rtp_c.c" not in names:
-        problems.append("sdist: no fastvoice/_rtp_c.c (a build without Cython needs it)")
+    for generated in ("fastvoice/_rtp_c.c", "fastvoice/testing/_media_c.c"):
+        if generated not in names:
+            problems.append(f"sdist: no {generated} (a build without Cython needs it)")
     shipped_tests = [n for n in names if n.startswith("tests/") or n == "conftest.py"]
     if shipped_tests:
         problems.append(f"sdist: ships tests it cannot run without the repository: {shipped_tests[:5]}")

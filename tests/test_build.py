@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,12 @@ def test_wheel_has_the_license_and_neither_generated_c_nor_debug_info(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("fastvoice-*.whl")
     check = _check_dist()
     assert check.check_wheel(str(wheel)) == []
+    with zipfile.ZipFile(wheel) as built:
+        names = built.namelist()
+    # Every compiled twin is in the wheel, the local server's media engine too, with its .pyx.
+    for module in ("fastvoice/_rtp_c", "fastvoice/testing/_media_c"):
+        assert any(n.startswith(module + ".") and n.endswith(".so") for n in names), (module, names)
+    assert "fastvoice/testing/_media_c.pyx" in names and "fastvoice/testing/_media_c.c" not in names
     # The checker itself sees debug information where there is some: an object built with -g.
     if shutil.which("cc"):
         (tmp_path / "x.c").write_text("int f(int x) { return x + 1; }\n")

@@ -54,6 +54,26 @@ async def test_two_bots_exchange_audio_through_a_server_in_another_process():
     assert not alive(pid)
 
 
+async def test_a_child_with_media_recording_counts_keeps_counts_only():
+    async with VoiceServerProcess(media_recording="counts") as server:
+        main_a, bots_a = make_manager(server, 1001)
+        main_b, bots_b = make_manager(server, 1002)
+        sender, listener = bots_a.create_conn(78), bots_b.create_conn(78)
+        sink = Collect()
+        listener.set_opus_frame_receiver(sink)
+        await asyncio.gather(sender.open(78), listener.open(78))
+        frames = [os.urandom(40) + bytes([i]) for i in range(10)]
+        sender.set_opus_frame_provider(opus_stream(frames))
+        await wait_until(lambda: len(sink.frames) >= 15)
+        assert sink.frames == [(1001, f) for f in frames] + [(1001, SILENCE)] * 5
+        stats = await server.stats()
+        assert stats["packets"][str(sender.udp.ssrc)] == 15  # counted...
+        assert await server.sequences([sender.udp.ssrc]) == {sender.udp.ssrc: []}  # ...not recorded
+        await server.set("media_recording", "off")
+        await bots_a.close()
+        await bots_b.close()
+
+
 async def test_an_unregistered_session_is_refused_under_strict_auth():
     """The registration is what lets a session in: without it the child refuses (4004)."""
     from fastvoice.errors import GatewayClosedError

@@ -54,6 +54,12 @@ class UDPFaults:
     # -- knobs ---------------------------------------------------------------------
 
     @property
+    def active(self) -> bool:
+        """True while any knob is set or a stall or a held datagram is pending."""
+        return bool(self._loss or self._duplicate or self._reorder or self._delay or self._jitter
+                    or self._stall_timer is not None or self._held is not None or self._stalled)
+
+    @property
     def loss(self) -> float:
         """Probability that a datagram is dropped."""
         return self._loss

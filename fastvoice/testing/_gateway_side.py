@@ -213,6 +213,7 @@ class GatewaySide:
         if session in members:
             members.remove(session)
         self._by_ssrc.pop(session.ssrc, None)
+        self._media.update(session)
         for other in members:
             self._spawn(other.send(Opcode.CLIENT_DISCONNECT, GatewayMessageDataClientDisconnect(session.user_id)))
         self.dave.left(session)
@@ -385,11 +386,13 @@ class GatewaySide:
             GatewayMessageDataSessionDescription(session.mode, session.secret_key, dave_version),
         )
         await self.dave.join(session)
+        self._media.update(session)
 
     async def _on_speaking(self, conn: ServerConnection, data: GatewayMessageDataSpeaking) -> None:
         session = conn.session
         assert session is not None
         session.speaking = SpeakingFlags(data.speaking)
+        self._media.update(session)
         relay = GatewayMessageDataSpeaking(data.speaking, session.ssrc, user_id=session.user_id)
         for other in self.call_members(session.guild_id, session.channel_id):
             if other is not session:

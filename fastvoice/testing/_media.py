@@ -1,25 +1,28 @@
 """The test server's UDP media side: IP discovery, RTCP, keepalives, and audio decrypted,
 recorded and forwarded to the other members of the call (as Discord's SFU does).
 
-:class:`MediaForwarder` is the seam: the server hands it every datagram through
-``VoiceServer._on_datagram`` and it sends through ``VoiceServer._udp_send`` (where the fault
-knobs apply), so a faster path (batched receive and send) can take its place without
-touching the gateway side.
+:class:`MediaForwarder` is the seam between the server and its socket. Audio of a known session
+in an AEAD ``_rtpsize`` mode is forwarded by the media engine (:mod:`._media_engine`: compiled,
+with a pure twin), which reads and sends the socket in batches; whatever it leaves, and every
+datagram while a UDP fault knob is set, takes the Python path (:meth:`datagram_received`,
+sending through ``VoiceServer._udp_send`` where the fault knobs apply).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..constants import SILENCE_AUDIO_FRAME
 from ..errors import DecryptionFailedError
 from ..ipdiscovery import build_ip_discovery_response as build_ip_discovery_reply
 from ..rtp import Depacketizer, Packet, Packetizer
+from ._media_engine import IMPLEMENTATION, MediaEngine
 from ._mls import is_dave_frame
 from ._recording import ReceivedPacket, Recording, RejectedDatagram
 from ._stamps import kernel_receive_clock
@@ -53,7 +56,7 @@ class MediaProtocol(asyncio.DatagramProtocol):
         stamp = self._stamp() if self.server.kernel_stamps and self._stamp is not None else None
         try:
             if stamp is None:
-                self.server._on_datagram(data, addr)
+                self.server._on_udp(data, addr)
             else:
                 # The kernel's receive time, moved from the wall clock to the monotonic one.
                 self.server._on_datagram(data, addr, time.monotonic() - (time.time() - stamp))
@@ -67,12 +70,86 @@ class MediaProtocol(asyncio.DatagramProtocol):
 class MediaForwarder:
     """What the server does with each datagram it receives (see the module docstring)."""
 
-    def __init__(self, server: VoiceServer) -> None:
+    def __init__(self, server: VoiceServer, recording: str = "full", on_datagram: Any = None) -> None:
         self._server = server
+        #: ``VoiceServer._on_datagram`` as defined, to notice a hook that replaced it.
+        self._on_datagram = on_datagram
+        #: The batched fast path for audio (see the module docstring).
+        self.engine = MediaEngine(server.dave.groups, recording)
+        #: Audio packets per SSRC that the Python path accepted (the engine counts its own).
+        self.audio_counts: collections.Counter[int] = collections.Counter()
         #: Per session, the transport crypto of its current key: what decrypts its audio, and one
         #: packetizer per other member whose audio is forwarded to it (by that member's SSRC).
         self._depacketizers: dict[ServerSession, Depacketizer] = {}
         self._packetizers: dict[ServerSession, dict[int, Packetizer]] = {}
+
+    # -- the fast path ---------------------------------------------------------------
+
+    def update(self, session: ServerSession) -> None:
+        """Tell the engine what it needs of ``session`` (after any change to it)."""
+        if session.ended or session.mode is None or session.secret_key is None:
+            self.engine.remove_session(session.ssrc)
+            return
+        self.engine.set_session(
+            session.ssrc, session, (session.guild_id, session.channel_id), session.mode, session.secret_key,
+            session.udp_address, speaking=session.speaking is not None, dave=bool(session.max_dave_protocol_version),
+        )
+
+    def count(self, ssrc: int) -> int:
+        """Audio packets accepted from ``ssrc`` while recording was ``counts`` or ``full``."""
+        return self.engine.count(ssrc) + self.audio_counts[ssrc]
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's figures (see :meth:`VoiceServer.media_stats`)."""
+        engine = self.engine
+        return {"implementation": IMPLEMENTATION, "forwarded": engine.forwarded, "sent": engine.sent,
+                "send_drops": engine.send_drops}
+
+    def hooked(self) -> bool:
+        """True when a test or benchmark replaced a step of the Python path (on the class or the
+        instance): that hook must see every datagram, as it did before the engine."""
+        server = self._server
+        return (getattr(server._on_datagram, "__func__", None) is not self._on_datagram
+                or getattr(self.datagram_received, "__func__", None) is not _PYTHON_PATH[0]
+                or getattr(self.forward, "__func__", None) is not _PYTHON_PATH[1])
+
+    def on_udp(self, data: bytes, addr: tuple[str, int], fd: int, faults: bool) -> None:
+        """A datagram arrived on the socket ``fd``: the engine forwards it and what else waits
+        there, in batches; what it leaves (and everything while ``faults`` are on, or a hook
+        is set) goes to the Python path."""
+        server = self._server
+        if faults or self.hooked():
+            server._on_datagram(data, addr)
+            return
+        now = time.monotonic()
+        slow = self.engine.pump(fd, data, addr)
+        heard, records = self.engine.take()
+        for session in heard:
+            server._keepalive.heard(session, session.udp_address, now)
+        for session, ssrc, sequence, timestamp, opus, marker, address in records:
+            self._record(session, ssrc, sequence, timestamp, opus, marker, now, address)
+        for data, addr in slow:
+            try:
+                server._on_datagram(data, addr, now)
+            except Exception:  # the server must survive whatever arrives
+                _log.exception("voice server failed on a datagram from %s", addr)
+        server._notify()
+
+    def _record(self, session: ServerSession, ssrc: int, sequence: int, timestamp: int, opus: bytes,
+                marker: bool, now: float, addr: tuple[str, int]) -> None:
+        server = self._server
+        received = ReceivedPacket(ssrc, session.user_id, sequence, timestamp, opus, marker, now, addr)
+        session.packets.record(received)
+        recording = server._packets.get(ssrc)
+        if recording is None:
+            recording = server._packets[ssrc] = Recording(server.record_packets)
+        recording.record(received)
+
+    def close(self) -> None:
+        """Release the engine's resources."""
+        self.engine.close()
+
+    # -- the Python path -------------------------------------------------------------
 
     def new_key(self, session: ServerSession) -> None:
         """``session`` was given a new mode and key (Session Description): forget the old crypto."""
@@ -95,6 +172,7 @@ class MediaForwarder:
             if session is not None:
                 session.udp_address = addr
                 server._keepalive.heard(session, addr, now)
+                self.update(session)
             server._udp_send(addr, build_ip_discovery_reply(ssrc, addr[0], addr[1]), faults=False)
             server._notify()
             return
@@ -131,18 +209,17 @@ class MediaForwarder:
         if packet is None:
             self._reject(addr, "not an RTP audio packet", data)
             return
-        session.udp_address = addr
+        if session.udp_address != addr:
+            session.udp_address = addr
+            self.update(session)
         server._keepalive.heard(session, addr, now)
         if session.speaking is None:
             session.audio_before_speaking += 1
-        received = ReceivedPacket(
-            ssrc, session.user_id, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr
-        )
-        session.packets.record(received)
-        recording = server._packets.get(ssrc)
-        if recording is None:
-            recording = server._packets[ssrc] = Recording(server.record_packets)
-        recording.record(received)
+        recording = self.engine.recording
+        if recording != "off":
+            self.audio_counts[ssrc] += 1
+        if recording == "full":
+            self._record(session, ssrc, packet.sequence, packet.timestamp, packet.opus, packet.marker, now, addr)
         group = server.dave.groups.get((session.guild_id, session.channel_id))
         if (
             group is not None
@@ -172,4 +249,8 @@ class MediaForwarder:
                 packetizer = packetizers[sender.ssrc] = Packetizer(sender.ssrc, member.mode, member.secret_key)
             packetizer.sequence = packet.sequence
             packetizer.timestamp = packet.timestamp
-            server._udp_send(member.udp_address, packetizer.packetize(packet.opus))
+            server._udp_send(member.udp_address, packetizer.packetize(packet.opus, marker=packet.marker))
+
+
+# The Python path's steps as defined (see MediaForwarder.hooked).
+_PYTHON_PATH: tuple[Any, Any] = (MediaForwarder.datagram_received, MediaForwarder.forward)

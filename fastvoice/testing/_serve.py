@@ -30,10 +30,11 @@ __all__: list[str] = []
 OPTIONS = frozenset({
     "tls", "heartbeat_interval", "modes", "require_dave", "dave_protocol_version", "strict_auth",
     "session_timeout", "seed", "expect_keepalive", "record_messages", "record_message_bytes", "record_packets",
+    "media_recording",
 })
 KNOBS = frozenset({
     "udp_loss", "udp_duplicate", "udp_reorder", "udp_reorder_window", "udp_delay", "udp_jitter",
-    "heartbeat_interval", "require_dave", "strict_auth", "expect_keepalive",
+    "heartbeat_interval", "require_dave", "strict_auth", "expect_keepalive", "media_recording",
 })
 
 
@@ -43,7 +44,8 @@ def stats(server: VoiceServer) -> dict[str, Any]:
     return {
         "sessions": len(live),
         "ssrcs": {str(s.user_id): s.ssrc for s in live},
-        "packets": {str(s.ssrc): len(server.packets(s.ssrc)) + server.packets(s.ssrc).dropped for s in live},
+        # Counted by the media engine or the Python path (with media_recording "counts" or "full").
+        "packets": {str(s.ssrc): server.packets_received(s.ssrc) for s in live},
         "udp_receive_drops": server.udp_receive_drops,
         "udp_receive_buffer": server.udp_receive_buffer,
         "dave_plaintext_packets": sum(s.dave_plaintext_packets for s in server.sessions),

@@ -105,6 +105,13 @@ class VoiceServer(GatewaySide):
     time the kernel received it rather than the time the server's loop read it, so pacing
     measured at the server excludes the server's own delays (it shares the loop under test).
 
+    Media path: audio from a known session in an AEAD ``_rtpsize`` mode is forwarded by a
+    media engine (compiled, with a pure-Python twin) that reads and sends the UDP socket in
+    batches; everything else, and everything while a UDP fault knob is set or with
+    ``kernel_stamps``, takes the Python path. ``media_recording`` chooses what it keeps of the
+    audio: ``"full"`` (default: every packet in :meth:`packets` and ``ServerSession.packets``),
+    ``"counts"`` (only :meth:`packets_received`) or ``"off"`` (nothing: the fastest).
+
     The main gateway's part: :meth:`voice_updates` returns the VOICE_STATE_UPDATE
     and VOICE_SERVER_UPDATE payloads for a guild/user/channel, and
     :meth:`main_gateway` a :class:`MainGatewayStandIn` that answers op 4 with them.
@@ -127,6 +134,7 @@ class VoiceServer(GatewaySide):
         record_messages: int | None = 10_000,
         record_message_bytes: int | None = 4 * 1024 * 1024,
         record_packets: int | None = 10_000,
+        media_recording: str = "full",
     ) -> None:
         self._keepalive = KeepaliveWatch(expect_keepalive)
         self.host = host
@@ -161,8 +169,6 @@ class VoiceServer(GatewaySide):
         self._faults = UDPFaults(self._udp_send_now, self._random)
         #: ``(address, SSRC, sequence number)`` of the datagrams ``udp_loss`` dropped (the last 65,536).
         self.udp_lost = self._faults.lost
-        #: What is done with each datagram received (see :mod:`._media`).
-        self._media = MediaForwarder(self)
         # (session id, guild id) -> (user id, channel id, token)
         self._registered: dict[tuple[str, int], tuple[int, int, str]] = {}
         self._calls: dict[tuple[int, int], list[ServerSession]] = {}
@@ -179,6 +185,9 @@ class VoiceServer(GatewaySide):
         self._changed: asyncio.Event | None = None
         #: The DAVE side: call groups, delivery and DAVE's fault knobs (see :class:`DaveRelay`).
         self.dave = DaveRelay(self)
+        #: What is done with each datagram received: the media engine, else the Python path
+        #: (see :mod:`._media`).
+        self._media = MediaForwarder(self, media_recording, on_datagram=_ON_DATAGRAM)
         self._connection_count = 0
         self._closing = False
         #: Receive buffer of the UDP socket as the kernel reports it (``SO_RCVBUF``), once started.
@@ -317,6 +326,7 @@ class VoiceServer(GatewaySide):
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        self._media.close()
         if self._cert is not None:
             self._cert.cleanup()
             self._cert = None
@@ -465,6 +475,28 @@ class VoiceServer(GatewaySide):
         ``record_packets``; ``dropped`` counts older ones let go)."""
         return self._packets.get(ssrc) or Recording(self.record_packets)
 
+    @property
+    def media_recording(self) -> str:
+        """What the server keeps of the audio it forwards: ``"full"`` (every packet, in
+        :meth:`packets` and ``ServerSession.packets``), ``"counts"`` (only
+        :meth:`packets_received`) or ``"off"`` (nothing). Changeable at any time."""
+        return str(self._media.engine.recording)
+
+    @media_recording.setter
+    def media_recording(self, value: str) -> None:
+        self._media.engine.recording = value
+
+    def packets_received(self, ssrc: int) -> int:
+        """Audio packets accepted from ``ssrc`` while ``media_recording`` was ``"counts"`` or
+        ``"full"`` (``len(packets(ssrc))`` without the recording's bound)."""
+        return self._media.count(ssrc)
+
+    def media_stats(self) -> dict[str, Any]:
+        """The media engine's figures: ``implementation`` (``"c"`` or ``"py"``), ``forwarded``
+        (audio datagrams it took), ``sent`` (datagrams it sent to members) and ``send_drops``
+        (datagrams the socket refused)."""
+        return self._media.stats()
+
     def session_for_user(self, user_id: int) -> ServerSession | None:
         """The most recent session of ``user_id``, or ``None``."""
         for session in reversed(self.sessions):
@@ -534,8 +566,16 @@ class VoiceServer(GatewaySide):
 
     # -- internals: UDP ----------------------------------------------------------------
 
+    def _on_udp(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A datagram from the socket (without a kernel stamp): the media engine's batch, then
+        the Python path for what it leaves."""
+        udp = self._udp
+        if udp is None:
+            return
+        self._media.on_udp(data, addr, udp.get_extra_info("socket").fileno(), self._faults.active)
+
     def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> None:
-        """Every datagram the UDP socket receives comes here (``now``: its arrival time)."""
+        """The Python path: one datagram the UDP socket received (``now``: its arrival time)."""
         self._media.datagram_received(data, addr, now)
 
     def _udp_send(self, addr: tuple[str, int], data: bytes, faults: bool = True) -> None:
@@ -550,3 +590,7 @@ class VoiceServer(GatewaySide):
     def _udp_send_now(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._udp is not None:
             self._udp.sendto(data, addr)
+
+
+# The Python path's entry as defined (a hook replacing it takes every datagram; see MediaForwarder).
+_ON_DATAGRAM = VoiceServer._on_datagram
