@@ -43,7 +43,9 @@ def mode_argument(argv: list[str]) -> str:
 
 
 def server_command(*options: str) -> list[str]:
-    return [sys.executable, os.path.join(HERE, "receive_server_process.py"), *options]
+    """The server's command line: FASTVOICE_PYTHON (a Python with fastvoice) or this one."""
+    python = os.environ.get("FASTVOICE_PYTHON") or sys.executable
+    return [python, os.path.join(HERE, "receive_server_process.py"), *options]
 
 
 def server_env() -> dict[str, str]:

@@ -124,6 +124,29 @@ class Speakers:
         }
 
 
+def accept_speaking_without_ssrc(server: VoiceServer) -> None:
+    """Take a client's op 5 that lacks ``ssrc`` as if it carried the session's own.
+
+    py-cord 2.8 sends ``{speaking, delay}`` without the ``ssrc`` PROTOCOL.md lists, which the
+    local server refuses (close 4002); Discord's servers take it. Only for that contender
+    (``--speaking-without-ssrc``); nothing else is changed.
+    """
+    on_text = server._on_text
+
+    async def lenient(conn, text: str) -> None:
+        if conn.session is not None and '"ssrc"' not in text:
+            try:
+                message = json.loads(text)
+            except ValueError:
+                message = None
+            if isinstance(message, dict) and message.get("op") == 5 and isinstance(message.get("d"), dict):
+                message["d"]["ssrc"] = conn.session.ssrc
+                text = json.dumps(message)
+        await on_text(conn, text)
+
+    server._on_text = lenient
+
+
 async def stdin_reader() -> asyncio.StreamReader:
     reader = asyncio.StreamReader(limit=2**20)
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -149,6 +172,8 @@ async def main() -> None:
         opus = load_clip()
     commands = await stdin_reader()
     async with VoiceServer(heartbeat_interval=30000, tls=tls, modes=[mode]) as server:
+        if "--speaking-without-ssrc" in sys.argv:
+            accept_speaking_without_ssrc(server)
         print(server.url if not tls else f"{server.url} {server.endpoint} {server.ca_file}", flush=True)
         line = (await commands.readline()).decode().split()
         if not line or line[0] != "start":
@@ -178,6 +203,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    import logging
+
+    # What the server refuses (an undecodable message, a bad datagram) goes to stderr.
+    logging.basicConfig(level=os.environ.get("FASTVOICE_BENCH_SERVER_LOG", "WARNING").upper(), stream=sys.stderr)
     try:
         import uvloop
 

@@ -21,6 +21,7 @@ whole row that many times, alternating):
   (``voicerecv_client.py``; a bench-only install, see bench/README.md), Opus kept or decoded;
 - ``py-cord``: py-cord's recording (``pycord_client.py``), in a throwaway venv it needs since
   py-cord and discord.py cannot share one environment (``FASTVOICE_BENCH_PYCORD_PYTHON``);
+  py-cord 2.8.1 delivers no audio from a call without DAVE, so it skips saying so;
 - ``discord.js``: @discordjs/voice's receiver in Node.js (``discordjs/receive.mjs``).
 
 Each runs in the encryption mode it can receive: the discord.py extension only decrypts
@@ -159,6 +160,12 @@ def test_receive(benchmark, n, round_, contender):
     benchmark.group = f"{n} calls"
     result = benchmark.pedantic(run_client, args=(contender, n, SECONDS), rounds=1, iterations=1)
     benchmark.extra_info.update(result, contender=contender, round=round_)
+    if contender == "py-cord" and result["received"] == 0:
+        # Measured, not assumed: see pycord_client.py. Its decrypt_rtp hands the payload on
+        # only from a DAVE session; without one every packet is dropped as "no decrypted data".
+        pytest.skip(f"{result.get('peer', 'py-cord')} received none of the {result['expected']} packets: its "
+                    "receive path (2.8) delivers audio only in a DAVE call, and the benchmark's speakers are "
+                    "not DAVE members")
     assert result["calls"] == n
     assert result.get("opened", n) == n
     assert result["received"] > 0, f"{contender} received nothing"
