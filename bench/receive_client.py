@@ -140,6 +140,9 @@ async def measure(n: int, seconds: float, playout: bool, server, closers: list) 
         stats = [r.stats(report["calls"][g]["user_id"]) for g, r in receivers.items()]
         result["played"] = sum(s.played for s in stats)
         result["concealed"] = sum(s.concealed for s in stats)
+        # ticks never delivered because the decode pool was still busy, or skipped by a blocked loop
+        result["dropped_ticks"] = sum(r.dropped_ticks for r in receivers.values())
+        result["skipped_ticks"] = sum(r.skipped_ticks for r in receivers.values())
     return result
 
 

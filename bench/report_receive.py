@@ -2,7 +2,9 @@
 
     python bench/report_receive.py bench/receive.json [more.json ...]
 
-One row per contender and size (several runs or rounds: one row each, in run order).
+One row per contender and size (several runs or rounds: one row each, in run order). CPU is
+the client process's, per second of audio it received (a receiver that fell behind is charged
+for what it handled, not for what was sent to it).
 "x compiled" is the contender's CPU per stream-second over fastvoice compiled's in the same
 encryption mode, same size and same round of the same file (the runs that were side by side):
 ``compiled`` for XChaCha20-Poly1305, ``compiled/aes`` for AES-256-GCM, ``compiled+playout``
@@ -22,7 +24,7 @@ COLUMNS = [
     ("contender", "contender"),
     ("mode_short", "mode"),
     ("cpu_share_of_one_core", "CPU (cores)"),
-    ("cpu_us_per_stream_second", "CPU us per stream-second"),
+    ("cpu_us_per_stream_second", "CPU us per received stream-second"),
     ("x_compiled", "x compiled"),
     ("rss_kib_per_call", "RSS KiB/call"),
     ("received", "received"),

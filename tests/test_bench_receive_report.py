@@ -48,7 +48,8 @@ def test_loss_tail_duplicates_and_latency_are_told_apart():
     # latencies: four of 1 ms, three of 3 ms (the duplicate's second copy is not counted)
     assert out["latency_p50_ms"] == pytest.approx(1.0, abs=1e-3)
     assert out["latency_max_ms"] == pytest.approx(3.0, abs=1e-3)
-    assert out["cpu_us_per_stream_second"] == pytest.approx(0.02 / (2 * 0.1) * 1e6)
+    assert out["cpu_us_per_stream_second"] == pytest.approx(0.02 / (7 * 0.02) * 1e6)  # 7 packets received
+    assert out["cpu_us_per_sent_stream_second"] == pytest.approx(0.02 / (2 * 0.1) * 1e6)
     assert out["cpu_share_of_one_core"] == pytest.approx(0.1)
 
 
