@@ -59,7 +59,7 @@ def rows_of(paths: list[str]) -> list[dict]:
     for row in rows:
         row["mode_short"] = short_mode(row.get("mode"))
         base = by_key.get((row["run"], row.get("round", 0), row["calls"], BASELINE.get(row["contender"], "")))
-        if base and base.get("cpu_us_per_stream_second"):
+        if base and base.get("cpu_us_per_stream_second") and row.get("cpu_us_per_stream_second"):
             row["x_compiled"] = f'{row["cpu_us_per_stream_second"] / base["cpu_us_per_stream_second"]:.1f}x'
     order = list(dict.fromkeys(["compiled", "pure", "voice-recv", "py-cord", "compiled/aes", "discord.js",
                                 "compiled+playout", "voice-recv+decode"]))

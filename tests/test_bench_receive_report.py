@@ -69,11 +69,14 @@ def test_report_compares_each_peer_with_compiled_in_its_own_mode(tmp_path, capsy
 
     xchacha, aes = "aead_xchacha20_poly1305_rtpsize", "aead_aes256_gcm_rtpsize"
     data = {"benchmarks": [row("discord.js", aes, 900.0), row("compiled", xchacha, 100.0),
-                           row("voice-recv", xchacha, 850.0), row("compiled/aes", aes, 90.0)]}
+                           row("voice-recv", xchacha, 850.0), row("compiled/aes", aes, 90.0),
+                           row("py-cord", xchacha, None)]}  # received nothing: no CPU per second received
     path = tmp_path / "receive.json"
     path.write_text(json.dumps(data))
     _module("report_receive").main([str(path)])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 100 ")]
-    assert [line.split(" | ")[1] for line in lines] == ["compiled", "voice-recv", "compiled/aes", "discord.js"]
+    assert [line.split(" | ")[1] for line in lines] == ["compiled", "voice-recv", "py-cord", "compiled/aes",
+                                                        "discord.js"]
     assert "| XChaCha20 |" in lines[1] and "| 8.5x |" in lines[1]
-    assert "| AES-GCM |" in lines[3] and "| 10.0x |" in lines[3]
+    assert "x |" not in lines[2].split(" | ", 5)[-1].split(" | ")[0]
+    assert "| AES-GCM |" in lines[4] and "| 10.0x |" in lines[4]
