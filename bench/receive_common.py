@@ -153,5 +153,7 @@ def summarize(report: dict, arrivals: dict[str, tuple[list[int], list[float]]], 
         "latency_p99_ms": _pct(latencies, 0.99),
         "latency_max_ms": round(latencies[-1], 3) if latencies else None,
         "sender_late_ticks": report["late_ticks"],
+        # packets the server's sendto refused (full send buffer): counted in lost or tail above
+        "sender_unsent": sum(1 for call in report["calls"].values() for t in call["sent_us"] if t is None),
         "sender_cpu_seconds": report["sender_cpu_seconds"],
     }

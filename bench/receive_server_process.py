@@ -103,7 +103,7 @@ class Speakers:
                 times.append(now())
                 try:
                     sendto(datagram, address)
-                except BlockingIOError:  # the kernel's send buffer is full: counted as lost
+                except OSError:  # a full send buffer (or a listener gone): not sent, no send time
                     times[-1] = -1.0
         self.cpu = cpu_seconds() - cpu_before
 

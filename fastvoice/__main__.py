@@ -42,7 +42,7 @@ prints its tables. It needs the test extra (pytest, pytest-benchmark, discord.py
      recording and @discordjs/voice's receiver when installed; see bench/README.md).
 
 The full suite takes about 7 to 8 minutes on a 2-core machine (2 to 3 more with the
-@discordjs/voice peer set up), plus about 5 for the receive benchmark (10 with its peers), and
+@discordjs/voice peer set up), plus about 3 for the receive benchmark (5 with its peers), and
 loads both cores. --quick runs every benchmark small (10 calls, 5 for receive, 1 s of audio,
 few rounds) in under two minutes (50 seconds here, plus 45 for receive with its peers): a
 check that it works, not figures to quote.

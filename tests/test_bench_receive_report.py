@@ -60,6 +60,7 @@ def test_a_packet_the_sender_could_not_send_has_no_latency_and_a_call_with_nothi
                     wall=0.1, rss_per_call_kib=None)
     assert out["received"] == 3 and out["undelivered_tail"] == 3 and out["lost"] == 0
     assert out["latency_max_ms"] == pytest.approx(2.0, abs=1e-3)  # packet 1 had no send time
+    assert out["sender_unsent"] == 1
 
 
 def test_report_compares_each_peer_with_compiled_in_its_own_mode(tmp_path, capsys):
