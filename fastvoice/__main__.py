@@ -36,11 +36,16 @@ prints its tables. It needs the test extra (pytest, pytest-benchmark, discord.py
      set up), each with its voice server process (bench/voice_server_process.py);
   4. scale-out: bench/test_bench_scaleout.py, 1,000 and 2,000 calls held by one client
      process, then split over two running side by side (as a sharded bot would).
+  5. receive: bench/test_bench_receive.py, 100, 500 and 1,000 calls whose speakers the
+     server's process sends, received by one client process per contender (fastvoice
+     compiled and pure, with a PlayoutReceiver too; discord-ext-voice-recv, py-cord's
+     recording and @discordjs/voice's receiver when installed; see bench/README.md).
 
 The full suite takes about 7 to 8 minutes on a 2-core machine (2 to 3 more with the
-@discordjs/voice peer set up), and loads both cores. --quick runs every benchmark small (10 calls, 1 s of
-audio, few rounds) in under a minute (50 seconds here): a check that it works, not figures
-to quote.
+@discordjs/voice peer set up), plus about 3 for the receive benchmark (5 with its peers), and
+loads both cores. --quick runs every benchmark small (10 calls, 5 for receive, 1 s of audio,
+few rounds) in under two minutes (50 seconds here, plus 45 for receive with its peers): a
+check that it works, not figures to quote.
 Ctrl-C (or SIGTERM) stops the suite and every process it started.
 
 options:
@@ -52,6 +57,7 @@ options:
 #: What --quick sets: the knobs of bench/ (see bench/README.md) and pytest-benchmark's rounds.
 QUICK_ENV = {
     "FASTVOICE_BENCH_CONNECTIONS": "10", "FASTVOICE_BENCH_SECONDS": "1", "FASTVOICE_BENCH_SCALEOUT": "10",
+    "FASTVOICE_BENCH_RECEIVE": "5",
     "FASTVOICE_BENCH_OPUS_FRAMES": "150",
     "FASTVOICE_BENCH_PLAYOUT_STREAMS": "20", "FASTVOICE_BENCH_PLAYOUT_TICKS": "5",
     "FASTVOICE_BENCH_REALTIME": "20", "FASTVOICE_BENCH_REALTIME_TICKS": "10", "FASTVOICE_BENCH_CALLS": "10x0,5x4",
@@ -125,7 +131,8 @@ def bench(argv: list[str]) -> int:
         for suite, report in (("test_bench_packets.py", "report.py"), ("test_bench_dave.py", "report.py"),
                               ("test_bench_opus.py", "report_opus.py"),
                               ("test_bench_playout.py", "report_playout.py"),
-                              ("test_bench_connections.py", "report_connections.py")):
+                              ("test_bench_connections.py", "report_connections.py"),
+                              ("test_bench_receive.py", "report_receive.py")):
             out = os.path.join(bench_dir, suite.replace("test_bench_", "").replace(".py", ".json"))
             code = _run_in_own_group([sys.executable, "-m", "pytest", "-q", os.path.join(bench_dir, suite),
                                       f"--benchmark-json={out}", *argv], root, env)
