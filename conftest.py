@@ -32,6 +32,9 @@ class _RtpTwin:
     def __init__(self, core: types.ModuleType, edge: types.ModuleType) -> None:
         object.__setattr__(self, "_core", core)
         object.__setattr__(self, "_edge", edge)
+        #: The core module itself, for ``monkeypatch.setattr(rtp.core, ...)`` (monkeypatch
+        #: looks a name up without ``__getattr__`` in newer pytest releases).
+        object.__setattr__(self, "core", core)
 
     def __getattr__(self, name: str) -> object:
         try:

@@ -67,7 +67,7 @@ def expected_fields(pkt, seq, ts, payload, *, marker=False, csrcs=(), profile=No
 )
 def test_packetize_matches_reference(rtp, monkeypatch, mode, seq, ts, counter):
     nonces = FixedNonces()
-    monkeypatch.setattr(rtp, "_urandom", nonces)
+    monkeypatch.setattr(rtp.core, "_urandom", nonces)
     p = rtp.Packetizer(SSRC, mode, KEY, sequence=seq, timestamp=ts, nonce=counter)
     for i in range(4):
         payload = os.urandom(20 + i * 50)
@@ -178,8 +178,8 @@ def test_twins_byte_identical(rtp_c, rtp_py, monkeypatch, modes, data, payload, 
     mode = data.draw(st.sampled_from(modes), label="mode")
     key = os.urandom(32)
     nonce = os.urandom(24)
-    monkeypatch.setattr(rtp_c, "_urandom", lambda n: nonce)
-    monkeypatch.setattr(rtp_py, "_urandom", lambda n: nonce)
+    monkeypatch.setattr(rtp_c.core, "_urandom", lambda n: nonce)
+    monkeypatch.setattr(rtp_py.core, "_urandom", lambda n: nonce)
     pc = rtp_c.Packetizer(SSRC, mode, key, sequence=seq, timestamp=ts, nonce=counter)
     pp = rtp_py.Packetizer(SSRC, mode, key, sequence=seq, timestamp=ts, nonce=counter)
     a, b = pc.packetize(payload), pp.packetize(payload)

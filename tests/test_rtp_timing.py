@@ -42,7 +42,7 @@ def wrapped(a: int, b: int, bits: int) -> int:
 @pytest.mark.parametrize("mode", MODES)
 def test_marker_packet_matches_the_reference(rtp, monkeypatch, mode):
     nonce = bytes(range(24))
-    monkeypatch.setattr(rtp, "_urandom", lambda n: nonce)
+    monkeypatch.setattr(rtp.core, "_urandom", lambda n: nonce)
     p = rtp.Packetizer(SSRC, mode, KEY, sequence=65535, timestamp=2**32 - 960, nonce=9)
     marked = p.packetize(b"talkspurt", marker=True)
     plain = p.packetize(b"next")
