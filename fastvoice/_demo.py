@@ -1,48 +1,37 @@
 """``python -m fastvoice demo``: many voice calls against the local voice server, end to end.
 
-Starts a :class:`fastvoice.testing.VoiceServer` in its own process, joins N guild calls with a "speaker" bot
-and N with a "listener" bot (one speaker and one listener per call), streams the bundled
-Opus clip from every speaker, receives it on every listener, and prints a summary that says
-where any lost packet went missing: before the test server read it (its socket overflowed:
-the server's limit, not fastvoice's) or between the server and the listeners.
+Starts a :class:`fastvoice.testing.VoiceServer` in its own process, joins N guild calls with a
+"speaker" bot (in a process of its own, :mod:`fastvoice._demo_speakers`) and N with a
+"listener" bot (this process): one speaker and one listener per call. Every speaker streams
+the bundled Opus clip, every listener receives it, and the summary says, per direction, what
+was sent, what arrived and where any lost packet went missing (the server's socket, the
+listeners' sockets, the server's fault knobs), with each process's CPU
+(:mod:`fastvoice._demo_report`). When the machine is too small for the run, it says so in
+words while the run goes, before any failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import math
 import os
 import resource
 import socket
-import struct
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
-from importlib import resources
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ._demo_clip import SILENCE, load_clip
+from ._demo_report import (LOST, OK, RECORDING_FAILED, SERVER_DROPPED, USAGE, CallLoss, Outcome, account,
+                           capacity_warning, summarise)
+from ._demo_speakers import LocalSpeakers as _Local
+
 SPEAKER, LISTENER = 1001, 1002
-SILENCE = b"\xf8\xff\xfe"
 MAX_CALLS = 5000
 MIN_SECONDS, MAX_SECONDS = 0.02, 3600.0
-#: Exit statuses.
-OK, LOST, USAGE, SERVER_DROPPED, RECORDING_FAILED = 0, 1, 2, 3, 4
-
-
-def load_clip() -> list[bytes]:
-    """The bundled clip's Opus frames (``data/demo_clip.dca``: each frame after its length as a
-    4-byte little-endian integer, the format of ``OpusReader``)."""
-    data = resources.files("fastvoice").joinpath("data/demo_clip.dca").read_bytes()
-    frames, offset = [], 0
-    while offset < len(data):
-        (length,) = struct.unpack_from("<I", data, offset)
-        frames.append(data[offset + 4: offset + 4 + length])
-        offset += 4 + length
-    return frames
 
 
 class Listener:
@@ -65,33 +54,6 @@ class Listener:
         pass
 
 
-@dataclass
-class CallLoss:
-    """Where one call's packets went missing, by RTP sequence number."""
-
-    not_sent: int = 0  # frames the speaker never sent
-    before_server: int = 0  # sent, never read by the test server
-    after_server: int = 0  # read (and forwarded) by the server, never delivered to the listener
-    changed: int = 0  # delivered with other bytes than were sent
-
-
-def account(first: int, want: list[bytes], sent_count: int, server_seqs: list[int], heard_seqs: list[int],
-            heard_frames: list[bytes]) -> CallLoss:
-    """Compare what the speaker should send (``want``) and sent (``sent_count`` packets from
-    sequence ``first`` on), what the server read (``server_seqs``) and what the listener got
-    (``heard_seqs`` / ``heard_frames``)."""
-    sent = {(first + i) & 0xFFFF for i in range(min(sent_count, len(want)))}
-    at_server = set(server_seqs) & sent
-    heard = set(heard_seqs)
-    loss = CallLoss(not_sent=max(0, len(want) - sent_count), before_server=len(sent - at_server),
-                    after_server=len(at_server - heard))
-    for seq, frame in zip(heard_seqs, heard_frames):
-        position = (seq - first) & 0xFFFF
-        if position >= len(want) or want[position] != frame:
-            loss.changed += 1
-    return loss
-
-
 def _percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -107,12 +69,9 @@ class _InProcess:
         self.server = server
 
     async def stats(self) -> dict[str, Any]:
-        server = self.server
-        return {"udp_receive_drops": server.udp_receive_drops, "udp_receive_buffer": server.udp_receive_buffer,
-                "dave_plaintext_packets": sum(s.dave_plaintext_packets for s in server.sessions)}
+        from .testing._serve import stats
 
-    async def sequences(self, ssrcs: list[int]) -> dict[int, list[int]]:
-        return {ssrc: [p.sequence for p in self.server.packets(ssrc)] for ssrc in ssrcs}
+        return stats(self.server)
 
     def cpu_seconds(self) -> float | None:
         return None  # counted in this process's own CPU
@@ -180,188 +139,210 @@ def _check_recordings(recording: dict[str, Any], status: int) -> int:
 async def _run_calls(calls: int, seconds: float, dave: bool, in_process: bool,
                      recording: dict[str, Any] | None, metrics_port: int | None = None) -> int:
     import fastvoice
-    from fastvoice import ConnConfig, GatewayConfig, Manager, OpusReader
+    from fastvoice import ConnConfig, GatewayConfig, Manager
     from fastvoice.testing import MainGatewayStandIn, VoiceServer, VoiceServerProcess
+
+    from ._demo_speakers import SpeakerBot, SpeakerBotProcess
+    from .testing._sockbuf import receive_drops_by_port
 
     clip = load_clip()
     frames = [clip[i % len(clip)] for i in range(max(1, int(seconds * 50)))]
-    stream = b"".join(struct.pack("<I", len(f)) + f for f in frames)
+    where = "the demo's process" if in_process else "a process of its own"
     print(f"fastvoice {fastvoice.__version__} demo: {calls} calls, {len(frames) * 0.02:.2f} s of audio each, "
-          f"DAVE {'on' if dave else 'off'}, {'compiled' if fastvoice.speedups_enabled() else 'pure-Python'} core, "
-          f"local server {'on this event loop' if in_process else 'in its own process'}")
-    # The demo checks every packet the server read: its recordings must hold the whole run.
+          f"DAVE {'on' if dave else 'off'}, {'compiled' if fastvoice.speedups_enabled() else 'pure-Python'} core; "
+          f"local server, speaker bot and listener bot {'on one event loop' if in_process else 'each in its own process'}")
+    # The server counts what it reads from each speaker (no per-packet recording: a thousand
+    # calls of it would cost the server more than the forwarding).
     options: dict[str, Any] = dict(dave_protocol_version=1 if dave else 0, require_dave=dave,
-                                   record_packets=len(frames) + 100)
+                                   media_recording="counts", record_packets=100)
     server: VoiceServer | VoiceServerProcess
     server = VoiceServer(**options) if in_process else VoiceServerProcess(**options)
     view: _InProcess | VoiceServerProcess = _InProcess(server) if isinstance(server, VoiceServer) else server
     async with server:
-        bots = {}
-        for user in (SPEAKER, LISTENER):
-            main = MainGatewayStandIn(server, user)
-            config = ConnConfig(open_timeout=60, gateway_config=GatewayConfig(max_dave_protocol_version=1 if dave else 0))
-            bots[user] = Manager(main.update_voice_state, user, conn_config=config)
-            main.attach(bots[user])
-        metrics = None
-        if metrics_port is not None:
-            from .prometheus import start_metrics_server
+        main = MainGatewayStandIn(server, LISTENER)
+        config = ConnConfig(open_timeout=60, gateway_config=GatewayConfig(max_dave_protocol_version=1 if dave else 0))
+        bot = Manager(main.update_voice_state, LISTENER, conn_config=config)
+        main.attach(bot)
+        # The speaker bot's sessions, registered here: its main gateway is this process.
+        setup_calls = []
+        for i in range(calls):
+            state, update = server.voice_updates(10_000 + i, SPEAKER, 20_000 + i)
+            setup_calls.append({"guild_id": 10_000 + i, "channel_id": 20_000 + i, "state": state, "server": update})
+        await view.stats()  # every registration has reached the server
+        speakers: _Local | SpeakerBotProcess
+        if in_process:
+            speakers = _Local(SpeakerBot(SPEAKER, setup_calls, seconds, dave))
+        else:
+            speakers = SpeakerBotProcess({"user_id": SPEAKER, "calls": setup_calls, "seconds": seconds, "dave": dave,
+                                          "metrics": metrics_port is not None})
+            await speakers.start()
+        try:
+            return await _stream(calls, frames, dave, speakers, bot, view, recording, metrics_port, where,
+                                 receive_drops_by_port)
+        finally:
+            await speakers.close()
+            await bot.close()
 
-            metrics = await start_metrics_server(list(bots.values()), metrics_port)
-            print(f"  Prometheus metrics at http://127.0.0.1:{metrics.port}/metrics", flush=True)
-        listeners = [Listener() for _ in range(calls)]
-        speakers, hearers = [], []
-        started = time.monotonic()
-        for start in range(0, calls, 50):
-            batch = range(start, min(calls, start + 50))
-            new_speakers = [bots[SPEAKER].create_conn(10_000 + i) for i in batch]
-            new_hearers = [bots[LISTENER].create_conn(10_000 + i) for i in batch]
-            for conn, i in zip(new_hearers, batch):
-                conn.set_opus_frame_receiver(listeners[i])
-            await asyncio.gather(*(c.open(20_000 + i) for c, i in zip(new_speakers, batch)),
-                                 *(c.open(20_000 + i) for c, i in zip(new_hearers, batch)))
-            speakers += new_speakers
-            hearers += new_hearers
-        if dave:
-            deadline = time.monotonic() + 30
-            while not all(c.dave is not None and c.dave.ready for c in speakers + hearers):
-                if time.monotonic() > deadline:
-                    print("DAVE groups did not form within 30 s", file=sys.stderr)
-                    if metrics is not None:
-                        await metrics.close()
-                    await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
-                    return LOST
-                await asyncio.sleep(0.05)
-        print(f"  {2 * calls} connections ready in {time.monotonic() - started:.1f} s")
 
-        drops_before = (await view.stats())["udp_receive_drops"]
-        cpu0, server_cpu0 = _cpu_self(), view.cpu_seconds()
-        wall0 = time.monotonic()
-        recorders: list[Any] = []
-        if recording is not None:
-            from ._demo_record import Tee, start_recorders
+async def _stream(calls: int, frames: list[bytes], dave: bool, speakers: Any, bot: Any, view: Any,
+                  recording: dict[str, Any] | None, metrics_port: int | None, where: str,
+                  receive_drops_by_port: Callable[[set[int]], int | None]) -> int:
+    """Open the listeners beside the speakers, stream the clip, count, summarise."""
+    metrics = None
+    if metrics_port is not None:
+        from .prometheus import start_metrics_server
 
-            recorders = start_recorders(recording["directory"], calls)
-            for conn, lst, recorder in zip(hearers, listeners, recorders):
-                conn.set_opus_frame_receiver(Tee(lst, recorder))
-            await asyncio.sleep(0.1)  # the recordings start before the speakers do
-        for conn in speakers:
-            conn.set_opus_frame_provider(OpusReader(io.BytesIO(stream)))
-        expected = len(frames) + 5  # the clip, then five silence frames
-        last = 0.0
-        while any(c.sender is not None and c.sender.live for c in speakers) or \
-                any(len(lst.frames) < expected for lst in listeners):
-            await asyncio.sleep(0.1)
-            now = time.monotonic()
-            if now - last >= 1.0:
-                last = now
-                sent = sum(c.sender.stats.sent for c in speakers if c.sender)
-                got = sum(len(lst.frames) for lst in listeners)
-                print(f"  {now - wall0:5.1f} s  sent {sent:>8}  received {got:>8}", flush=True)
-            if now - wall0 > len(frames) * 0.02 + 10:
-                break
-        if recording is not None:
-            await asyncio.sleep(0.5)  # what the recorders' playout buffers hold plays out
-        wall = time.monotonic() - wall0
-        cpu, server_cpu1 = _cpu_self() - cpu0, view.cpu_seconds()
-        server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
-        seen = await view.sequences([c.udp.ssrc for c in speakers if c.udp is not None])
-
-        sent = sum(c.sender.stats.sent for c in speakers if c.sender)
-        deficit = sum(c.sender.stats.deficit for c in speakers if c.sender)
-        received = sum(len(lst.frames) for lst in listeners)
-        want = frames + [SILENCE] * 5
-        intact = sum(1 for lst in listeners if lst.frames == want)
-        loss = CallLoss()
-        at_server = 0
-        for conn, lst in zip(speakers, listeners):
-            counters = conn.udp.stream_counters if conn.udp is not None else None
-            call_sent = conn.sender.stats.sent if conn.sender is not None else 0
-            first = 0 if counters is None else (counters[0] - call_sent) & 0xFFFF
-            server_seqs = seen.get(conn.udp.ssrc, []) if conn.udp is not None else []
-            at_server += len(server_seqs)
-            one = account(first, want, call_sent, server_seqs, lst.sequences, lst.frames)
-            loss.not_sent += one.not_sent
-            loss.before_server += one.before_server
-            loss.after_server += one.after_server
-            loss.changed += one.changed
-        after = await view.stats()
-        drops_after = after["udp_receive_drops"]
-        socket_drops = None if drops_before is None or drops_after is None else drops_after - drops_before
-        jitter = [abs((b - a) - 0.020) * 1000 for lst in listeners for a, b in zip(lst.arrivals, lst.arrivals[1:])]
-        plaintext = after["dave_plaintext_packets"] if dave else 0
-        buffer_kib = after["udp_receive_buffer"] // 2 // 1024
-        if recording is not None:
-            late: list[dict[str, int]] = []
-            for recorder in recorders:
-                try:
-                    stats = recorder.playout.stats(SPEAKER)
-                    late.append({"late": stats.late, "dropped to shrink the delay": stats.dropped,
-                                 "overflowed": stats.overflow})
-                except KeyError:
-                    late.append({})
-                recorder.close()
-            await asyncio.gather(*(recorder.wait_closed(60) for recorder in recorders))
-            recording.update(recorders=recorders, sent=frames, late=late,
-                             heard=[sum(1 for f in lst.frames if f != SILENCE) for lst in listeners])
+        metrics = await start_metrics_server([bot] + ([speakers.bot.manager] if isinstance(speakers, _Local) else []),
+                                             metrics_port)
+    try:
+        return await _stream_and_count(calls, frames, dave, speakers, bot, view, recording, metrics, where,
+                                       receive_drops_by_port)
+    finally:
         if metrics is not None:
             await metrics.close()
-        await asyncio.gather(bots[SPEAKER].close(), bots[LISTENER].close())
 
-    server_row = f"{at_server} of {sent}"
-    if socket_drops is not None:
-        server_row += f" (its socket dropped {socket_drops}; receive buffer {buffer_kib} KiB)"
-    rows = [
-        ("connections", f"{2 * calls} ({calls} speakers, {calls} listeners)"),
-        ("packets sent", f"{sent}"),
-        ("read by the test server", server_row),
-        ("frames received", f"{received} of {expected * calls}"),
-        ("calls received intact", f"{intact} of {calls}"),
-        ("jitter p50 / p99 at listeners", f"{_percentile(jitter, 0.5):.2f} / {_percentile(jitter, 0.99):.2f} ms"),
-        ("deficit", f"{deficit} ticks"),
-        ("CPU, fastvoice" if server_cpu is not None else "CPU",
-         f"{cpu:.2f} s over {wall:.1f} s ({cpu / wall:.2f} cores)"),
-        *([("CPU, test server", f"{server_cpu:.2f} s ({server_cpu / wall:.2f} cores)")] if server_cpu is not None
-          else []),
-        ("DAVE", f"on, {plaintext} plaintext packets in E2EE calls" if dave else "off"),
-    ]
-    # Loss before the server is the server's own when its socket's drop counter covers it.
-    server_dropped = loss.before_server and (socket_drops is None or socket_drops >= loss.before_server)
-    if loss.not_sent or loss.before_server or loss.after_server or loss.changed:
-        rows += [
-            ("not sent by speakers", f"{loss.not_sent} frames"),
-            ("lost before the test server", f"{loss.before_server} packets" + (
-                " (its socket overflowed: the server's limit, not fastvoice's)" if server_dropped else "")),
-            ("lost between server and listeners", f"{loss.after_server} packets"),
-            ("delivered changed", f"{loss.changed} frames"),
-        ]
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
-    if intact == calls and plaintext == 0:
-        print("\n  OK: every frame arrived, in order")
-        return OK
-    if server_dropped and not (loss.not_sent or loss.after_server or loss.changed or plaintext):
-        print("\n" + textwrap.fill(
-            f"INCOMPLETE: the local test server did not read {loss.before_server} packets (its UDP socket "
-            "overflowed while the server was busy); fastvoice delivered every packet the server "
-            "forwarded. Run fewer calls (-n) to check every frame; see --help for this server's limit.",
-            width=92, initial_indent="  ", subsequent_indent="  "))
-        return SERVER_DROPPED
-    causes = []
-    if loss.not_sent:
-        causes.append(f"{loss.not_sent} frames were never sent")
-    if loss.before_server and not server_dropped:
-        causes.append(f"{loss.before_server} packets were lost before the test server, more than its socket "
-                      f"dropped ({socket_drops})")
-    if loss.after_server:
-        causes.append(f"{loss.after_server} packets were lost between the test server and the listeners")
-    if loss.changed:
-        causes.append(f"{loss.changed} frames arrived changed")
-    if plaintext:
-        causes.append(f"{plaintext} packets of DAVE calls were plaintext")
-    print("\n" + textwrap.fill("FAILED: " + "; ".join(causes), width=92, initial_indent="  ", subsequent_indent="  "))
-    return LOST
+
+async def _stream_and_count(calls: int, frames: list[bytes], dave: bool, speakers: Any, bot: Any, view: Any,
+                            recording: dict[str, Any] | None, metrics: Any, where: str,
+                            receive_drops_by_port: Callable[[set[int]], int | None]) -> int:
+    listeners = [Listener() for _ in range(calls)]
+    hearers = []
+    started = time.monotonic()
+    opening = asyncio.ensure_future(speakers.ready())
+    try:
+        for start in range(0, calls, 50):
+            batch = range(start, min(calls, start + 50))
+            new = [bot.create_conn(10_000 + i) for i in batch]
+            for conn, i in zip(new, batch):
+                conn.set_opus_frame_receiver(listeners[i])
+            await asyncio.gather(*(c.open(20_000 + i) for c, i in zip(new, batch)))
+            hearers += new
+        if dave:
+            deadline = time.monotonic() + 60
+            while not all(c.dave is not None and c.dave.ready for c in hearers):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the listeners' DAVE groups did not form within 60 s")
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(asyncio.shield(opening), 120)
+    except Exception as exc:
+        print(f"  the calls did not open: {str(exc)[:300]}", file=sys.stderr)
+        return LOST
+    finally:
+        if not opening.done():
+            opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+    print(f"  {2 * calls} connections ready in {time.monotonic() - started:.1f} s")
+    if metrics is not None:
+        print(f"  Prometheus metrics at http://127.0.0.1:{metrics.port}/metrics"
+              + (f" (the speaker bot's at {speakers.metrics_url})" if speakers.metrics_url else ""), flush=True)
+
+    drops_before = (await view.stats())["udp_receive_drops"]
+    ports = {conn.udp.local_addr[1] for conn in hearers if conn.udp is not None and conn.udp.local_addr}
+    listener_drops_before = receive_drops_by_port(ports)
+    cpu0, server_cpu0 = _cpu_self(), view.cpu_seconds()
+    recorders: list[Any] = []
+    if recording is not None:
+        from ._demo_record import Tee, start_recorders
+
+        recorders = start_recorders(recording["directory"], calls)
+        for conn, lst, recorder in zip(hearers, listeners, recorders):
+            conn.set_opus_frame_receiver(Tee(lst, recorder))
+        await asyncio.sleep(0.1)  # the recordings start before the speakers do
+    wall0 = time.monotonic()
+    speakers.go()
+    expected = len(frames) + 5  # the clip, then five silence frames
+    last, warning, checked = wall0, None, False
+    machine_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    while speakers.streaming() or any(len(lst.frames) < expected for lst in listeners):
+        await asyncio.sleep(0.1)
+        now = time.monotonic()
+        if now - last >= 1.0:
+            last = now
+            got = sum(len(lst.frames) for lst in listeners)
+            print(f"  {now - wall0:5.1f} s  sent {speakers.sent:>8}  received {got:>8}", flush=True)
+        if not checked and now - wall0 >= 2.0:
+            checked = True  # is this machine large enough? Said now, before any failure.
+            cores = _cores_now(speakers, view, cpu0, server_cpu0, now - wall0)
+            warning = capacity_warning(calls, cores, machine_cores)
+            if warning is not None:
+                print(warning, flush=True)
+        if now - wall0 > len(frames) * 0.02 + 10:
+            break
+    if recording is not None:
+        await asyncio.sleep(0.5)  # what the recorders' playout buffers hold plays out
+    wall = time.monotonic() - wall0
+    cpu, server_cpu1 = _cpu_self() - cpu0, view.cpu_seconds()
+    server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
+    listener_drops_after = receive_drops_by_port(ports)
+    try:
+        report = await asyncio.wait_for(speakers.finished(), 30)
+    except Exception as exc:
+        print(f"  the speaker bot did not report: {str(exc)[:300]}", file=sys.stderr)
+        return LOST
+    after = await view.stats()
+    counts = {int(ssrc): int(n) for ssrc, n in after["packets"].items()}
+
+    want = frames + [SILENCE] * 5
+    outcome = Outcome(calls=calls, speakers_where=where, expected=expected, dave=dave, wall=wall)
+    deficits = []
+    for call, lst in zip(report["done"], listeners):
+        outcome.sent += call["sent"]
+        deficits.append(call["deficit"])
+        at_server = counts.get(call["ssrc"], 0) if call["ssrc"] is not None else 0
+        outcome.at_server += at_server
+        one = account(call["first"], want, call["sent"], at_server, lst.sequences, lst.frames)
+        for name in ("not_sent", "before_server", "after_server", "changed"):
+            setattr(outcome.loss, name, getattr(outcome.loss, name) + getattr(one, name))
+    outcome.deficit = sum(deficits)
+    outcome.tick_late = (report.get("tick_late_p50_ms"), report.get("tick_late_p99_ms"))
+    outcome.received = sum(len(lst.frames) for lst in listeners)
+    outcome.intact = sum(1 for lst in listeners if lst.frames == want)
+    drops_after = after["udp_receive_drops"]
+    outcome.server_socket_drops = (None if drops_before is None or drops_after is None
+                                   else drops_after - drops_before)
+    outcome.server_buffer_kib = after["udp_receive_buffer"] // 2 // 1024
+    outcome.fault_drops = int(after.get("udp_lost", 0))
+    outcome.listener_socket_drops = (None if listener_drops_before is None or listener_drops_after is None
+                                     else listener_drops_after - listener_drops_before)
+    intervals = [abs((b - a) - 0.020) * 1000 for lst in listeners for a, b in zip(lst.arrivals, lst.arrivals[1:])]
+    outcome.jitter = (_percentile(intervals, 0.5), _percentile(intervals, 0.99))
+    outcome.plaintext = after["dave_plaintext_packets"] if dave else 0
+    if isinstance(speakers, _Local):
+        outcome.cpu = {"demo's process" + (" (both bots)" if server_cpu is not None else " (server and both bots)"): cpu}
+    else:
+        outcome.cpu = {"speaker bot": speakers.cpu, "listener bot": cpu}
+    if server_cpu is not None:
+        outcome.cpu["test server"] = server_cpu
+    outcome.warning = warning
+    if recording is not None:
+        late: list[dict[str, int]] = []
+        for recorder in recorders:
+            try:
+                stats = recorder.playout.stats(SPEAKER)
+                late.append({"late": stats.late, "dropped to shrink the delay": stats.dropped,
+                             "overflowed": stats.overflow})
+            except KeyError:
+                late.append({})
+            recorder.close()
+        await asyncio.gather(*(recorder.wait_closed(60) for recorder in recorders))
+        recording.update(recorders=recorders, sent=frames, late=late,
+                         heard=[sum(1 for f in lst.frames if f != SILENCE) for lst in listeners])
+    return summarise(outcome)
+
+
+def _cores_now(speakers: Any, view: Any, cpu0: float, server_cpu0: float | None, elapsed: float) -> dict[str, float]:
+    """Each process's share of a core since the speakers started."""
+    cores = {}
+    if isinstance(speakers, _Local):
+        cores["demo's process"] = (_cpu_self() - cpu0) / elapsed
+    else:
+        cores["listener bot"] = (_cpu_self() - cpu0) / elapsed
+        if speakers.wall > 0 and speakers.cpu is not None:
+            cores["speaker bot"] = speakers.cpu / speakers.wall
+    server_cpu = view.cpu_seconds()
+    if server_cpu is not None and server_cpu0 is not None:
+        cores["test server"] = (server_cpu - server_cpu0) / elapsed
+    return cores
 
 
 def _calls(text: str) -> int:
@@ -413,7 +394,8 @@ def server_limit() -> str:
         how = "the most this system grants"
     return textwrap.fill(
         "The local test server runs in its own process (with --in-process: on the demo's event loop) "
-        "and decrypts, records and forwards every packet in Python, near 20 us each. Each 20 ms tick "
+        "and decrypts, counts and re-encrypts every packet for its listener, in batches, with the "
+        "compiled core (a few microseconds each). Each 20 ms tick "
         "the speakers' packets wait in its UDP receive buffer until it reads them: "
         f"{granted // 1024} KiB on this machine ({how}). When the server falls behind and its socket "
         "overflows, the summary counts those packets as lost before the test server (not fastvoice's "
@@ -423,8 +405,11 @@ def server_limit() -> str:
 DESCRIPTION = """\
 Joins N guild calls with a "speaker" bot and N with a "listener" bot against a local voice
 server (one of each per call, DAVE end-to-end encryption on by default), streams the bundled
-Opus clip from every speaker, receives it on every listener, and prints packets, jitter,
-missed ticks and CPU.
+Opus clip from every speaker, receives it on every listener, and prints, per direction,
+packets, loss and where it happened, jitter, missed ticks, and the CPU of each process. The
+server, the speaker bot and the listener bot each run in a process of their own, as they would
+in production: a bot's calls share one event loop, which runs on one core. When the machine is
+too small for the calls asked for, the demo says so while it runs, before any failure.
 
 {limit}
 """
@@ -447,7 +432,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dave", action="store_true", help="run the calls without DAVE end-to-end encryption")
     p.add_argument("--pure", action="store_true", help="use the pure-Python packet core")
     p.add_argument("--in-process", action="store_true",
-                   help="run the local server on the demo's own event loop instead of in its own process")
+                   help="run the local server and both bots on the demo's own event loop instead of a "
+                        "process each")
     p.add_argument("--record", metavar="DIR",
                    help="record each listener's call into DIR/call-NNNN/ (the speaker's Ogg Opus track and a "
                         "mix.wav, with fastvoice.record.CallRecorder) and check every recording against the clip "

@@ -15,7 +15,13 @@ def test_demo_small_run(extra):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert re.search(r"calls received intact\s+3 of 3\n", run.stdout)
-    assert re.search(r"frames received\s+(\d+) of \1\n", run.stdout)
+    assert re.search(r"frames received\s+(\d+) of \1 \(their sockets dropped 0\)\n", run.stdout)
+    # per direction: what was sent and read, what arrived, where nothing was lost; each process's CPU
+    assert re.search(r"packets sent\s+(\d+) \(deficit 0 ticks.*\n\s+read by the test server\s+\1 \(", run.stdout)
+    assert re.search(r"lost\s+0: 0 at the server's socket, 0 elsewhere", run.stdout)
+    assert re.search(r"lost\s+0: 0 at the listeners' sockets, 0 to the server's fault knobs, 0 elsewhere", run.stdout)
+    for process in ("speaker bot", "listener bot", "test server"):
+        assert re.search(rf"CPU, {process}\s+\d+\.\d\d cores", run.stdout), process
     assert "OK: every frame arrived, in order" in run.stdout
     summary = r"\n\s+DAVE\s+off\n" if extra else r"\n\s+DAVE\s+on, 0 plaintext packets in E2EE calls\n"
     assert re.search(summary, run.stdout)
@@ -68,16 +74,19 @@ def test_account_places_each_loss():
     want = [bytes([i]) for i in range(10)]
     first = 65530  # the sequence wraps inside the stream
     seqs = [(first + i) & 0xFFFF for i in range(10)]
-    at_server = [s for i, s in enumerate(seqs) if i not in (2, 3)]
+    at_server = 8  # the server read 8 of the 10
     heard = [s for i, s in enumerate(seqs) if i not in (2, 3, 7)]
     frames = [want[(s - first) & 0xFFFF] for s in heard]
     frames[0] = b"x"
     loss = account(first, want, 10, at_server, heard, frames)
     assert (loss.not_sent, loss.before_server, loss.after_server, loss.changed) == (0, 2, 1, 1)
-    assert account(first, want, 10, seqs, seqs, want) == type(loss)()
+    assert account(first, want, 10, 10, seqs, want) == type(loss)()
     # A speaker that sent 8 of its 10 frames: the 2 it never sent are not the server's loss.
-    short = account(first, want, 8, seqs[:8], seqs[:8], want[:8])
+    short = account(first, want, 8, 8, seqs[:8], want[:8])
     assert (short.not_sent, short.before_server, short.after_server) == (2, 0, 0)
+    # A repeated or foreign sequence number heard is not a packet delivered.
+    twice = account(first, want, 10, 10, seqs[:9] + [seqs[0], 12345], want[:9] + [want[0], b"y"])
+    assert (twice.before_server, twice.after_server, twice.changed) == (0, 1, 1)
 
 
 def _is_audio(data: bytes) -> bool:
@@ -105,8 +114,9 @@ async def test_demo_blames_the_test_server_for_what_its_socket_never_read(monkey
     flat = " ".join(out.split())  # the verdict is wrapped to the table's width
     assert "INCOMPLETE: the local test server did not read" in flat
     assert "fastvoice delivered every packet the server forwarded" in flat
-    assert re.search(r"lost before the test server\s+[1-9]\d* packets \(its socket overflowed", out)
-    assert re.search(r"lost between server and listeners\s+0 packets", out)
+    lost = re.search(r"speakers -> test server\n(?:.*\n)*?\s+lost\s+([1-9]\d*): \1 at the server's socket, 0 elsewhere", out)
+    assert lost, out
+    assert re.search(r"lost\s+0: 0 at the listeners' sockets, 0 to the server's fault knobs, 0 elsewhere", out)
     assert "FAILED" not in out
 
 
@@ -147,8 +157,53 @@ async def test_demo_blames_the_path_after_the_server_for_what_listeners_missed(m
     out = capsys.readouterr().out
     assert status == _demo.LOST == 1, out
     assert re.search(r"FAILED: \d+ packets were lost between the test server and the listeners", " ".join(out.split()))
-    assert re.search(r"lost before the test server\s+0 packets", out)
-    assert re.search(r"lost between server and listeners\s+[1-9]\d* packets", out)
+    assert re.search(r"lost\s+0: 0 at the server's socket, 0 elsewhere", out)
+    assert re.search(r"lost\s+[1-9]\d*: 0 at the listeners' sockets, 0 to the server's fault knobs, [1-9]\d* elsewhere",
+                     out)
+
+
+async def test_demo_places_what_the_servers_loss_knob_dropped(monkeypatch, capsys):
+    from fastvoice import _demo
+    from fastvoice.testing import VoiceServer
+
+    init = VoiceServer.__init__
+
+    def lossy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.udp_loss = 0.05
+
+    monkeypatch.setattr(VoiceServer, "__init__", lossy)
+    status = await _demo.run(3, 2.0, False, in_process=True)
+    out = capsys.readouterr().out
+    assert status == _demo.LOST, out
+    found = re.search(r"test server -> listeners\n(?:.*\n)*?\s+lost\s+(\d+): 0 at the listeners' sockets, "
+                      r"(\d+) to the server's fault knobs, 0 elsewhere", out)
+    assert found and int(found.group(1)) == int(found.group(2)) > 0, out
+    assert re.search(r"lost\s+0: 0 at the server's socket, 0 elsewhere", out)
+
+
+def test_capacity_words_name_the_process_that_runs_out():
+    from fastvoice._demo_report import capacity_warning
+
+    assert capacity_warning(200, {"speaker bot": 0.2, "listener bot": 0.3, "test server": 0.1}, 2) is None
+    one_loop = " ".join(capacity_warning(1000, {"speaker bot": 0.6, "listener bot": 0.97, "test server": 0.3}, 4).split())
+    assert "too small for 1000 calls: the listener bot uses 0.97 of its one core" in one_loop
+    assert re.search(r"about (\d+) calls fit here", one_loop)
+    assert int(re.search(r"about (\d+) calls fit", one_loop).group(1)) < 1000
+    machine = " ".join(capacity_warning(1000, {"speaker bot": 0.7, "listener bot": 0.8, "test server": 0.5}, 2).split())
+    assert "the three processes use 2.00 of this machine's 2 cores" in machine
+
+
+async def test_demo_says_the_machine_is_too_small_before_the_summary(monkeypatch, capsys):
+    from fastvoice import _demo
+
+    # As if the listener bot's loop were saturated two seconds into the run.
+    monkeypatch.setattr(_demo, "_cores_now", lambda *args: {"listener bot": 0.99, "speaker bot": 0.5})
+    status = await _demo.run(2, 2.5, False)
+    out = capsys.readouterr().out
+    assert status == _demo.OK, out  # nothing was lost here: the words come before any verdict
+    flat = " ".join(out.split())
+    assert flat.index("This machine is too small for 2 calls: the listener bot uses 0.99") < flat.index("connections 4:")
 
 
 def test_demo_runs_without_the_cryptography_package():

@@ -251,33 +251,50 @@ def test_counters_add_sums_every_field():
 # -- the demo serves them ----------------------------------------------------------------
 
 
-async def test_demo_serves_its_metrics_while_it_runs(monkeypatch, capsys):
+@pytest.mark.parametrize("in_process", [True, False], ids=["one-process", "bots-apart"])
+async def test_demo_serves_its_metrics_while_it_runs(monkeypatch, capsys, in_process):
     import re
 
-    from fastvoice import _demo, prometheus
+    from fastvoice import _demo, _demo_speakers, prometheus
 
-    scraped = []
+    scraped, speaker_scraped = [], []
     close = prometheus.MetricsServer.close
+    close_speakers = _demo_speakers.SpeakerBotProcess.close
 
     async def scrape_then_close(self):  # the demo closes the endpoint after its last packet
         scraped.append(await scrape(self.port))
         await close(self)
 
+    async def scrape_speakers_then_close(self):  # the speaker bot's endpoint lives until its process ends
+        speaker_scraped.append(await scrape(int(self.metrics_url.rsplit(":", 1)[1].split("/")[0])))
+        await close_speakers(self)
+
     monkeypatch.setattr(prometheus.MetricsServer, "close", scrape_then_close)
-    status = await _demo.run(2, 0.5, True, metrics_port=0)
+    monkeypatch.setattr(_demo_speakers.SpeakerBotProcess, "close", scrape_speakers_then_close)
+    status = await _demo.run(2, 0.5, True, in_process=in_process, metrics_port=0)
     out = capsys.readouterr().out
     assert status == _demo.OK, out
     assert re.search(r"Prometheus metrics at http://127\.0\.0\.1:\d+/metrics", out)
     (samples,) = scraped
-    sent = int(re.search(r"packets sent\s+(\d+)\n", out).group(1))
-    read = re.search(r"read by the test server\s+(\d+) of (\d+)", out)
+    sent = int(re.search(r"packets sent\s+(\d+) \(", out).group(1))
+    read = int(re.search(r"read by the test server\s+(\d+) \(", out).group(1))
     heard = int(re.search(r"frames received\s+(\d+) of", out).group(1))
-    assert sent == 2 * (25 + 5)  # two calls: 0.5 s of frames, then five silence frames
-    assert value(samples, "fastvoice_frames_sent_total") == sent == int(read.group(1))
+    assert sent == 2 * (25 + 5) == read  # two calls: 0.5 s of frames, then five silence frames
     assert value(samples, "fastvoice_packets_delivered_total") == heard == sent
-    assert value(samples, "fastvoice_calls") == value(samples, "fastvoice_calls_ready") == 4
-    assert value(samples, "fastvoice_dave_transitions_total") >= 4
-    assert value(samples, "fastvoice_tick_lateness_seconds_count") > 0
+    if in_process:  # one endpoint for both bots
+        assert not speaker_scraped
+        assert value(samples, "fastvoice_frames_sent_total") == sent
+        assert value(samples, "fastvoice_calls") == value(samples, "fastvoice_calls_ready") == 4
+        assert value(samples, "fastvoice_dave_transitions_total") >= 4
+        assert value(samples, "fastvoice_tick_lateness_seconds_count") > 0
+    else:  # the speaker bot's process serves its own
+        assert re.search(r"\(the speaker bot's at http://127\.0\.0\.1:\d+/metrics\)", out)
+        (speaker,) = speaker_scraped
+        assert value(speaker, "fastvoice_frames_sent_total") == sent
+        assert value(speaker, "fastvoice_tick_lateness_seconds_count") > 0
+        assert value(samples, "fastvoice_frames_sent_total") == 0
+        assert value(samples, "fastvoice_calls") == value(speaker, "fastvoice_calls") == 2
+        assert value(samples, "fastvoice_dave_transitions_total") >= 2 <= value(speaker, "fastvoice_dave_transitions_total")
 
 
 def test_demo_metrics_port_is_checked():

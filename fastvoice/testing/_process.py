@@ -188,7 +188,8 @@ class VoiceServerProcess:
     async def stats(self) -> dict[str, Any]:
         """What the server saw: ``sessions`` (live), ``ssrcs`` (user id -> SSRC, keys as strings),
         ``packets`` (SSRC -> audio packets received from it), ``udp_receive_drops``,
-        ``udp_receive_buffer`` and ``dave_plaintext_packets`` (summed over sessions)."""
+        ``udp_receive_buffer``, ``dave_plaintext_packets`` (summed over sessions) and ``udp_lost``
+        (datagrams the ``udp_loss`` knob dropped, the newest 65,536)."""
         result = await self._send("stats")
         assert isinstance(result, dict)
         return result

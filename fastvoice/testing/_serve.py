@@ -39,7 +39,8 @@ KNOBS = frozenset({
 
 
 def stats(server: VoiceServer) -> dict[str, Any]:
-    """What the server saw: live sessions (user -> SSRC) and audio packets received per SSRC."""
+    """What the server saw: live sessions (user -> SSRC), audio packets received per SSRC, socket
+    drops, DAVE plaintext and what the loss knob dropped."""
     live = [s for s in server.sessions if not s.ended]
     return {
         "sessions": len(live),
@@ -49,6 +50,8 @@ def stats(server: VoiceServer) -> dict[str, Any]:
         "udp_receive_drops": server.udp_receive_drops,
         "udp_receive_buffer": server.udp_receive_buffer,
         "dave_plaintext_packets": sum(s.dave_plaintext_packets for s in server.sessions),
+        # Datagrams the udp_loss knob dropped (the newest 65,536).
+        "udp_lost": len(server.udp_lost),
     }
 
 

@@ -5,7 +5,8 @@ While that loop is busy (a tick's send phase for many calls), datagrams wait in 
 kernel buffer; when it is full, the kernel drops them and counts the drop on the socket.
 :func:`enlarge_receive_buffer` asks for a deep buffer (``SO_RCVBUFFORCE`` where the process
 may, else ``SO_RCVBUF``, which the kernel caps at ``net.core.rmem_max``) and never fails;
-:func:`receive_drops` reads the kernel's count back (Linux: ``/proc/net/udp``).
+:func:`receive_drops` reads the kernel's count back (Linux: ``/proc/net/udp``), and
+:func:`receive_drops_by_port` sums it over many sockets in one read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import socket
 import sys
 
-__all__ = ["DEFAULT_RECEIVE_BUFFER", "enlarge_receive_buffer", "receive_drops", "rmem_max"]
+__all__ = ["DEFAULT_RECEIVE_BUFFER", "enlarge_receive_buffer", "receive_drops", "receive_drops_by_port", "rmem_max"]
 
 #: What the server asks for (the kernel doubles it for its bookkeeping and reports that).
 DEFAULT_RECEIVE_BUFFER = 8 << 20
@@ -75,3 +76,27 @@ def receive_drops(fd: int) -> int | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def receive_drops_by_port(ports: set[int] | frozenset[int]) -> int | None:
+    """Datagrams the kernel dropped at the UDP sockets bound to any of ``ports``, summed.
+
+    One pass over ``/proc/net/udp`` (and ``udp6``) for however many sockets (a listener bot's
+    thousand connections); ``None`` where those tables cannot be read.
+    """
+    total, found = 0, False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                next(fh, None)  # the header
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) < 13:
+                        continue
+                    port = int(fields[1].rpartition(":")[2], 16)
+                    if port in ports:
+                        total += int(fields[12])
+            found = True
+        except (OSError, ValueError):
+            continue
+    return total if found else None
