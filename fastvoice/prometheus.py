@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .errors import VoiceError
 from .metrics import Metrics, MetricsSnapshot, MetricsSource
+from .session_stats import CloseCodeKey, close_code_label
 
 __all__ = [
     "MetricsServer",
@@ -63,11 +64,18 @@ _COUNTERS = (
     ("fastvoice_gateway_connections_total", "Voice gateway websocket connections that reached Hello.",
      "gateway_connections"),
     ("fastvoice_gateway_sessions_total", "Voice gateway sessions identified (Ready).", "gateway_sessions"),
-    ("fastvoice_gateway_reconnects_total", "Sessions identified again after a dropped gateway connection.",
-     "gateway_reconnects"),
-    ("fastvoice_gateway_resumes_total", "Voice gateway sessions resumed after a dropped connection.",
-     "gateway_resumes"),
     ("fastvoice_gateway_server_changes_total", "Moves to a new voice server.", "gateway_server_changes"),
+)
+
+#: (metric name, help, Counters field) of every counter exported with a ``close_code`` label.
+_BY_CODE = (
+    ("fastvoice_gateway_reconnects_total",
+     "Sessions identified again after a dropped gateway connection, by the close code that led to it.",
+     "gateway_reconnects_by_code"),
+    ("fastvoice_gateway_resumes_total",
+     "Voice gateway sessions resumed after a dropped connection, by the close code that led to it.",
+     "gateway_resumes_by_code"),
+    ("fastvoice_gateway_closes_total", "Voice gateways stopped for good, by close code.", "gateway_closes"),
 )
 
 
@@ -143,12 +151,11 @@ class PrometheusCollector:
             family = core.CounterMetricFamily(name, doc)
             family.add_metric([], getattr(totals, attr))
             yield family
-        closes = core.CounterMetricFamily(
-            "fastvoice_gateway_closes_total", "Voice gateways stopped for good, by close code.", labels=["code"]
-        )
-        for code, n in sorted(totals.gateway_closes.items(), key=lambda item: -1 if item[0] is None else item[0]):
-            closes.add_metric(["none" if code is None else str(code)], n)
-        yield closes
+        for name, doc, attr in _BY_CODE:
+            family = core.CounterMetricFamily(name, doc, labels=["close_code"])
+            for code, n in _by_code(getattr(totals, attr)):
+                family.add_metric([code], n)
+            yield family
         clock = snap.clock
         if clock is None:
             return
@@ -172,6 +179,13 @@ class PrometheusCollector:
             buckets = [("+Inf" if bound == float("inf") else repr(bound), n) for bound, n in hist.cumulative()]
             family.add_metric([], buckets, sum_value=hist.sum)
             yield family
+
+
+def _by_code(counts: dict[CloseCodeKey, int]) -> list[tuple[str, int]]:
+    """(label, count) pairs in a stable order: none, the codes by number, other."""
+    def order(key: CloseCodeKey) -> tuple[int, int]:
+        return (1, key) if isinstance(key, int) else (0 if key is None else 2, 0)
+    return [(close_code_label(key), counts[key]) for key in sorted(counts, key=order)]
 
 
 class MetricsServer:
