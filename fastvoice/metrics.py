@@ -118,11 +118,12 @@ def _merge(into: dict[CloseCodeKey, int], counts: dict[CloseCodeKey, int]) -> No
 
 @dataclass(frozen=True)
 class ConnMetrics:
-    """One connection in a snapshot: its guild and channel, ``ready`` (True while its UDP
-    connection holds a key: audio can flow), ``dave_protocol_version`` (0: no E2EE) and its
-    :class:`Counters`."""
+    """One connection in a snapshot: its guild, the bot user it is for (``user_id``) and its
+    channel, ``ready`` (True while its UDP connection holds a key: audio can flow),
+    ``dave_protocol_version`` (0: no E2EE) and its :class:`Counters`."""
 
     guild_id: int
+    user_id: int
     channel_id: int | None
     ready: bool
     dave_protocol_version: int
@@ -317,7 +318,7 @@ class Metrics:
             is_ready = udp is not None and udp.packetizer is not None
             ready += is_ready
             per_conn.append(ConnMetrics(
-                guild_id=conn.guild_id, channel_id=conn.channel_id, ready=is_ready,
+                guild_id=conn.guild_id, user_id=conn.user_id, channel_id=conn.channel_id, ready=is_ready,
                 dave_protocol_version=dave.protocol_version if dave is not None else 0, counters=counters,
             ))
         for conn in [c for c in self._carry if c not in seen]:

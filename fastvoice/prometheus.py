@@ -78,6 +78,9 @@ _BY_CODE = (
     ("fastvoice_gateway_closes_total", "Voice gateways stopped for good, by close code.", "gateway_closes"),
 )
 
+#: The labels of the per-connection series (``per_connection=True``).
+_CONN_LABELS = ["guild_id", "user_id"]
+
 
 class MetricsUnavailableError(VoiceError):
     """``prometheus-client`` is not installed: ``pip install 'fastvoice[metrics]'``."""
@@ -103,11 +106,24 @@ class PrometheusCollector:
     ``collect()`` takes the snapshot on the connections' event loop: directly when called
     from it, else by handing the read to the loop (at most :data:`SCRAPE_TIMEOUT` seconds), so
     it can be registered with a registry served from another thread.
+
+    The families are process totals. With ``per_connection=True`` every connection also gets
+    its own series, under the same names with ``fastvoice_connection_`` in place of
+    ``fastvoice_`` and the labels ``guild_id`` and ``user_id`` (plus the gauges
+    ``fastvoice_connection_ready`` and ``fastvoice_connection_dave_protocol_version``). It is
+    off by default: a bot in thousands of guilds would make thousands of series per counter,
+    which Prometheus stores and queries at a cost; the totals never carry those labels, so
+    summing them does not count a connection twice. Either way nothing is counted per packet:
+    the series are made from the snapshot at scrape time.
     """
 
-    def __init__(self, metrics: Metrics | MetricsSource, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, metrics: Metrics | MetricsSource, *, loop: asyncio.AbstractEventLoop | None = None,
+                 per_connection: bool = False) -> None:
         self._client = require_prometheus_client()
+        if not isinstance(per_connection, bool):
+            raise TypeError(f"per_connection must be a bool, got {type(per_connection).__name__}")
         self.metrics = metrics if isinstance(metrics, Metrics) else Metrics(metrics, loop=loop)
+        self.per_connection = per_connection
 
     def _snapshot(self) -> MetricsSnapshot:
         loop = self.metrics.loop
@@ -156,6 +172,8 @@ class PrometheusCollector:
             for code, n in _by_code(getattr(totals, attr)):
                 family.add_metric([code], n)
             yield family
+        if self.per_connection:
+            yield from self._per_connection(snap)
         clock = snap.clock
         if clock is None:
             return
@@ -179,6 +197,34 @@ class PrometheusCollector:
             buckets = [("+Inf" if bound == float("inf") else repr(bound), n) for bound, n in hist.cumulative()]
             family.add_metric([], buckets, sum_value=hist.sum)
             yield family
+
+    def _per_connection(self, snap: MetricsSnapshot) -> Iterator[Any]:
+        core = self._client.core
+        conns = [([str(c.guild_id), str(c.user_id)], c) for c in snap.conns]
+        for name, doc, value in (
+            ("fastvoice_connection_ready", "1 while the connection can carry audio.", lambda c: int(c.ready)),
+            ("fastvoice_connection_dave_protocol_version", "The connection's DAVE protocol version (0: none).",
+             lambda c: c.dave_protocol_version),
+        ):
+            gauge = core.GaugeMetricFamily(name, doc, labels=_CONN_LABELS)
+            for labels, conn in conns:
+                gauge.add_metric(labels, value(conn))
+            yield gauge
+        for name, doc, attr in _COUNTERS:
+            family = core.CounterMetricFamily(_conn_name(name), doc, labels=_CONN_LABELS)
+            for labels, conn in conns:
+                family.add_metric(labels, getattr(conn.counters, attr))
+            yield family
+        for name, doc, attr in _BY_CODE:
+            family = core.CounterMetricFamily(_conn_name(name), doc, labels=[*_CONN_LABELS, "close_code"])
+            for labels, conn in conns:
+                for code, n in _by_code(getattr(conn.counters, attr)):
+                    family.add_metric([*labels, code], n)
+            yield family
+
+
+def _conn_name(name: str) -> str:
+    return "fastvoice_connection_" + name[len("fastvoice_"):]
 
 
 def _by_code(counts: dict[CloseCodeKey, int]) -> list[tuple[str, int]]:
@@ -208,14 +254,17 @@ class MetricsServer:
         await self.close()
 
 
-async def start_metrics_server(source: Metrics | MetricsSource, port: int, host: str = "127.0.0.1") -> MetricsServer:
+async def start_metrics_server(source: Metrics | MetricsSource, port: int, host: str = "127.0.0.1", *,
+                               per_connection: bool = False) -> MetricsServer:
     """Serve the metrics of ``source`` (see :class:`PrometheusCollector`) at
     ``http://host:port/metrics`` from the running event loop (``port=0``: any free port).
-    Raises :class:`MetricsUnavailableError` without ``prometheus-client``."""
+    ``per_connection=True`` adds each connection's series (labelled by guild and user: off by
+    default, see :class:`PrometheusCollector`). Raises :class:`MetricsUnavailableError`
+    without ``prometheus-client``."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}"[:120])
     client = require_prometheus_client()
-    collector = PrometheusCollector(source)
+    collector = PrometheusCollector(source, per_connection=per_connection)
     registry = client.CollectorRegistry(auto_describe=False)
     registry.register(collector)
 

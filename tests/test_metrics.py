@@ -272,9 +272,10 @@ async def test_a_flood_of_close_codes_makes_a_bounded_number_of_series():
             gateway.reconnect_close_code = code
             conn.session_stats.on_event(gateway, 9)
             conn.session_stats.on_closed(GatewayClosedError(code, None))
-        collector = PrometheusCollector(manager)
+        collector = PrometheusCollector(manager, per_connection=True)
         families = {f.name: f for f in collector.collect()}
-        for name in ("fastvoice_gateway_resumes", "fastvoice_gateway_closes"):
+        for name in ("fastvoice_gateway_resumes", "fastvoice_gateway_closes",
+                     "fastvoice_connection_gateway_resumes"):
             values = {s.labels["close_code"]: s.value for s in families[name].samples if s.name.endswith("_total")}
             assert len(values) <= len(KNOWN_CLOSE_CODES) + 2
             assert sum(values.values()) == 2000 and values["4015"] == 1
@@ -311,6 +312,48 @@ async def test_one_shot_snapshot_reads_a_conn_or_managers():
             snapshot([manager, 3])
         with pytest.raises(TypeError, match="got int"):
             Metrics(5)
+
+
+async def test_per_connection_series_are_served_only_when_asked():
+    async with VoiceServer() as server:
+        _, speakers = make_manager(server, SPEAKER)
+        _, listeners = make_manager(server, LISTENER)
+        metrics = Metrics([speakers, listeners])
+        speaker, listener = speakers.create_conn(GUILD), listeners.create_conn(GUILD)
+        other = speakers.create_conn(GUILD + 1)
+        heard = Collect()
+        listener.set_opus_frame_receiver(heard)
+        await asyncio.gather(speaker.open(CHANNEL), listener.open(CHANNEL), other.open(CHANNEL + 1))
+        speaker.set_opus_frame_provider(opus_stream(FRAMES[:5]))
+        await wait_until(lambda: len(heard.frames) >= 10 and not speaker.sender.live, 10, "stream heard")
+        await server.session_for_user(LISTENER).close(4015)
+        await wait_until(lambda: listener.session_stats.resumes == 1, what="resume")
+
+        async with await start_metrics_server(metrics, 0) as plain:
+            samples = await scrape(plain.port)
+        assert not [name for name, _ in samples if name.startswith("fastvoice_connection_")]
+        assert all("guild_id" not in dict(labels) for _, labels in samples)
+
+        async with await start_metrics_server(metrics, 0, per_connection=True) as endpoint:
+            samples = await scrape(endpoint.port)
+        g, s_, l_ = str(GUILD), str(SPEAKER), str(LISTENER)
+        sent = labelled(samples, "fastvoice_connection_frames_sent_total", "guild_id")
+        assert set(sent) == {g, str(GUILD + 1)}  # one series per connection, by guild and user
+        assert value(samples, "fastvoice_connection_frames_sent_total", guild_id=g, user_id=s_) == 10
+        assert value(samples, "fastvoice_connection_frames_sent_total", guild_id=g, user_id=l_) == 0
+        assert value(samples, "fastvoice_connection_packets_delivered_total", guild_id=g, user_id=l_) == 10
+        assert value(samples, "fastvoice_connection_ready", guild_id=str(GUILD + 1), user_id=s_) == 1
+        assert value(samples, "fastvoice_connection_dave_protocol_version", guild_id=g, user_id=l_) == 0
+        assert value(samples, "fastvoice_connection_gateway_resumes_total",
+                     guild_id=g, user_id=l_, close_code="4015") == 1
+        assert labelled(samples, "fastvoice_connection_gateway_resumes_total", "user_id") == {l_: 1}
+        # The totals keep their names and labels: per-connection series never count twice.
+        assert value(samples, "fastvoice_frames_sent_total") == 10
+        assert labelled(samples, "fastvoice_gateway_resumes_total", "close_code") == {"4015": 1}
+        assert total(samples, "fastvoice_connection_frames_sent_total") == value(samples, "fastvoice_frames_sent_total")
+        with pytest.raises(TypeError, match="per_connection must be a bool, got str"):
+            PrometheusCollector(metrics, per_connection="yes")
+        await asyncio.gather(speakers.close(), listeners.close())
 
 
 def test_metrics_needs_the_loop_outside_one():
