@@ -100,16 +100,18 @@ def test_snapshot(benchmark, loop):
     assert snap.calls == CONNS
 
 
-def test_scrape(benchmark, loop):
+@pytest.mark.parametrize("per_connection", [False, True], ids=["totals", "per-connection"])
+def test_scrape(benchmark, loop, per_connection):
     prometheus_client = pytest.importorskip("prometheus_client")
     from fastvoice.prometheus import PrometheusCollector
 
     registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    registry.register(PrometheusCollector(Metrics(_conns(), loop=loop)))
+    registry.register(PrometheusCollector(Metrics(_conns(), loop=loop), per_connection=per_connection))
     benchmark.group = f"one read of {CONNS} connections"
-    benchmark.extra_info.update(conns=CONNS)
+    benchmark.extra_info.update(conns=CONNS, per_connection=per_connection)
     text = benchmark(prometheus_client.generate_latest, registry)
     assert f"fastvoice_calls {float(CONNS)}".encode() in text
+    assert (b"fastvoice_connection_frames_sent_total{" in text) is per_connection
 
 
 def test_lateness_observe(benchmark):

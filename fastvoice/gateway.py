@@ -244,6 +244,12 @@ class Gateway:
         """The state the gateway connects with (``None`` before :meth:`open`)."""
         return self._protocol.state
 
+    @property
+    def reconnect_close_code(self) -> int | None:
+        """The close code that made the gateway reconnect last (``None``: no close frame, e.g.
+        a lost connection or missed heartbeat ACKs), read when Ready or Resumed ends a reconnect."""
+        return self._protocol.reconnect_close_code
+
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self, state: State) -> None:

@@ -229,6 +229,11 @@ class GatewayProtocol:
         #: Whether the current connection resumes (set by :meth:`on_close`).
         self.resume = False
         self.connection_was_ready = False
+        #: The close code that led to the current reconnect (``None``: no close frame): the
+        #: last close frame's code since the session was last ready or resumed (a connection
+        #: lost without a close frame afterwards keeps it). Read when Ready or Resumed arrives.
+        self.reconnect_close_code: int | None = None
+        self._recovering = False
         self.attempts = 0
         self.client_bug_retries = 0
         self._pending: dict[int, float] = {}
@@ -246,6 +251,8 @@ class GatewayProtocol:
         self.seq_ack = -1
         self.ssrc = None
         self.resume = False
+        self.reconnect_close_code = None
+        self._recovering = False
         self.attempts = 0
         self.client_bug_retries = 0
         self.status = Status.CONNECTING
@@ -310,11 +317,13 @@ class GatewayProtocol:
                 self.ssrc = data.ssrc
                 self.session_ready = True
                 self.connection_was_ready = True
+                self._recovering = False
                 self.status = Status.READY
                 events.append(SessionReady(resumed=False, ssrc=data.ssrc))
         elif op == Opcode.RESUMED:
             self.status = Status.READY
             self.connection_was_ready = True
+            self._recovering = False
             events.append(SessionReady(resumed=True, ssrc=self.ssrc))
         elif op == Opcode.HEARTBEAT_ACK and isinstance(data, GatewayMessageDataHeartbeatACK):
             sent = self._pending.pop(data.t, None)
@@ -421,6 +430,9 @@ class GatewayProtocol:
         ``max_reconnect_attempts`` reconnects follow one another without a Ready between them.
         """
         self.stopped()
+        if code is not None or not self._recovering:
+            self.reconnect_close_code = code
+        self._recovering = True
         if self.connection_was_ready:
             self.attempts = 0
             self.connection_was_ready = False

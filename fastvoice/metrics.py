@@ -26,6 +26,7 @@ from .audio import SendClock
 from .conn import Conn
 from .histogram import Histogram
 from .manager import Manager
+from .session_stats import CloseCodeKey
 
 __all__ = [
     "ClockMetrics",
@@ -58,7 +59,10 @@ class Counters:
     ``dave_decrypt_failures``, ``dave_recoveries``, ``dave_recoveries_abandoned``,
     ``dave_invalid_commits``. Gateway (:class:`~fastvoice.session_stats.SessionStats`):
     ``gateway_connections``, ``gateway_sessions``, ``gateway_reconnects``, ``gateway_resumes``,
-    ``gateway_server_changes`` and ``gateway_closes`` (by close code, ``None`` for none).
+    ``gateway_server_changes``, and by close code (keys as
+    :func:`~fastvoice.session_stats.close_code_key` makes them: a known code, ``None`` for no
+    close frame, ``"other"``) ``gateway_reconnects_by_code``, ``gateway_resumes_by_code`` and
+    ``gateway_closes`` (the gateway stopped for good).
     """
 
     frames_sent: int = 0
@@ -84,14 +88,16 @@ class Counters:
     gateway_reconnects: int = 0
     gateway_resumes: int = 0
     gateway_server_changes: int = 0
-    gateway_closes: dict[int | None, int] = field(default_factory=dict)
+    gateway_reconnects_by_code: dict[CloseCodeKey, int] = field(default_factory=dict)
+    gateway_resumes_by_code: dict[CloseCodeKey, int] = field(default_factory=dict)
+    gateway_closes: dict[CloseCodeKey, int] = field(default_factory=dict)
 
     def add(self, other: Counters) -> None:
         """Add ``other``'s counts to these."""
         for f in _INT_FIELDS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
-        for code, n in other.gateway_closes.items():
-            self.gateway_closes[code] = self.gateway_closes.get(code, 0) + n
+        for f in _BY_CODE_FIELDS:
+            _merge(getattr(self, f), getattr(other, f))
 
     def copy(self) -> Counters:
         """An independent copy."""
@@ -100,16 +106,24 @@ class Counters:
         return twin
 
 
-_INT_FIELDS = tuple(f.name for f in fields(Counters) if f.name != "gateway_closes")
+#: The by-close-code dicts of :class:`Counters`.
+_BY_CODE_FIELDS = ("gateway_reconnects_by_code", "gateway_resumes_by_code", "gateway_closes")
+_INT_FIELDS = tuple(f.name for f in fields(Counters) if f.name not in _BY_CODE_FIELDS)
+
+
+def _merge(into: dict[CloseCodeKey, int], counts: dict[CloseCodeKey, int]) -> None:
+    for code, n in counts.items():
+        into[code] = into.get(code, 0) + n
 
 
 @dataclass(frozen=True)
 class ConnMetrics:
-    """One connection in a snapshot: its guild and channel, ``ready`` (True while its UDP
-    connection holds a key: audio can flow), ``dave_protocol_version`` (0: no E2EE) and its
-    :class:`Counters`."""
+    """One connection in a snapshot: its guild, the bot user it is for (``user_id``) and its
+    channel, ``ready`` (True while its UDP connection holds a key: audio can flow),
+    ``dave_protocol_version`` (0: no E2EE) and its :class:`Counters`."""
 
     guild_id: int
+    user_id: int
     channel_id: int | None
     ready: bool
     dave_protocol_version: int
@@ -222,8 +236,9 @@ def _read_session(stats: Any, out: Counters) -> None:
     out.gateway_reconnects += stats.reconnects
     out.gateway_resumes += stats.resumes
     out.gateway_server_changes += stats.server_changes
-    for code, n in stats.closes.items():
-        out.gateway_closes[code] = out.gateway_closes.get(code, 0) + n
+    _merge(out.gateway_reconnects_by_code, stats.reconnects_by_code)
+    _merge(out.gateway_resumes_by_code, stats.resumes_by_code)
+    _merge(out.gateway_closes, stats.closes)
 
 
 class _Carry:
@@ -303,7 +318,7 @@ class Metrics:
             is_ready = udp is not None and udp.packetizer is not None
             ready += is_ready
             per_conn.append(ConnMetrics(
-                guild_id=conn.guild_id, channel_id=conn.channel_id, ready=is_ready,
+                guild_id=conn.guild_id, user_id=conn.user_id, channel_id=conn.channel_id, ready=is_ready,
                 dave_protocol_version=dave.protocol_version if dave is not None else 0, counters=counters,
             ))
         for conn in [c for c in self._carry if c not in seen]:
@@ -331,8 +346,8 @@ def _sum(retired: Counters, conns: list[ConnMetrics]) -> Counters:
     for name in _INT_FIELDS:
         setattr(totals, name, getattr(totals, name) + sum([getattr(c, name) for c in every]))
     for c in every:
-        for code, n in c.gateway_closes.items():
-            totals.gateway_closes[code] = totals.gateway_closes.get(code, 0) + n
+        for name in _BY_CODE_FIELDS:
+            _merge(getattr(totals, name), getattr(c, name))
     return totals
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .errors import VoiceError
 from .metrics import Metrics, MetricsSnapshot, MetricsSource
+from .session_stats import CloseCodeKey, close_code_label
 
 __all__ = [
     "MetricsServer",
@@ -63,12 +64,22 @@ _COUNTERS = (
     ("fastvoice_gateway_connections_total", "Voice gateway websocket connections that reached Hello.",
      "gateway_connections"),
     ("fastvoice_gateway_sessions_total", "Voice gateway sessions identified (Ready).", "gateway_sessions"),
-    ("fastvoice_gateway_reconnects_total", "Sessions identified again after a dropped gateway connection.",
-     "gateway_reconnects"),
-    ("fastvoice_gateway_resumes_total", "Voice gateway sessions resumed after a dropped connection.",
-     "gateway_resumes"),
     ("fastvoice_gateway_server_changes_total", "Moves to a new voice server.", "gateway_server_changes"),
 )
+
+#: (metric name, help, Counters field) of every counter exported with a ``close_code`` label.
+_BY_CODE = (
+    ("fastvoice_gateway_reconnects_total",
+     "Sessions identified again after a dropped gateway connection, by the close code that led to it.",
+     "gateway_reconnects_by_code"),
+    ("fastvoice_gateway_resumes_total",
+     "Voice gateway sessions resumed after a dropped connection, by the close code that led to it.",
+     "gateway_resumes_by_code"),
+    ("fastvoice_gateway_closes_total", "Voice gateways stopped for good, by close code.", "gateway_closes"),
+)
+
+#: The labels of the per-connection series (``per_connection=True``).
+_CONN_LABELS = ["guild_id", "user_id"]
 
 
 class MetricsUnavailableError(VoiceError):
@@ -95,11 +106,24 @@ class PrometheusCollector:
     ``collect()`` takes the snapshot on the connections' event loop: directly when called
     from it, else by handing the read to the loop (at most :data:`SCRAPE_TIMEOUT` seconds), so
     it can be registered with a registry served from another thread.
+
+    The families are process totals. With ``per_connection=True`` every connection also gets
+    its own series, under the same names with ``fastvoice_connection_`` in place of
+    ``fastvoice_`` and the labels ``guild_id`` and ``user_id`` (plus the gauges
+    ``fastvoice_connection_ready`` and ``fastvoice_connection_dave_protocol_version``). It is
+    off by default: a bot in thousands of guilds would make thousands of series per counter,
+    which Prometheus stores and queries at a cost; the totals never carry those labels, so
+    summing them does not count a connection twice. Either way nothing is counted per packet:
+    the series are made from the snapshot at scrape time.
     """
 
-    def __init__(self, metrics: Metrics | MetricsSource, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, metrics: Metrics | MetricsSource, *, loop: asyncio.AbstractEventLoop | None = None,
+                 per_connection: bool = False) -> None:
         self._client = require_prometheus_client()
+        if not isinstance(per_connection, bool):
+            raise TypeError(f"per_connection must be a bool, got {type(per_connection).__name__}")
         self.metrics = metrics if isinstance(metrics, Metrics) else Metrics(metrics, loop=loop)
+        self.per_connection = per_connection
 
     def _snapshot(self) -> MetricsSnapshot:
         loop = self.metrics.loop
@@ -143,12 +167,13 @@ class PrometheusCollector:
             family = core.CounterMetricFamily(name, doc)
             family.add_metric([], getattr(totals, attr))
             yield family
-        closes = core.CounterMetricFamily(
-            "fastvoice_gateway_closes_total", "Voice gateways stopped for good, by close code.", labels=["code"]
-        )
-        for code, n in sorted(totals.gateway_closes.items(), key=lambda item: -1 if item[0] is None else item[0]):
-            closes.add_metric(["none" if code is None else str(code)], n)
-        yield closes
+        for name, doc, attr in _BY_CODE:
+            family = core.CounterMetricFamily(name, doc, labels=["close_code"])
+            for code, n in _by_code(getattr(totals, attr)):
+                family.add_metric([code], n)
+            yield family
+        if self.per_connection:
+            yield from self._per_connection(snap)
         clock = snap.clock
         if clock is None:
             return
@@ -173,6 +198,41 @@ class PrometheusCollector:
             family.add_metric([], buckets, sum_value=hist.sum)
             yield family
 
+    def _per_connection(self, snap: MetricsSnapshot) -> Iterator[Any]:
+        core = self._client.core
+        conns = [([str(c.guild_id), str(c.user_id)], c) for c in snap.conns]
+        for name, doc, value in (
+            ("fastvoice_connection_ready", "1 while the connection can carry audio.", lambda c: int(c.ready)),
+            ("fastvoice_connection_dave_protocol_version", "The connection's DAVE protocol version (0: none).",
+             lambda c: c.dave_protocol_version),
+        ):
+            gauge = core.GaugeMetricFamily(name, doc, labels=_CONN_LABELS)
+            for labels, conn in conns:
+                gauge.add_metric(labels, value(conn))
+            yield gauge
+        for name, doc, attr in _COUNTERS:
+            family = core.CounterMetricFamily(_conn_name(name), doc, labels=_CONN_LABELS)
+            for labels, conn in conns:
+                family.add_metric(labels, getattr(conn.counters, attr))
+            yield family
+        for name, doc, attr in _BY_CODE:
+            family = core.CounterMetricFamily(_conn_name(name), doc, labels=[*_CONN_LABELS, "close_code"])
+            for labels, conn in conns:
+                for code, n in _by_code(getattr(conn.counters, attr)):
+                    family.add_metric([*labels, code], n)
+            yield family
+
+
+def _conn_name(name: str) -> str:
+    return "fastvoice_connection_" + name[len("fastvoice_"):]
+
+
+def _by_code(counts: dict[CloseCodeKey, int]) -> list[tuple[str, int]]:
+    """(label, count) pairs in a stable order: none, the codes by number, other."""
+    def order(key: CloseCodeKey) -> tuple[int, int]:
+        return (1, key) if isinstance(key, int) else (0 if key is None else 2, 0)
+    return [(close_code_label(key), counts[key]) for key in sorted(counts, key=order)]
+
 
 class MetricsServer:
     """An HTTP endpoint serving the Prometheus text format at ``/metrics`` (and ``/``), on
@@ -194,14 +254,17 @@ class MetricsServer:
         await self.close()
 
 
-async def start_metrics_server(source: Metrics | MetricsSource, port: int, host: str = "127.0.0.1") -> MetricsServer:
+async def start_metrics_server(source: Metrics | MetricsSource, port: int, host: str = "127.0.0.1", *,
+                               per_connection: bool = False) -> MetricsServer:
     """Serve the metrics of ``source`` (see :class:`PrometheusCollector`) at
     ``http://host:port/metrics`` from the running event loop (``port=0``: any free port).
-    Raises :class:`MetricsUnavailableError` without ``prometheus-client``."""
+    ``per_connection=True`` adds each connection's series (labelled by guild and user: off by
+    default, see :class:`PrometheusCollector`). Raises :class:`MetricsUnavailableError`
+    without ``prometheus-client``."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}"[:120])
     client = require_prometheus_client()
-    collector = PrometheusCollector(source)
+    collector = PrometheusCollector(source, per_connection=per_connection)
     registry = client.CollectorRegistry(auto_describe=False)
     registry.register(collector)
 

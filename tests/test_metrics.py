@@ -11,8 +11,17 @@ import aiohttp
 import pytest
 
 from fastvoice.audio import SendClock
+from fastvoice.errors import GatewayClosedError
+from fastvoice.gateway_protocol import GatewayProtocol, State
 from fastvoice.histogram import TICK_LATENESS_BUCKETS, Histogram
 from fastvoice.metrics import Counters, Metrics, snapshot
+from fastvoice.session_stats import (
+    KNOWN_CLOSE_CODES,
+    OTHER_CLOSE_CODE,
+    SessionStats,
+    close_code_key,
+    close_code_label,
+)
 from fastvoice.testing import VoiceServer
 
 from _calls import Collect, make_manager, opus_stream, wait_until
@@ -39,6 +48,16 @@ async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 def value(samples, name, **labels):
     return samples[(name, tuple(sorted(labels.items())))]
+
+
+def total(samples, name):
+    """The sum of every sample of ``name``, whatever its labels."""
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def labelled(samples, name, label):
+    """``{label value: sample value}`` of every sample of ``name``."""
+    return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
 
 
 # -- the histogram ---------------------------------------------------------------------
@@ -119,7 +138,7 @@ async def test_metrics_of_a_dave_call_match_what_the_server_recorded():
             assert value(samples, "fastvoice_calls_ready") == 2
             assert value(samples, "fastvoice_gateway_sessions_total") == 2
             assert value(samples, "fastvoice_gateway_connections_total") == 2
-            assert value(samples, "fastvoice_gateway_resumes_total") == 0
+            assert total(samples, "fastvoice_gateway_resumes_total") == 0  # no close code: no series yet
             assert value(samples, "fastvoice_dave_transitions_total") >= 2
             assert value(samples, "fastvoice_dave_decrypt_failures_total") == 0
             ticks = value(samples, "fastvoice_send_clock_ticks_total")
@@ -155,8 +174,14 @@ async def test_reconnects_resumes_and_closes_are_counted_by_what_followed():
                          and conn.udp is not first_udp and conn.udp.packetizer is not None, what="new session")
         stats = conn.session_stats
         assert (stats.connections, stats.sessions, stats.resumes, stats.reconnects) == (3, 2, 1, 1)
-        totals = metrics.snapshot().totals
+        assert stats.resumes_by_code == {4015: 1} and stats.reconnects_by_code == {4006: 1}
+        snap = metrics.snapshot()
+        totals = snap.totals
         assert totals.gateway_resumes == 1 and totals.gateway_reconnects == 1
+        assert totals.gateway_resumes_by_code == {4015: 1} and totals.gateway_reconnects_by_code == {4006: 1}
+        (mine,) = snap.conns
+        assert mine.counters.gateway_resumes_by_code == {4015: 1}
+        assert mine.counters.gateway_reconnects_by_code == {4006: 1}
         # The first socket's counts stay in the totals after the new session replaced it.
         assert totals.frames_sent >= sent_before
         assert totals.datagrams_received >= first_udp.datagrams_received + conn.udp.datagrams_received
@@ -167,10 +192,94 @@ async def test_reconnects_resumes_and_closes_are_counted_by_what_followed():
         assert metrics.snapshot().totals.gateway_closes == {4004: 1}
         async with await start_metrics_server(metrics, 0) as endpoint:
             samples = await scrape(endpoint.port)
-        assert value(samples, "fastvoice_gateway_closes_total", code="4004") == 1
-        assert value(samples, "fastvoice_gateway_resumes_total") == 1
-        assert value(samples, "fastvoice_gateway_reconnects_total") == 1
+        assert labelled(samples, "fastvoice_gateway_closes_total", "close_code") == {"4004": 1}
+        assert labelled(samples, "fastvoice_gateway_resumes_total", "close_code") == {"4015": 1}
+        assert labelled(samples, "fastvoice_gateway_reconnects_total", "close_code") == {"4006": 1}
         await manager.close()
+        # Gone, the connection's counts by close code stay in the totals.
+        totals = metrics.snapshot().totals
+        assert (totals.gateway_resumes_by_code, totals.gateway_reconnects_by_code, totals.gateway_closes) == (
+            {4015: 1}, {4006: 1}, {4004: 1})
+
+
+async def test_resumes_after_a_drop_or_an_unknown_close_code_have_their_own_labels():
+    async with VoiceServer() as server:
+        _, manager = make_manager(server, SPEAKER)
+        metrics = Metrics(manager)
+        conn = manager.create_conn(GUILD)
+        await conn.open(CHANNEL)
+        server.session_for_user(SPEAKER).drop()  # no close frame
+        await wait_until(lambda: conn.session_stats.resumes == 1, what="resume after a drop")
+        await server.session_for_user(SPEAKER).close(4321)  # not in any table: resumed as a drop
+        await wait_until(lambda: conn.session_stats.resumes == 2, what="resume after 4321")
+        assert conn.session_stats.resumes_by_code == {None: 1, "other": 1}
+        assert metrics.snapshot().totals.gateway_resumes_by_code == {None: 1, "other": 1}
+        async with await start_metrics_server(metrics, 0) as endpoint:
+            samples = await scrape(endpoint.port)
+        assert labelled(samples, "fastvoice_gateway_resumes_total", "close_code") == {"none": 1, "other": 1}
+        assert total(samples, "fastvoice_gateway_reconnects_total") == 0
+        await manager.close()
+
+
+def test_the_code_that_began_a_reconnect_is_kept_until_the_session_is_back():
+    protocol = GatewayProtocol()
+    protocol.start(State(guild_id=1, user_id=2, channel_id=3, session_id="s", token="t", endpoint="e"))
+    protocol.receive_text('{"op": 2, "d": {"ssrc": 1, "ip": "127.0.0.1", "port": 9, "modes": []}}', 0.0)
+    protocol.on_close(4015)
+    protocol.on_close(None)  # the resume's connection was lost: the outage began with 4015
+    assert protocol.reconnect_close_code == 4015
+    protocol.on_close(4006)  # a later close frame says more: a new session follows it
+    assert protocol.reconnect_close_code == 4006
+    protocol.receive_text('{"op": 9, "d": null}', 1.0)
+    assert protocol.reconnect_close_code == 4006  # still readable when Resumed is handed on
+    protocol.on_close(None)  # a new outage, without a close frame
+    assert protocol.reconnect_close_code is None
+
+
+class _StubGateway:
+    def __init__(self) -> None:
+        self.reconnect_close_code = None
+
+
+def test_a_flood_of_unknown_close_codes_stays_in_a_bounded_set():
+    stats, gateway = SessionStats(), _StubGateway()
+    stats.on_event(gateway, 8)
+    stats.on_event(gateway, 2)
+    codes = list(range(70_000)) + [-5, 2**40, True, "4015", None]
+    for code in codes:
+        gateway.reconnect_close_code = code
+        stats.on_event(gateway, 8)  # a new connection's Hello, then a Resumed and a Ready
+        stats.on_event(gateway, 9)
+        stats.on_event(gateway, 2)
+        stats.on_closed(GatewayClosedError(code, None))
+    bound = len(KNOWN_CLOSE_CODES) + 2  # the known codes, None and "other"
+    for counts in (stats.resumes_by_code, stats.reconnects_by_code, stats.closes):
+        assert len(counts) <= bound and sum(counts.values()) == len(codes)
+        assert set(counts) <= set(KNOWN_CLOSE_CODES) | {None, OTHER_CLOSE_CODE}
+        assert counts[4015] == 1 and counts[None] == 1  # 4015 is known; "4015" (a str) is not
+        known = sum(1 for c in codes if type(c) is int and c in KNOWN_CLOSE_CODES)
+        assert counts[OTHER_CLOSE_CODE] == len(codes) - known - 1
+    assert close_code_key(4015) == 4015 and close_code_key(True) == close_code_key(65535) == OTHER_CLOSE_CODE
+    assert [close_code_label(k) for k in (None, 4015, OTHER_CLOSE_CODE)] == ["none", "4015", "other"]
+
+
+async def test_a_flood_of_close_codes_makes_a_bounded_number_of_series():
+    async with VoiceServer() as server:
+        _, manager = make_manager(server, SPEAKER)
+        conn = manager.create_conn(GUILD)
+        gateway = _StubGateway()
+        for code in range(4000, 6000):
+            gateway.reconnect_close_code = code
+            conn.session_stats.on_event(gateway, 9)
+            conn.session_stats.on_closed(GatewayClosedError(code, None))
+        collector = PrometheusCollector(manager, per_connection=True)
+        families = {f.name: f for f in collector.collect()}
+        for name in ("fastvoice_gateway_resumes", "fastvoice_gateway_closes",
+                     "fastvoice_connection_gateway_resumes"):
+            values = {s.labels["close_code"]: s.value for s in families[name].samples if s.name.endswith("_total")}
+            assert len(values) <= len(KNOWN_CLOSE_CODES) + 2
+            assert sum(values.values()) == 2000 and values["4015"] == 1
+            assert values["other"] == 2000 - len([c for c in KNOWN_CLOSE_CODES if 4000 <= c < 6000])
 
 
 async def test_totals_keep_the_counts_of_connections_that_went_away():
@@ -203,6 +312,48 @@ async def test_one_shot_snapshot_reads_a_conn_or_managers():
             snapshot([manager, 3])
         with pytest.raises(TypeError, match="got int"):
             Metrics(5)
+
+
+async def test_per_connection_series_are_served_only_when_asked():
+    async with VoiceServer() as server:
+        _, speakers = make_manager(server, SPEAKER)
+        _, listeners = make_manager(server, LISTENER)
+        metrics = Metrics([speakers, listeners])
+        speaker, listener = speakers.create_conn(GUILD), listeners.create_conn(GUILD)
+        other = speakers.create_conn(GUILD + 1)
+        heard = Collect()
+        listener.set_opus_frame_receiver(heard)
+        await asyncio.gather(speaker.open(CHANNEL), listener.open(CHANNEL), other.open(CHANNEL + 1))
+        speaker.set_opus_frame_provider(opus_stream(FRAMES[:5]))
+        await wait_until(lambda: len(heard.frames) >= 10 and not speaker.sender.live, 10, "stream heard")
+        await server.session_for_user(LISTENER).close(4015)
+        await wait_until(lambda: listener.session_stats.resumes == 1, what="resume")
+
+        async with await start_metrics_server(metrics, 0) as plain:
+            samples = await scrape(plain.port)
+        assert not [name for name, _ in samples if name.startswith("fastvoice_connection_")]
+        assert all("guild_id" not in dict(labels) for _, labels in samples)
+
+        async with await start_metrics_server(metrics, 0, per_connection=True) as endpoint:
+            samples = await scrape(endpoint.port)
+        g, s_, l_ = str(GUILD), str(SPEAKER), str(LISTENER)
+        sent = labelled(samples, "fastvoice_connection_frames_sent_total", "guild_id")
+        assert set(sent) == {g, str(GUILD + 1)}  # one series per connection, by guild and user
+        assert value(samples, "fastvoice_connection_frames_sent_total", guild_id=g, user_id=s_) == 10
+        assert value(samples, "fastvoice_connection_frames_sent_total", guild_id=g, user_id=l_) == 0
+        assert value(samples, "fastvoice_connection_packets_delivered_total", guild_id=g, user_id=l_) == 10
+        assert value(samples, "fastvoice_connection_ready", guild_id=str(GUILD + 1), user_id=s_) == 1
+        assert value(samples, "fastvoice_connection_dave_protocol_version", guild_id=g, user_id=l_) == 0
+        assert value(samples, "fastvoice_connection_gateway_resumes_total",
+                     guild_id=g, user_id=l_, close_code="4015") == 1
+        assert labelled(samples, "fastvoice_connection_gateway_resumes_total", "user_id") == {l_: 1}
+        # The totals keep their names and labels: per-connection series never count twice.
+        assert value(samples, "fastvoice_frames_sent_total") == 10
+        assert labelled(samples, "fastvoice_gateway_resumes_total", "close_code") == {"4015": 1}
+        assert total(samples, "fastvoice_connection_frames_sent_total") == value(samples, "fastvoice_frames_sent_total")
+        with pytest.raises(TypeError, match="per_connection must be a bool, got str"):
+            PrometheusCollector(metrics, per_connection="yes")
+        await asyncio.gather(speakers.close(), listeners.close())
 
 
 def test_metrics_needs_the_loop_outside_one():
