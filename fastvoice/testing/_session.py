@@ -20,8 +20,7 @@ from ..gateway_messages import (
     encode_message,
     encode_server_binary,
 )
-from ._keepalive import ReceivedKeepalive
-from ._recording import ReceivedPacket, RecordedMessage, Recording
+from ._recording import ReceivedKeepalive, ReceivedPacket, RecordedMessage, Recording
 
 if TYPE_CHECKING:
     from ._server import VoiceServer
