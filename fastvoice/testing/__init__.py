@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from ._dave import DaveCallGroup, DaveExternalSender, MLSDecodeError, MLSValidationError, is_dave_frame
 from ._dave_relay import DaveRelay
-from ._keepalive import KeepaliveLapse, ReceivedKeepalive
+from ._keepalive import KeepaliveLapse
 from ._main_gateway import MainGatewayStandIn
 from ._process import VoiceServerProcess
-from ._recording import Recording
+from ._recording import ReceivedKeepalive, Recording
 from ._server import (
     ReceivedPacket,
     RecordedMessage,

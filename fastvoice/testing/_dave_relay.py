@@ -7,6 +7,9 @@ each member in order, executes transitions that time out, and decides what the S
 field does to DAVE clients: late DAVE messages for some members (staggered commit processing),
 a corrupted or lost commit or welcome, a server that announces a protocol version the client
 does not speak. ``server.dave`` is the relay of a VoiceServer.
+
+The relay sits below the server: what it uses of it is :class:`DaveHost`, which the server
+satisfies (it passes itself down).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import asyncio
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..gateway_messages import (
     GatewayMessageData,
@@ -31,10 +35,9 @@ from ..gateway_messages import (
 from ._dave import DEFAULT_TRANSITION_TIMEOUT, DaveCallGroup
 
 if TYPE_CHECKING:
-    from ._server import VoiceServer
     from ._session import ServerSession
 
-__all__ = ["DaveRelay"]
+__all__ = ["DaveHost", "DaveRelay"]
 
 _log = logging.getLogger("fastvoice.testing.dave")
 
@@ -69,6 +72,23 @@ class _Outbox:
         self.task: asyncio.Task[Any] | None = None
 
 
+class DaveHost(Protocol):
+    """What :class:`DaveRelay` uses of the server (a ``VoiceServer``): the protocol version it
+    runs calls at, each call's members, and its tasks."""
+
+    @property
+    def dave_protocol_version(self) -> int: ...
+
+    @property
+    def _tasks(self) -> set[asyncio.Task[Any]]: ...
+
+    def call_members(self, guild_id: int, channel_id: int | None = None) -> list[ServerSession]: ...
+
+    def _notify(self) -> None: ...
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+
 class DaveRelay:
     """The DAVE side of a :class:`VoiceServer` (``server.dave``): call groups, delivery and fault knobs.
 
@@ -88,7 +108,7 @@ class DaveRelay:
     - :meth:`prepare_epoch`: op 24 with the current epoch (a protocol change that keeps the group).
     """
 
-    def __init__(self, server: VoiceServer) -> None:
+    def __init__(self, server: DaveHost) -> None:
         self._server = server
         #: Each call's group, by ``(guild_id, channel_id)``.
         self.groups: dict[tuple[int, int], DaveCallGroup] = {}

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
     from ._dave_relay import DaveRelay
     from ._media import MediaForwarder
-    from ._server import VoiceServer
 
 __all__ = ["GatewaySide"]
 
@@ -79,7 +78,10 @@ _CLIENT_OPS = frozenset(
 
 class GatewaySide:
     """The websocket half of :class:`VoiceServer` (which it is a base of: the knobs, the session
-    registry and the recordings it reads and writes are the server's attributes, declared here)."""
+    registry and the recordings it reads and writes are the server's attributes, declared here).
+
+    It hands itself to each :class:`ServerConnection` and :class:`ServerSession` it creates as
+    their :class:`~._session.SessionHost`, so it declares what they need of the server too."""
 
     # The server's state this side uses (set in VoiceServer.__init__).
     host: str
@@ -101,6 +103,10 @@ class GatewaySide:
     _connection_count: int
     _closing: bool
     _udp_port: int
+    # ... and what its connections and sessions use besides.
+    record_messages: int | None
+    record_message_bytes: int | None
+    record_packets: int | None
 
     if TYPE_CHECKING:
         def _notify(self) -> None: ...
@@ -111,9 +117,7 @@ class GatewaySide:
 
         def call_members(self, guild_id: int, channel_id: int | None = None) -> list[ServerSession]: ...
 
-    @property
-    def _as_server(self) -> VoiceServer:
-        return self  # type: ignore[return-value]  # GatewaySide is only ever a VoiceServer's base
+        def _udp_send(self, addr: tuple[str, int], data: bytes, faults: bool = True) -> None: ...
 
     async def _send_frame(self, conn: ServerConnection, op: int, data: Any, seq: int | None, frame: str | bytes) -> None:
         if conn._ws.closed:
@@ -136,7 +140,7 @@ class GatewaySide:
         ws = web.WebSocketResponse(max_msg_size=1024 * 1024, autoping=True, timeout=2.0)
         await ws.prepare(request)
         self._connection_count += 1
-        conn = ServerConnection(self._as_server, self._connection_count, ws, request)
+        conn = ServerConnection(self, self._connection_count, ws, request)
         self.connections.append(conn)
         if self._close_next:
             code, after, reason = self._close_next.pop(0)
@@ -314,7 +318,7 @@ class GatewaySide:
                 if old_conn is not None:
                     await old_conn.close(4014, "disconnected: session replaced")
         conn._identified = True
-        session = ServerSession(self._as_server, data, channel_id, self._new_ssrc())
+        session = ServerSession(self, data, channel_id, self._new_ssrc())
         conn.session = session
         session.connections.append(conn)
         self.sessions.append(session)

@@ -16,24 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..keepalive import is_keepalive
+from ._recording import ReceivedKeepalive
 
 if TYPE_CHECKING:
     from ._session import ServerSession
 
-__all__ = ["KeepaliveLapse", "ReceivedKeepalive"]
+__all__ = ["KeepaliveLapse", "KeepaliveWatch"]
 
 _log = logging.getLogger("fastvoice.testing")
-
-
-@dataclass(slots=True)
-class ReceivedKeepalive:
-    """One UDP keepalive the server received: its ``counter`` (u32 little-endian),
-    ``arrival`` (``time.monotonic()``, or the kernel's stamp with ``kernel_stamps``) and
-    the ``address`` it came from."""
-
-    counter: int
-    arrival: float
-    address: tuple[str, int]
 
 
 @dataclass(slots=True)

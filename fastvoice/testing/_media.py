@@ -6,6 +6,9 @@ in an AEAD ``_rtpsize`` mode is forwarded by the media engine (:mod:`._media_eng
 with a pure twin), which reads and sends the socket in batches; whatever it leaves, and every
 datagram while a UDP fault knob is set, takes the Python path (:meth:`datagram_received`,
 sending through ``VoiceServer._udp_send`` where the fault knobs apply).
+
+Both classes sit below the server: what they use of it is :class:`DatagramSink` and
+:class:`MediaHost`, which the server satisfies (it passes itself down).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..constants import SILENCE_AUDIO_FRAME
 from ..errors import DecryptionFailedError
@@ -28,10 +31,18 @@ from ._recording import ReceivedPacket, Recording, RejectedDatagram
 from ._stamps import kernel_receive_clock
 
 if TYPE_CHECKING:
-    from ._server import VoiceServer
+    from ._dave_relay import DaveRelay
+    from ._keepalive import KeepaliveWatch
     from ._session import ServerSession
 
-__all__ = ["MediaForwarder", "MediaProtocol", "build_ip_discovery_reply", "build_rtcp_receiver_report"]
+__all__ = [
+    "DatagramSink",
+    "MediaForwarder",
+    "MediaHost",
+    "MediaProtocol",
+    "build_ip_discovery_reply",
+    "build_rtcp_receiver_report",
+]
 
 _log = logging.getLogger("fastvoice.testing")
 
@@ -41,11 +52,57 @@ def build_rtcp_receiver_report(ssrc: int) -> bytes:
     return struct.pack(">BBHI", 0x80, 201, 1, ssrc & 0xFFFFFFFF)
 
 
+class DatagramSink(Protocol):
+    """What :class:`MediaProtocol` uses of the server (a ``VoiceServer``): where datagrams go."""
+
+    @property
+    def kernel_stamps(self) -> bool: ...
+
+    def _on_udp(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> None: ...
+
+
+class MediaHost(Protocol):
+    """What :class:`MediaForwarder` uses of the server (a ``VoiceServer``): its session
+    registry and call lists, the recordings it adds to, the keepalive watch, the DAVE groups,
+    the Python path's entry and the way out to clients."""
+
+    @property
+    def record_packets(self) -> int | None: ...
+
+    @property
+    def rejected_datagrams(self) -> Recording[RejectedDatagram]: ...
+
+    @property
+    def rtcp_received(self) -> Recording[tuple[tuple[str, int], bytes]]: ...
+
+    @property
+    def dave(self) -> DaveRelay: ...
+
+    @property
+    def _keepalive(self) -> KeepaliveWatch: ...
+
+    @property
+    def _by_ssrc(self) -> dict[int, ServerSession]: ...
+
+    @property
+    def _packets(self) -> dict[int, Recording[ReceivedPacket]]: ...
+
+    def call_members(self, guild_id: int, channel_id: int | None = None) -> list[ServerSession]: ...
+
+    def _notify(self) -> None: ...
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> None: ...
+
+    def _udp_send(self, addr: tuple[str, int], data: bytes, faults: bool = True) -> None: ...
+
+
 class MediaProtocol(asyncio.DatagramProtocol):
     """The server's UDP socket: hands every datagram to ``VoiceServer._on_datagram`` (with the
     kernel's receive time when ``kernel_stamps`` is on) and survives whatever arrives."""
 
-    def __init__(self, server: VoiceServer) -> None:
+    def __init__(self, server: DatagramSink) -> None:
         self.server = server
         self._stamp: Callable[[], float | None] | None = None
 
@@ -70,7 +127,7 @@ class MediaProtocol(asyncio.DatagramProtocol):
 class MediaForwarder:
     """What the server does with each datagram it receives (see the module docstring)."""
 
-    def __init__(self, server: VoiceServer, recording: str = "full", on_datagram: Any = None) -> None:
+    def __init__(self, server: MediaHost, recording: str = "full", on_datagram: Any = None) -> None:
         self._server = server
         #: ``VoiceServer._on_datagram`` as defined, to notice a hook that replaced it.
         self._on_datagram = on_datagram

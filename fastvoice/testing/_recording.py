@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, List, TypeVar
 
-__all__ = ["Recording", "RecordedMessage", "ReceivedPacket", "RejectedDatagram", "check_limit"]
+__all__ = ["Recording", "RecordedMessage", "ReceivedPacket", "ReceivedKeepalive", "RejectedDatagram", "check_limit"]
 
 _T = TypeVar("_T")
 
@@ -116,6 +116,17 @@ class ReceivedPacket:
     timestamp: int
     opus: bytes
     marker: bool
+    arrival: float
+    address: tuple[str, int]
+
+
+@dataclass(slots=True)
+class ReceivedKeepalive:
+    """One UDP keepalive the server received: its ``counter`` (u32 little-endian),
+    ``arrival`` (``time.monotonic()``, or the kernel's stamp with ``kernel_stamps``) and
+    the ``address`` it came from."""
+
+    counter: int
     arrival: float
     address: tuple[str, int]
 

@@ -1,5 +1,9 @@
 """The test server's two kinds of peers: a websocket connection and the voice session it
-identified or resumed (which outlives the connection, for resumes)."""
+identified or resumed (which outlives the connection, for resumes).
+
+Both sit below the server: what they use of it is :class:`SessionHost`, which the server
+satisfies (it passes itself down when a client connects).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import collections
 import secrets
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -20,13 +25,32 @@ from ..gateway_messages import (
     encode_message,
     encode_server_binary,
 )
-from ._keepalive import ReceivedKeepalive
-from ._recording import ReceivedPacket, RecordedMessage, Recording
+from ._recording import ReceivedKeepalive, ReceivedPacket, RecordedMessage, Recording
 
-if TYPE_CHECKING:
-    from ._server import VoiceServer
+__all__ = ["ServerConnection", "ServerSession", "SessionHost"]
 
-__all__ = ["ServerConnection", "ServerSession"]
+
+class SessionHost(Protocol):
+    """What a connection and a session use of the server that owns them (a ``VoiceServer``)."""
+
+    @property
+    def record_messages(self) -> int | None: ...
+
+    @property
+    def record_message_bytes(self) -> int | None: ...
+
+    @property
+    def record_packets(self) -> int | None: ...
+
+    def _notify(self) -> None: ...
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    async def _send_frame(
+        self, conn: ServerConnection, op: int, data: Any, seq: int | None, frame: str | bytes
+    ) -> None: ...
+
+    def _udp_send(self, addr: tuple[str, int], data: bytes, faults: bool = True) -> None: ...
 
 
 def _message_size(message: RecordedMessage) -> int:
@@ -37,7 +61,7 @@ class ServerConnection:
     """One websocket connection; ``messages`` records its frames both ways, in order (the
     newest, within the server's ``record_messages`` and ``record_message_bytes``)."""
 
-    def __init__(self, server: VoiceServer, number: int, ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, server: SessionHost, number: int, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.server = server
         #: 1, 2, 3... in order of arrival.
         self.number = number
@@ -142,7 +166,7 @@ class ServerConnection:
 class ServerSession:
     """One voice session: survives resumes; owns the SSRC, key, mode and the resume buffer."""
 
-    def __init__(self, server: VoiceServer, identify: GatewayMessageDataIdentify, channel_id: int, ssrc: int) -> None:
+    def __init__(self, server: SessionHost, identify: GatewayMessageDataIdentify, channel_id: int, ssrc: int) -> None:
         self.server = server
         self.guild_id = identify.guild_id
         self.user_id = identify.user_id
