@@ -445,9 +445,9 @@ cdef class Depacketizer:
         cdef int outcome
         return self._dispatch_buffer(datagram, table, &outcome)
 
-    def dispatch_outcome(self, datagram, SSRCTable table not None):
-        """``dispatch``, saying what happened: ``(DispatchOutcome, Packet or None)``
-        (see ``fastvoice._rtp_py.Depacketizer.dispatch_outcome``)."""
+    def dispatch_outcome(self, datagram, SSRCTable table):
+        """``dispatch``, saying what happened: ``(DispatchOutcome, Packet or None)``; ``table``
+        None routes nothing (see ``fastvoice._rtp_py.Depacketizer.dispatch_outcome``)."""
         cdef int outcome = NOT_AUDIO
         packet = self._dispatch_buffer(datagram, table, &outcome)
         return _OUTCOMES[outcome], packet
