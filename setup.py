@@ -27,6 +27,7 @@ REQUIRE_EXTENSIONS = _flag("FASTVOICE_REQUIRE_EXTENSIONS") and not NO_EXTENSIONS
 
 EXTENSION_MODULES = [
     "fastvoice._rtp_c",
+    "fastvoice._rtp_c_ssrc",  # the SSRC table; _rtp_c cimports it and re-exports its classes
     "fastvoice._rtp_edge_c",
     "fastvoice._opus_c",
     "fastvoice._resample_c",

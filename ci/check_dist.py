@@ -4,13 +4,17 @@
 
 Wheel: the LICENSE file, ``License-Expression: MIT`` in its metadata, the bundled clip, no
 generated C (``_rtp_c.c`` belongs in the sdist only), and compiled modules without debug
-information (no ``.debug_info`` section). Sdist: the LICENSE, the generated C (so a build
-needs no Cython), and no tests (the test suite runs from a checkout: see MANIFEST.in).
+information (no ``.debug_info`` section). Sdist: the LICENSE, each extension's .pyx and
+generated C (so a build needs no Cython) with every file its Cython includes or cimports
+(.pxi, .pxd), and no tests (the test suite runs from a checkout: see MANIFEST.in).
 Prints what it checked; exits 1 naming every problem.
 """
 
 from __future__ import annotations
 
+import ast
+import posixpath
+import re
 import struct
 import sys
 import tarfile
@@ -72,15 +76,53 @@ def check_wheel(path: str) -> list[str]:
     return problems
 
 
+_INCLUDE = re.compile(r'^include "([^"]+)"', re.M)
+_CIMPORT = re.compile(r"^(?:from|cimport) (fastvoice(?:\.\w+)+)(?: cimport|$)", re.M)
+
+
+def build_inputs_missing(files: dict[str, str]) -> list[str]:
+    """What a build from these files (path -> text of every .pyx/.pxd/.pxi, and setup.py)
+    lacks: a .pyx or the generated C of a module setup.py's ``EXTENSION_MODULES`` lists, or
+    a file a Cython source includes (``include "x.pxi"``) or cimports (``fastvoice.x``)."""
+    missing = []
+    tree = ast.parse(files.get("setup.py", ""))
+    modules: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXTENSION_MODULES" for t in node.targets):
+            modules = list(ast.literal_eval(node.value))
+    if not modules:
+        missing.append("setup.py with its EXTENSION_MODULES")
+    for module in modules:
+        stem = module.replace(".", "/")
+        missing += [f"{stem}{ext}" for ext in (".pyx", ".c") if f"{stem}{ext}" not in files]
+    for name, text in files.items():
+        if not name.endswith((".pyx", ".pxd", ".pxi")):
+            continue
+        folder = posixpath.dirname(name)
+        needed = [posixpath.normpath(posixpath.join(folder, inc)) for inc in _INCLUDE.findall(text)]
+        needed += [module.replace(".", "/") + ".pxd" for module in _CIMPORT.findall(text)]
+        missing += [f"{need} (needed by {name})" for need in needed if need not in files]
+    return missing
+
+
 def check_sdist(path: str) -> list[str]:
     problems = []
+    files: dict[str, str] = {}
     with tarfile.open(path) as sdist:
-        names = [n.split("/", 1)[1] for n in sdist.getnames() if "/" in n]
+        for member in sdist.getmembers():
+            if "/" not in member.name:
+                continue
+            name = member.name.split("/", 1)[1]
+            text = ""
+            if member.isfile() and (name.endswith((".pyx", ".pxd", ".pxi")) or name == "setup.py"):
+                text = sdist.extractfile(member).read().decode("utf-8", "replace")  # type: ignore[union-attr]
+            files[name] = text
+    names = list(files)
     if "LICENSE" not in names:
         problems.append("sdist: no LICENSE")
-    for generated in ("fastvoice/_rtp_c.c", "fastvoice/testing/_media_c.c"):
-        if generated not in names:
-            problems.append(f"sdist: no {generated} (a build without Cython needs it)")
+    # A build from the sdist compiles every extension: from the generated C, or (with Cython)
+    # from the .pyx with what it includes and cimports.
+    problems += [f"sdist: no {missing} (a build from the sdist needs it)" for missing in build_inputs_missing(files)]
     shipped_tests = [n for n in names if n.startswith("tests/") or n == "conftest.py"]
     if shipped_tests:
         problems.append(f"sdist: ships tests it cannot run without the repository: {shipped_tests[:5]}")

@@ -36,7 +36,7 @@ Uses atheris (coverage of the pure-Python code guides it) when it is installed
 (``pip install -e ".[test,fuzz]"``), else a seeded random mutator over the corpus.
 
 ``--native`` adds the compiled twin's own C branches to the coverage that guides atheris:
-it compiles the Cython-generated C of ``fastvoice._rtp_c`` with clang's
+it compiles the Cython-generated C of ``fastvoice._rtp_c`` (and ``_rtp_c_ssrc``) with clang's
 ``-fsanitize=fuzzer-no-link`` (``CC``, or ``clang``/``clang-14`` on PATH; Debian: ``apt-get
 install clang``) into a copy of the package under ``.fuzz_work/native/`` and fuzzes that::
 
@@ -501,7 +501,8 @@ def native_toolchain() -> tuple[str, str, str | None]:
 
 
 def build_native() -> str:
-    """Compile an instrumented ``_rtp_c`` into a copy of the package, and a bare libFuzzer;
+    """Compile an instrumented ``_rtp_c`` (with its SSRC table ``_rtp_c_ssrc``) and ``_opus_c``
+    into a copy of the package, and a bare libFuzzer;
     return the copy's root (``libfuzzer.so`` beside the package)."""
     import shutil
     import subprocess
@@ -518,7 +519,7 @@ def build_native() -> str:
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "*.html"))
     import importlib.util
 
-    for module in ("_rtp_c", "_opus_c"):
+    for module in ("_rtp_c", "_rtp_c_ssrc", "_opus_c"):  # _rtp_c cimports _rtp_c_ssrc
         pyx = os.path.join(repo, "fastvoice", module + ".pyx")
         built = os.path.join(repo, "fastvoice", module + ".c")  # left by the package's own build
         if importlib.util.find_spec("Cython") is not None:

@@ -1,20 +1,17 @@
 # The compiled packet core's objects, declared for the compiled modules that use them in C:
 # the I/O edge (fastvoice/_rtp_edge_c.pyx) calls Depacketizer.c_dispatch per datagram.
-# The definitions are in _rtp_c.pyx; the pure twin is fastvoice/_rtp_py.py.
+# The definitions are in _rtp_c.pyx; the pure twin is fastvoice/_rtp_py.py. The SSRC table
+# is its own compiled module (_rtp_c_ssrc.pxd / .pyx), which _rtp_c re-exports.
 
 cimport cython
-from cpython.ref cimport PyObject
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint32_t
+
+from fastvoice._rtp_c_ssrc cimport SSRCEntry, SSRCTable
 
 
 cdef struct _AesState:
     void *raw           # what malloc returned
     unsigned char *ctx  # 16-byte aligned libsodium state inside ``raw``; NULL when unused
-
-
-cdef struct _Slot:
-    uint32_t key
-    PyObject *entry  # NULL marks an empty slot
 
 
 @cython.final
@@ -44,50 +41,6 @@ cdef class Packetizer:
     cdef bint _wiped
 
     cdef object _packetize(self, const unsigned char *m, Py_ssize_t mlen, bint marker)
-
-
-@cython.final
-cdef class SSRCEntry:
-    cdef public object ssrc
-    cdef public object user_id
-    cdef public object state
-    cdef readonly unsigned long long duplicates
-    cdef uint32_t _top
-    cdef uint64_t _window
-    cdef bint _seen
-    cdef uint64_t _active  # the owning table's activity stamp of its last use
-
-    cdef bint c_accept(self, uint32_t seq) noexcept
-
-
-cdef inline size_t _slot_hash(uint32_t key, size_t mask) noexcept nogil:
-    # Fibonacci hashing spreads sequential or clustered SSRCs over the table.
-    return <size_t>((<uint32_t>(key * 2654435769u)) >> 8) & mask
-
-
-cdef class SSRCTable:
-    cdef _Slot *_slots
-    cdef size_t _mask
-    cdef size_t _count
-    cdef size_t _max_entries
-    cdef uint64_t _clock
-    cdef unsigned long long _evictions
-    cdef list _victims
-
-    cdef void _release_all(self) noexcept
-    cdef inline size_t _find(self, uint32_t key) noexcept:
-        """Index of ``key``'s slot, or of the empty slot where it would go (inline: the
-        per-packet lookup's probe loop)."""
-        cdef size_t i = _slot_hash(key, self._mask)
-        while self._slots[i].entry != NULL and self._slots[i].key != key:
-            i = (i + 1) & self._mask
-        return i
-
-    cdef SSRCEntry c_lookup(self, uint32_t key)
-    cdef object _peek(self, object ssrc)
-    cdef int _grow(self) except -1
-    cdef object _delete_at(self, size_t i)
-    cdef int _evict(self) except -1
 
 
 cdef class Depacketizer:

@@ -3,14 +3,14 @@
 
 The crypto calls go straight into the libsodium that PyNaCl >= 1.6 bundles:
 function pointers are taken once, at import, from PyNaCl's cffi module, so no
-system libsodium is needed and no Python wrapper runs per packet.
+system libsodium is needed and no Python wrapper runs per packet (``_sodium.pxi``).
+The SSRC table is the compiled module ``_rtp_c_ssrc``, re-exported here.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdint cimport uint32_t, uintptr_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cimport cython
@@ -34,39 +34,14 @@ __all__ = [
 
 IMPLEMENTATION = "c"
 
+# The SSRC table (its own compiled module, cimported through _rtp_c.pxd) is part of the core's
+# API: a cimported type is not a module attribute by itself, so it is put in the namespace.
+globals().update(SSRCEntry=SSRCEntry, SSRCTable=SSRCTable)
+
 # Looked up at call time so tests can make the suffix mode's nonce deterministic.
 _urandom = os.urandom
 
-ctypedef unsigned long long ull
-
-ctypedef int (*aead_encrypt_fn)(unsigned char *c, ull *clen_p, const unsigned char *m, ull mlen,
-                                const unsigned char *ad, ull adlen, const unsigned char *nsec,
-                                const unsigned char *npub, const unsigned char *k) noexcept nogil
-ctypedef int (*aead_decrypt_fn)(unsigned char *m, ull *mlen_p, unsigned char *nsec,
-                                const unsigned char *c, ull clen, const unsigned char *ad, ull adlen,
-                                const unsigned char *npub, const unsigned char *k) noexcept nogil
-ctypedef int (*secretbox_fn)(unsigned char *c, const unsigned char *m, ull mlen,
-                             const unsigned char *n, const unsigned char *k) noexcept nogil
-ctypedef int (*int_fn)() noexcept nogil
-ctypedef size_t (*size_fn)() noexcept nogil
-ctypedef int (*beforenm_fn)(unsigned char *state, const unsigned char *k) noexcept nogil
-ctypedef void (*memzero_fn)(void *pnt, size_t len) noexcept nogil
-
-cdef aead_encrypt_fn _aes_encrypt = NULL
-cdef aead_decrypt_fn _aes_decrypt = NULL
-cdef aead_encrypt_fn _xchacha_encrypt = NULL
-cdef aead_decrypt_fn _xchacha_decrypt = NULL
-cdef secretbox_fn _secretbox_easy = NULL
-cdef secretbox_fn _secretbox_open_easy = NULL
-cdef bint _aes_available = False
-# AES-256-GCM with the key schedule expanded once per key (libsodium's *_afternm API).
-# PyNaCl's cffi module does not declare these, so they are resolved from its shared
-# object's dynamic symbols; where that fails, the one-shot functions above are used.
-cdef beforenm_fn _aes_beforenm = NULL
-cdef aead_encrypt_fn _aes_encrypt_afternm = NULL
-cdef aead_decrypt_fn _aes_decrypt_afternm = NULL
-cdef size_t _aes_state_bytes = 0
-cdef memzero_fn _memzero = NULL
+include "_sodium.pxi"
 
 # Must match the numbers in _rtp_common.
 cdef enum:
@@ -85,58 +60,7 @@ cdef enum:
 cdef tuple _OUTCOMES = common.OUTCOMES
 
 
-cdef uintptr_t _sodium_symbol(object ffi, object lib, str name) except 0:
-    try:
-        return <uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-    except (AttributeError, TypeError) as exc:
-        raise ImportError(f"PyNaCl's libsodium does not export {name} (PyNaCl >= 1.6 is required)") from exc
-
-
-cdef _load_sodium():
-    global _aes_encrypt, _aes_decrypt, _xchacha_encrypt, _xchacha_decrypt
-    global _secretbox_easy, _secretbox_open_easy, _aes_available, _memzero
-    try:
-        from nacl._sodium import ffi, lib
-    except ImportError as exc:
-        raise ImportError("PyNaCl >= 1.6 is required by the compiled packet core") from exc
-    if lib.sodium_init() < 0:
-        raise ImportError("libsodium failed to initialise (sodium_init)")
-    _aes_encrypt = <aead_encrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_aes256gcm_encrypt")
-    _aes_decrypt = <aead_decrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_aes256gcm_decrypt")
-    _xchacha_encrypt = <aead_encrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_xchacha20poly1305_ietf_encrypt")
-    _xchacha_decrypt = <aead_decrypt_fn>_sodium_symbol(ffi, lib, "crypto_aead_xchacha20poly1305_ietf_decrypt")
-    _secretbox_easy = <secretbox_fn>_sodium_symbol(ffi, lib, "crypto_secretbox_easy")
-    _secretbox_open_easy = <secretbox_fn>_sodium_symbol(ffi, lib, "crypto_secretbox_open_easy")
-    _aes_available = (<int_fn>_sodium_symbol(ffi, lib, "crypto_aead_aes256gcm_is_available"))() == 1
-    _memzero = <memzero_fn>_sodium_symbol(ffi, lib, "sodium_memzero")
-    _load_aes_precomputed()
-
-
-cdef _load_aes_precomputed():
-    global _aes_beforenm, _aes_encrypt_afternm, _aes_decrypt_afternm, _aes_state_bytes
-    import ctypes
-    import nacl._sodium
-    try:
-        so = ctypes.CDLL(nacl._sodium.__file__)
-        names = ("crypto_aead_aes256gcm_beforenm", "crypto_aead_aes256gcm_encrypt_afternm",
-                 "crypto_aead_aes256gcm_decrypt_afternm", "crypto_aead_aes256gcm_statebytes")
-        addrs = [ctypes.cast(getattr(so, n), ctypes.c_void_p).value for n in names]
-    except (OSError, AttributeError, TypeError):
-        return  # not exported by this build: the one-shot AES functions are used
-    if not all(addrs):
-        return
-    _aes_state_bytes = (<size_fn><uintptr_t>addrs[3])()
-    if _aes_state_bytes == 0 or _aes_state_bytes > 4096:
-        _aes_state_bytes = 0
-        return
-    _aes_beforenm = <beforenm_fn><uintptr_t>addrs[0]
-    _aes_encrypt_afternm = <aead_encrypt_fn><uintptr_t>addrs[1]
-    _aes_decrypt_afternm = <aead_decrypt_fn><uintptr_t>addrs[2]
-
-
-_load_sodium()
-
-
+_load_sodium("the compiled packet core", precomputed_aes=True)
 
 
 cdef int _aes_state_init(_AesState *st, const unsigned char *key) except -1:
@@ -521,9 +445,9 @@ cdef class Depacketizer:
         cdef int outcome
         return self._dispatch_buffer(datagram, table, &outcome)
 
-    def dispatch_outcome(self, datagram, SSRCTable table not None):
-        """``dispatch``, saying what happened: ``(DispatchOutcome, Packet or None)``
-        (see ``fastvoice._rtp_py.Depacketizer.dispatch_outcome``)."""
+    def dispatch_outcome(self, datagram, SSRCTable table):
+        """``dispatch``, saying what happened: ``(DispatchOutcome, Packet or None)``; ``table``
+        None routes nothing (see ``fastvoice._rtp_py.Depacketizer.dispatch_outcome``)."""
         cdef int outcome = NOT_AUDIO
         packet = self._dispatch_buffer(datagram, table, &outcome)
         return _OUTCOMES[outcome], packet
@@ -703,251 +627,6 @@ cdef class Depacketizer:
 
     def __repr__(self):
         return f"Depacketizer(mode={self._mode.value!r})"
-
-
-@cython.final
-cdef class SSRCEntry:
-    """One row of the SSRC dispatch table: the SSRC, its user and per-user receiver state
-    (see ``fastvoice._rtp_py.SSRCEntry``)."""
-
-
-    def __init__(self, ssrc, user_id, state=None):
-        self.ssrc = ssrc
-        self.user_id = user_id
-        self.state = state
-
-    def accept(self, sequence):
-        """True the first time ``sequence`` is seen within the last 64 packets; False (and
-        ``duplicates`` + 1) for a repeat."""
-        return self.c_accept(common.check_uint("sequence", sequence, 16))
-
-    cdef bint c_accept(self, uint32_t seq) noexcept:
-        cdef uint32_t ahead, behind
-        cdef uint64_t bit
-        if not self._seen:
-            self._seen = True
-            self._top = seq
-            self._window = 1
-            return True
-        ahead = (seq - self._top) & 0xFFFF
-        if ahead == 0:
-            self.duplicates += 1
-            return False
-        if ahead < 0x8000:
-            self._window = (self._window << ahead) | 1 if ahead < 64 else 1
-            self._top = seq
-            return True
-        behind = (self._top - seq) & 0xFFFF
-        if behind >= 64:
-            # Far behind the window: a restarted stream, not a late copy. Start over.
-            self._top = seq
-            self._window = 1
-            return True
-        bit = (<uint64_t>1) << behind
-        if self._window & bit:
-            self.duplicates += 1
-            return False
-        self._window |= bit
-        return True
-
-    def __repr__(self):
-        return f"SSRCEntry(ssrc={self.ssrc}, user_id={self.user_id})"
-
-
-cdef class SSRCTable:
-    """SSRC -> (user id, receiver state), an open-addressing hash table keyed by the C ``uint32``.
-
-    Filled from op 5 (``set``), emptied per user on op 13 (``remove_user``). Bounded by
-    ``max_entries``: the least recently active entries are evicted (see the pure twin).
-    """
-
-
-    def __cinit__(self):
-        self._slots = <_Slot *>calloc(16, sizeof(_Slot))
-        if self._slots == NULL:
-            raise MemoryError()
-        self._mask = 15
-        self._count = 0
-        self._max_entries = common.DEFAULT_MAX_SSRCS
-        self._victims = []
-
-    def __init__(self, max_entries=common.DEFAULT_MAX_SSRCS):
-        self._max_entries = common.check_max_entries(max_entries)
-
-    @property
-    def max_entries(self):
-        """The most entries the table holds."""
-        return self._max_entries
-
-    @property
-    def evictions(self):
-        """Entries evicted because the table was full."""
-        return self._evictions
-
-    def __dealloc__(self):
-        self._release_all()
-        free(self._slots)
-
-    cdef void _release_all(self) noexcept:
-        cdef size_t i
-        if self._slots == NULL:
-            return
-        for i in range(self._mask + 1):
-            if self._slots[i].entry != NULL:
-                Py_DECREF(<object>self._slots[i].entry)
-                self._slots[i].entry = NULL
-        self._count = 0
-
-    cdef SSRCEntry c_lookup(self, uint32_t key):
-        cdef size_t i = self._find(key)
-        cdef SSRCEntry entry
-        if self._slots[i].entry == NULL:
-            return None
-        entry = <SSRCEntry>self._slots[i].entry
-        self._clock += 1
-        entry._active = self._clock
-        return entry
-
-    cdef object _peek(self, object ssrc):
-        """The entry for ``ssrc`` without marking it active, or ``None``."""
-        cdef size_t i
-        if type(ssrc) is not int or ssrc < 0 or ssrc > 0xFFFFFFFF:
-            return None
-        i = self._find(<uint32_t>ssrc)
-        if self._slots[i].entry == NULL:
-            return None
-        return <object>self._slots[i].entry
-
-    cdef int _grow(self) except -1:
-        cdef _Slot *old = self._slots
-        cdef size_t old_size = self._mask + 1
-        cdef size_t new_size = old_size * 2
-        cdef size_t i, j
-        cdef _Slot *fresh = <_Slot *>calloc(new_size, sizeof(_Slot))
-        if fresh == NULL:
-            raise MemoryError()
-        self._slots = fresh
-        self._mask = new_size - 1
-        for i in range(old_size):
-            if old[i].entry != NULL:
-                j = self._find(old[i].key)
-                self._slots[j] = old[i]
-        free(old)
-        return 0
-
-    cdef object _delete_at(self, size_t i):
-        """Remove slot ``i`` (backward-shift deletion, no tombstones) and return its entry."""
-        cdef object entry = <object>self._slots[i].entry
-        Py_DECREF(entry)  # the table's reference; ``entry`` holds its own
-        self._slots[i].entry = NULL
-        self._count -= 1
-        cdef size_t hole = i
-        cdef size_t j = (i + 1) & self._mask
-        cdef size_t home
-        while self._slots[j].entry != NULL:
-            home = _slot_hash(self._slots[j].key, self._mask)
-            # Move j into the hole if its home is not in the (cyclic) range (hole, j].
-            if ((j - home) & self._mask) >= ((j - hole) & self._mask):
-                self._slots[hole] = self._slots[j]
-                self._slots[j].entry = NULL
-                hole = j
-            j = (j + 1) & self._mask
-        return entry
-
-    def set(self, ssrc, user_id, state=None):
-        """Map ``ssrc`` to ``user_id`` and return its entry (same rules as the pure twin)."""
-        cdef uint32_t key = common.check_uint("ssrc", ssrc, 32)
-        common.check_uint("user_id", user_id, 64)
-        cdef size_t i = self._find(key)
-        cdef SSRCEntry entry
-        self._clock += 1
-        if self._slots[i].entry != NULL:
-            entry = <SSRCEntry>self._slots[i].entry
-            if entry.user_id == user_id:
-                entry._active = self._clock
-                return entry
-            Py_DECREF(entry)
-            self._slots[i].entry = NULL
-            self._count -= 1
-        entry = SSRCEntry(ssrc, user_id, state)
-        entry._active = self._clock
-        Py_INCREF(entry)
-        self._slots[i].key = key
-        self._slots[i].entry = <PyObject *>entry
-        self._count += 1
-        if self._count > self._max_entries:
-            self._evict()
-        if self._count * 2 > self._mask + 1:
-            self._grow()
-        return entry
-
-    cdef int _evict(self) except -1:
-        cdef size_t i
-        cdef uint64_t stamp
-        cdef uint32_t key
-        while self._count > self._max_entries:
-            if not self._victims:
-                stamps = []
-                for i in range(self._mask + 1):
-                    if self._slots[i].entry != NULL:
-                        stamps.append(((<SSRCEntry>self._slots[i].entry)._active, self._slots[i].key))
-                self._victims = common.eviction_candidates(stamps, self._max_entries)
-            stamp, key = self._victims.pop()
-            i = self._find(key)
-            # Evicted only if unused (and not replaced) since it was picked.
-            if self._slots[i].entry != NULL and (<SSRCEntry>self._slots[i].entry)._active == stamp:
-                self._delete_at(i)
-                self._evictions += 1
-        return 0
-
-    def lookup(self, ssrc):
-        """The entry for ``ssrc`` (marked active), or ``None`` for an unknown SSRC."""
-        if type(ssrc) is not int or ssrc < 0 or ssrc > 0xFFFFFFFF:
-            return None
-        return self.c_lookup(<uint32_t>ssrc)
-
-    def user_id(self, ssrc):
-        """The user id mapped to ``ssrc``, or ``None``."""
-        entry = self._peek(ssrc)
-        return None if entry is None else (<SSRCEntry>entry).user_id
-
-    def remove(self, ssrc):
-        """Remove ``ssrc`` and return its entry (``None`` if it was unknown)."""
-        if type(ssrc) is not int or not 0 <= ssrc <= 0xFFFFFFFF:
-            return None
-        cdef size_t i = self._find(<uint32_t>ssrc)
-        if self._slots[i].entry == NULL:
-            return None
-        return self._delete_at(i)
-
-    def remove_user(self, user_id):
-        """Remove every SSRC of ``user_id`` (op 13) and return the removed entries."""
-        removed = [e for e in self if (<SSRCEntry>e).user_id == user_id]
-        for e in removed:
-            self.remove((<SSRCEntry>e).ssrc)
-        return removed
-
-    def clear(self):
-        """Remove every entry."""
-        self._release_all()
-        self._victims = []
-
-    def __len__(self):
-        return self._count
-
-    def __contains__(self, ssrc):
-        return self._peek(ssrc) is not None
-
-    def __iter__(self):
-        cdef size_t i
-        entries = []
-        for i in range(self._mask + 1):
-            if self._slots[i].entry != NULL:
-                entries.append(<object>self._slots[i].entry)
-        return iter(entries)
-
-    def __repr__(self):
-        return f"SSRCTable({self._count} entries)"
 
 
 def _uses_precomputed_aes():

@@ -13,7 +13,8 @@ from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZ
 
 cimport cython
 
-from fastvoice._rtp_c cimport Depacketizer, Packet, SSRCTable
+from fastvoice._rtp_c cimport Depacketizer, Packet
+from fastvoice._rtp_c_ssrc cimport SSRCTable
 
 from .errors import DecryptionFailedError
 

@@ -176,7 +176,7 @@ class DatagramRouter:
             self.ignored += 1
             return
         try:
-            outcome, packet = dep._dispatch(data, self._table)  # the core's one route
+            outcome, packet = dep.dispatch_outcome(data, self._table)  # the core's one route
         except DecryptionFailedError as exc:
             self.decrypt_failures += 1
             self.logger.debug("dropped a voice packet: %s", exc)

@@ -346,22 +346,22 @@ class Depacketizer:
         """
         if not isinstance(table, SSRCTable):
             raise TypeError(f"table must be an SSRCTable, got {type(table).__name__}")
-        return self._dispatch(datagram, table)[1]
+        return self.dispatch_outcome(datagram, table)[1]
 
-    def dispatch_outcome(self, datagram: bytes, table: SSRCTable) -> tuple[DispatchOutcome, Packet | None]:
+    def dispatch_outcome(self, datagram: bytes, table: SSRCTable | None) -> tuple[DispatchOutcome, Packet | None]:
         """:meth:`dispatch`, saying what happened: ``(outcome, packet or None)``.
 
         ``(ROUTED, packet)`` for a mapped SSRC (``user_id`` set), ``(UNMAPPED, packet)`` for an
         SSRC not in ``table``, ``(DUPLICATE, None)`` for a repeat and ``(NOT_AUDIO, None)`` for
         anything that is not RTP audio (see :class:`DispatchOutcome`). The datagram is
-        decrypted once, whatever the outcome.
+        decrypted once, whatever the outcome. With ``table`` ``None`` nothing is routed: audio
+        comes back ``(UNMAPPED, packet)`` with ``user_id`` ``None`` and no duplicate window
+        applies (the receive router's route without a table). This is the one route of a
+        datagram: :class:`~fastvoice.rtp.DatagramRouter` calls it for each one.
         """
-        if not isinstance(table, SSRCTable):
-            raise TypeError(f"table must be an SSRCTable, got {type(table).__name__}")
-        return self._dispatch(datagram, table)
-
-    def _dispatch(self, datagram: bytes, table: SSRCTable | None) -> tuple[DispatchOutcome, Packet | None]:
-        # The one route of a datagram (the router calls it too); ``table`` None: no routing.
+        # The class is compared first, so a valid table costs no extra call per datagram.
+        if table is not None and table.__class__ is not SSRCTable and not isinstance(table, SSRCTable):
+            raise TypeError(f"table must be an SSRCTable or None, got {type(table).__name__}")
         packet = self._depacketize(datagram)
         if packet is None:
             return _NOT_AUDIO, None

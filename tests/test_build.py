@@ -126,23 +126,69 @@ def _check_dist():
     return module
 
 
+def _extension_modules() -> list[str]:
+    import ast
+
+    for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXTENSION_MODULES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("setup.py has no EXTENSION_MODULES")
+
+
+def test_every_cython_module_is_built():
+    # A .pyx that setup.py does not list would silently never be compiled.
+    pyx = {p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".") for p in (ROOT / "fastvoice").rglob("*.pyx")}
+    assert set(_extension_modules()) == pyx
+    assert "fastvoice._rtp_c_ssrc" in pyx
+
+
+def test_the_sdist_check_names_what_a_build_from_it_lacks():
+    check = _check_dist()
+    setup = "EXTENSION_MODULES = ['fastvoice._a', 'fastvoice.sub._b']\n"
+    files = {
+        "setup.py": setup,
+        "fastvoice/_a.pyx": 'from fastvoice._d cimport X\ninclude "_s.pxi"\n',
+        "fastvoice/_a.c": "",
+        "fastvoice/sub/_b.pyx": 'include "../_s.pxi"\n',
+    }
+    assert sorted(check.build_inputs_missing(files)) == [
+        "fastvoice/_d.pxd (needed by fastvoice/_a.pyx)",
+        "fastvoice/_s.pxi (needed by fastvoice/_a.pyx)",
+        "fastvoice/_s.pxi (needed by fastvoice/sub/_b.pyx)",
+        "fastvoice/sub/_b.c",
+    ]
+    files.update({"fastvoice/_d.pxd": "cimport cython\n", "fastvoice/_s.pxi": "", "fastvoice/sub/_b.c": ""})
+    assert check.build_inputs_missing(files) == []
+    assert check.build_inputs_missing({}) == ["setup.py with its EXTENSION_MODULES"]
+
+
 @pytest.mark.skipif(NO_EXTENSIONS, reason="builds the compiled wheel")
-def test_wheel_has_the_license_and_neither_generated_c_nor_debug_info(tmp_path):
+def test_sdist_builds_the_wheel_which_has_the_license_and_neither_generated_c_nor_debug_info(tmp_path):
+    # As CI builds it: the sdist first, then the wheel from the sdist alone (so the sdist must
+    # carry everything the compiled modules are built from: .pyx, .pxd, .pxi, generated C).
     source = _clean_source(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
+    code = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sdist")], cwd=source, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    sdist = tmp_path / "sdist" / run.stdout.split()[-1]
+    check = _check_dist()
+    assert check.check_sdist(str(sdist)) == []
     env["FASTVOICE_REQUIRE_EXTENSIONS"] = "1"
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(source)],
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(sdist)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("fastvoice-*.whl")
-    check = _check_dist()
     assert check.check_wheel(str(wheel)) == []
     with zipfile.ZipFile(wheel) as built:
         names = built.namelist()
-    # Every compiled twin is in the wheel, the local server's media engine too, with its .pyx.
-    for module in ("fastvoice/_rtp_c", "fastvoice/testing/_media_c"):
-        assert any(n.startswith(module + ".") and n.endswith(".so") for n in names), (module, names)
+    # Every compiled module is in the wheel, the local server's media engine too, with its .pyx.
+    for module in _extension_modules():
+        path = module.replace(".", "/")
+        assert any(n.startswith(path + ".") and n.endswith(".so") for n in names), (module, names)
     assert "fastvoice/testing/_media_c.pyx" in names and "fastvoice/testing/_media_c.c" not in names
+    assert "fastvoice/_sodium.pxi" in names and "fastvoice/_rtp_c_ssrc.pxd" in names
     # The checker itself sees debug information where there is some: an object built with -g.
     if shutil.which("cc"):
         (tmp_path / "x.c").write_text("int f(int x) { return x + 1; }\n")

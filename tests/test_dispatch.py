@@ -346,6 +346,47 @@ def test_dispatch_outcome_says_what_happened(rtp):
     assert table.lookup(1111).duplicates == 1
 
 
+def test_dispatch_outcome_without_a_table_routes_nothing(rtp):
+    # ``table`` None is the router's route without a table: audio comes back unrouted, every
+    # copy of it (no duplicate window), and anything else is still NOT_AUDIO.
+    dep = rtp.Depacketizer(XCHACHA, KEY)
+    a, = _stream(rtp, XCHACHA, 1111, [7])
+    outcome = rtp.DispatchOutcome
+    for _ in range(2):
+        got = dep.dispatch_outcome(a, None)
+        assert got[0] is outcome.UNMAPPED and (got[1].ssrc, got[1].sequence, got[1].user_id) == (1111, 7, None)
+        assert got[1] == dep.depacketize(a)
+    assert dep.dispatch_outcome(b"\x81\xc8" + bytes(30), None) == (outcome.NOT_AUDIO, None)
+    with pytest.raises(TypeError):
+        dep.dispatch(a, None)  # dispatch itself routes: it needs a table
+
+
+def test_the_pure_router_takes_the_core_public_route(rtp_py, monkeypatch):
+    # The pure edge reaches the core through its documented API only: each datagram goes
+    # through Depacketizer.dispatch_outcome, with the route's table (or None).
+    seen = []
+    public = rtp_py.Depacketizer.dispatch_outcome
+
+    def spy(self, datagram, table):
+        seen.append((datagram, table))
+        return public(self, datagram, table)
+
+    monkeypatch.setattr(rtp_py.Depacketizer, "dispatch_outcome", spy)
+    delivered = []
+    table = rtp_py.SSRCTable()
+    table.set(1111, 42)
+    router = rtp_py.DatagramRouter(None, 4096, _Log())
+    router.route(rtp_py.Depacketizer(XCHACHA, KEY), table, delivered.append)
+    a, b = _stream(rtp_py, XCHACHA, 1111, [1, 2])
+    router.datagram_received(a, ("h", 1))
+    router.datagram_received(a, ("h", 1))
+    router.route(rtp_py.Depacketizer(XCHACHA, KEY), None, delivered.append)
+    router.datagram_received(b, ("h", 1))
+    assert seen == [(a, table), (a, table), (b, None)]
+    assert [(p.sequence, p.user_id) for p in delivered] == [(1, 42), (2, None)]
+    assert router.duplicates == 1
+
+
 def test_router_decrypts_a_duplicate_once(rtp):
     # Telling a repeat from non-audio must not take a second decryption: the router reads
     # dispatch's outcome. (A subclass sees every call of the public depacketize.)

@@ -143,8 +143,10 @@ def test_documented_signature_matches_the_code(name, documented):
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):
-        # A compiled class: its pure-Python twin is the typed source of truth.
-        signature = inspect.signature(getattr(importlib.import_module(re.sub(r"_c$", "_py", obj.__module__)), name))
+        # A compiled class: its pure-Python twin is the typed source of truth (``_x_c`` has
+        # ``_x_py``, ``_x_c_part`` has ``_x_py_part``).
+        twin = re.sub(r"_c(?=_|$)", "_py", obj.__module__, count=1)
+        signature = inspect.signature(getattr(importlib.import_module(twin), name))
     actual = [p for p in signature.parameters if p != "self"]
     forms = [actual] if documented == actual else [actual] + _overload_forms(obj)
     if documented not in forms and any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):

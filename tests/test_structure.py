@@ -24,10 +24,25 @@ def modules(*subpackages):
         yield from sorted((PACKAGE / sub).glob("*.py"))
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+#: What counts as a module's source: Python, and the Cython of the compiled twins (with their
+#: declarations and include files).
+SOURCES = (".py", ".pyx", ".pxd", ".pxi")
+
+
+def sources():
+    return sorted(p for p in PACKAGE.rglob("*") if p.suffix in SOURCES and p.is_file())
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_module_is_at_most_700_lines(path):
     lines = path.read_text().count("\n")
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines; split it by concept"
+
+
+def test_the_size_check_sees_the_compiled_twins():
+    found = {p.relative_to(PACKAGE).as_posix() for p in sources()}
+    assert {"_rtp_c.pyx", "_rtp_c.pxd", "_rtp_c_ssrc.pyx", "_rtp_c_ssrc.pxd", "_sodium.pxi",
+            "testing/_media_c.pyx"} <= found
 
 
 def function_local_imports(path):

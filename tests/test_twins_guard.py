@@ -63,6 +63,26 @@ def test_edge_twins_expose_same_names_and_signatures(rtp_c, rtp_py):
         assert getattr(router_c, attr) == getattr(router_py, attr), attr
 
 
+def test_ssrc_table_twins_expose_same_names_and_signatures(rtp_c, rtp_py):
+    # The SSRC table is a module of its own in each twin (_rtp_c_ssrc / _rtp_py_ssrc); the
+    # core modules re-export its classes, so both routes name the very same objects.
+    import fastvoice._rtp_c_ssrc as ssrc_c
+    import fastvoice._rtp_py_ssrc as ssrc_py
+
+    assert _public(ssrc_c) == _public(ssrc_py) == ["SSRCEntry", "SSRCTable"]
+    for name in ssrc_py.__all__:
+        assert getattr(rtp_c, name) is getattr(ssrc_c, name), name
+        assert getattr(rtp_py, name) is getattr(ssrc_py, name), name
+        c_cls, py_cls = getattr(ssrc_c, name), getattr(ssrc_py, name)
+        public = {m for m in dir(py_cls) if not m.startswith("_")}
+        assert {m for m in dir(c_cls) if not m.startswith("_")} == public, name
+        for meth in sorted(public):
+            py_attr = getattr(py_cls, meth)
+            if callable(py_attr) and not isinstance(py_attr, property):
+                assert _params(getattr(c_cls, meth)) == _params(py_attr), f"{name}.{meth}"
+    # (The constructors are compared call by call in test_twins_same_constructors.)
+
+
 def test_the_core_twins_hold_no_io():
     # Sockets, syscalls, logging and the event loop belong to the I/O edge and above; the
     # packet core is bytes in, bytes or packets out. (Docstrings and comments are left out.)
@@ -70,7 +90,8 @@ def test_the_core_twins_hold_no_io():
 
     forbidden = re.compile(r"\b(socket|asyncio|logging|logger|os\.write|_os_write|send|sendto|recv|MSG_\w+)\b")
     root = Path(fastvoice.__file__).parent
-    for name in ("_rtp_c.pyx", "_rtp_py.py", "_rtp_py_ssrc.py", "_rtp_common.py"):
+    for name in ("_rtp_c.pyx", "_rtp_c_ssrc.pyx", "_rtp_c_ssrc.pxd", "_sodium.pxi", "_rtp_py.py", "_rtp_py_ssrc.py",
+                 "_rtp_common.py"):
         text = re.sub(r'"""[\s\S]*?"""', "", (root / name).read_text())
         code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
         found = sorted(set(forbidden.findall(code)))
@@ -185,10 +206,12 @@ def test_env_switch_on_reimport(rtp_c):
     assert _implementation_in_subprocess(FASTVOICE_NO_EXTENSIONS="0") == ["True", "fastvoice._rtp_c"]
 
 
-def test_require_without_compiled_twin_fails():
-    # Make the compiled twin unimportable (a None entry in sys.modules blocks the import).
+@pytest.mark.parametrize("missing", ["fastvoice._rtp_c", "fastvoice._rtp_c_ssrc"])
+def test_require_without_compiled_twin_fails(missing):
+    # Make a compiled module of the core unimportable (a None entry in sys.modules blocks the
+    # import): without its SSRC table the compiled core cannot load either.
     code = (
-        "import sys; sys.modules['fastvoice._rtp_c'] = None; import fastvoice; "
+        f"import sys; sys.modules[{missing!r}] = None; import fastvoice; "
         "print(fastvoice.speedups_enabled(), fastvoice.Packet.__module__)"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVOICE_")}
@@ -259,3 +282,24 @@ def test_require_without_compiled_opus_twin_fails():
     required = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert required.returncode != 0
     assert "compiled Opus decoder fastvoice._opus_c" in required.stderr
+
+
+# ------------------------------------------------------------------ libsodium in the compiled modules
+
+
+def test_libsodium_loading_is_written_once():
+    # The function pointers are taken in one place, fastvoice/_sodium.pxi, which each compiled
+    # module that calls libsodium includes (a copy of the loader could drift from it).
+    import re
+
+    root = Path(fastvoice.__file__).parent
+    sources = sorted(p for p in root.rglob("*") if p.suffix in (".pyx", ".pxd", ".pxi"))
+    loaders = [p.relative_to(root).as_posix() for p in sources if "ffi.addressof" in p.read_text()]
+    assert loaders == ["_sodium.pxi"]
+    includes = re.compile(r'^include "((?:\.\./)*)_sodium\.pxi"$', re.M)
+    users = {p.relative_to(root).as_posix() for p in sources if includes.search(p.read_text())}
+    assert users == {"_rtp_c.pyx", "testing/_media_c.pyx"}
+    for user in users:  # the relative path reaches the one file
+        up = includes.search((root / user).read_text()).group(1)
+        assert ((root / user).parent / up / "_sodium.pxi").resolve() == root / "_sodium.pxi"
+

@@ -5,7 +5,8 @@ for the behaviour, which this twin matches byte for byte).
 It reads the server's UDP socket in batches (``recvmmsg``) and sends in batches
 (``sendmmsg``) on Linux; elsewhere it loops over ``recvmsg``/``sendmsg``. The crypto
 calls go straight into the libsodium PyNaCl bundles, through function pointers taken
-once at import from PyNaCl's cffi module (as the compiled packet core does).
+once at import from PyNaCl's cffi module (``fastvoice/_sodium.pxi``, which the compiled
+packet core includes too).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -25,16 +26,7 @@ __all__ = ["IMPLEMENTATION", "MediaEngine", "RECORDING_MODES", "NONCE_START", "M
 
 IMPLEMENTATION = "c"
 
-ctypedef unsigned long long ull
-
-ctypedef int (*aead_encrypt_fn)(unsigned char *c, ull *clen_p, const unsigned char *m, ull mlen,
-                                const unsigned char *ad, ull adlen, const unsigned char *nsec,
-                                const unsigned char *npub, const unsigned char *k) noexcept nogil
-ctypedef int (*aead_decrypt_fn)(unsigned char *m, ull *mlen_p, unsigned char *nsec,
-                                const unsigned char *c, ull clen, const unsigned char *ad, ull adlen,
-                                const unsigned char *npub, const unsigned char *k) noexcept nogil
-ctypedef int (*int_fn)() noexcept nogil
-ctypedef void (*memzero_fn)(void *pnt, size_t len) noexcept nogil
+include "../_sodium.pxi"
 
 cdef extern from *:
     """
@@ -125,38 +117,7 @@ NONCE_START = _NONCE_START_PY
 MAX_FAST_DATAGRAM = _MAX_FAST_PY
 assert MAX_FAST_DATAGRAM == FAST_MAX
 
-cdef aead_encrypt_fn _aes_encrypt = NULL
-cdef aead_decrypt_fn _aes_decrypt = NULL
-cdef aead_encrypt_fn _xchacha_encrypt = NULL
-cdef aead_decrypt_fn _xchacha_decrypt = NULL
-cdef memzero_fn _memzero = NULL
-cdef bint _aes_ok = False
-
-
-cdef uintptr_t _symbol(object ffi, object lib, str name) except 0:
-    try:
-        return <uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-    except (AttributeError, TypeError) as exc:
-        raise ImportError(f"PyNaCl's libsodium does not export {name} (PyNaCl >= 1.6 is required)") from exc
-
-
-cdef _load():
-    global _aes_encrypt, _aes_decrypt, _xchacha_encrypt, _xchacha_decrypt, _memzero, _aes_ok
-    try:
-        from nacl._sodium import ffi, lib
-    except ImportError as exc:
-        raise ImportError("PyNaCl >= 1.6 is required by the compiled media engine") from exc
-    if lib.sodium_init() < 0:
-        raise ImportError("libsodium failed to initialise (sodium_init)")
-    _aes_encrypt = <aead_encrypt_fn>_symbol(ffi, lib, "crypto_aead_aes256gcm_encrypt")
-    _aes_decrypt = <aead_decrypt_fn>_symbol(ffi, lib, "crypto_aead_aes256gcm_decrypt")
-    _xchacha_encrypt = <aead_encrypt_fn>_symbol(ffi, lib, "crypto_aead_xchacha20poly1305_ietf_encrypt")
-    _xchacha_decrypt = <aead_decrypt_fn>_symbol(ffi, lib, "crypto_aead_xchacha20poly1305_ietf_decrypt")
-    _memzero = <memzero_fn>_symbol(ffi, lib, "sodium_memzero")
-    _aes_ok = (<int_fn>_symbol(ffi, lib, "crypto_aead_aes256gcm_is_available"))() == 1
-
-
-_load()
+_load_sodium("the compiled media engine", precomputed_aes=False)
 
 _AES = "aead_aes256_gcm_rtpsize"
 _XCHACHA = "aead_xchacha20_poly1305_rtpsize"
@@ -316,7 +277,7 @@ cdef class MediaEngine:
         s.owner = owner
         s.call = call
         foreign = (key is None or len(key) != 32 or mode not in (_AES, _XCHACHA)
-                   or (mode == _AES and not _aes_ok))
+                   or (mode == _AES and not _aes_available))
         s.foreign = foreign
         s.aes = mode == _AES
         _memzero(s.key, 32)
