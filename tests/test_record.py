@@ -318,6 +318,11 @@ def test_a_user_who_leaves_and_comes_back_keeps_one_track_of_the_calls_length(tm
     rec.cleanup_user(A)
     h.play([], until=1.2)
     assert A not in h.ticks[-1].users and B in h.ticks[-1].users
+    # The tracks are opened by the writer thread: wait for it (on a loaded machine it lags).
+    for _ in range(1000):
+        if rec.users == {A, B}:
+            break
+        threading.Event().wait(0.01)
     assert rec.users == {A, B}
     h.play(stream(A, packets[60:], start_time=1.2, sequence=5000, seed=4), until=3.0)
     rec.close()
