@@ -148,3 +148,39 @@ def test_playout_summary_holds_only_with_every_frame_and_no_late_tick():
     assert playout_summary(16, [_call(skipped=1), _call()], clean)["holds"] is False
     assert playout_summary(16, [_call(), _call()], dict(clean, clock_late_ticks=1))["holds"] is False
     assert playout_summary(0, [], clean)["holds"] is False  # nothing sent proves nothing
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def _row(calls, holds, client, server=0.2, machine=None, round_=0):
+    return {"extra_info": {"calls": calls, "speakers_per_call": 4, "streams": calls * 4, "round": round_,
+                           "holds": holds, "cpu_share_of_one_core": client, "server_cpu_share_of_one_core": server,
+                           "machine_busy_cores": machine, "frames_expected": 1, "frames_decoded": 1}}
+
+
+def test_report_gives_the_largest_size_whose_every_run_held(tmp_path, capsys):
+    report = _module("report_e2e")
+    first = {"benchmarks": [_row(25, True, 0.25), _row(50, True, 0.5, machine=1.0), _row(75, False, 0.8),
+                            _row(100, False, 1.0)]}
+    second = {"benchmarks": [_row(25, True, 0.3, round_=1), _row(50, True, 0.55, round_=1),
+                             _row(75, True, 0.75, round_=1), _row(100, False, 1.0, round_=1)]}
+    paths = []
+    for number, data in enumerate((first, second)):
+        path = tmp_path / f"e2e{number}.json"
+        path.write_text(json.dumps(data))
+        paths.append(str(path))
+    rows = report.rows_of(paths)
+    assert [r["calls"] for r in rows] == [25, 25, 50, 50, 75, 75, 100, 100]
+    assert rows[2]["other_cores"] == pytest.approx(0.3)  # 1.0 busy - 0.5 client - 0.2 server
+    best = report.largest_holding(rows)
+    # 75 held once and failed once: it does not hold; 50 is the largest
+    assert best["calls"] == 50 and best["runs"] == 2 and best["speakers"] == 4
+    assert best["client_cores"] == pytest.approx(0.55) and best["calls_per_client_core"] == 90
+    assert report.smallest_failing(rows) == 75
+    report.main(paths)
+    out = capsys.readouterr().out
+    assert "| 50 x 4 | 200 |" in out
+    assert "Largest count that holds: 50 calls x 4 speakers (200 streams, 2 run(s))" in out
+    assert report.largest_holding(report.rows_of([paths[0]]))["calls"] == 50
+    assert report.largest_holding([{"calls": 5, "holds": False}]) is None
