@@ -99,6 +99,7 @@ def playout_receiver():
             self.ticks_seen = 0
             self.late = 0
             self.lags: list[float] = []
+            self.late_times: list[float] = []  # when the first late ticks were due
             self.dropped_before = self.skipped_before = 0
             self.add_listener(self._count)
 
@@ -118,6 +119,8 @@ def playout_receiver():
             self.lags.append(lag)
             if lag > FRAME:
                 self.late += 1
+                if len(self.late_times) < 20:
+                    self.late_times.append(tick.time)
             self.decoded += len(tick.speaking)
             packets = tick.packets
             for user_id in tick.speaking:
@@ -181,12 +184,26 @@ async def measure(n: int, seconds: float, playout: bool, server, closers: list) 
             for r in receivers.values():
                 r.start_measuring()
 
-    report = await common.speak(server, seconds, on_streaming)
+    report_line = await common.speak_raw(server, seconds, on_streaming)
     await asyncio.sleep(0.3)  # the last packets and ticks
     cpu = common.cpu_seconds() - window[0]
     wall = time.monotonic() - window[1]
     machine = common.machine_busy_seconds()
+    if playout:
+        # The frames still in the jitter buffers when the stream stopped play out (at most
+        # the largest playout delay, 0.4 s, plus decoding; concealment 0.1 s after): waited
+        # for before anything else runs on this loop, so that the figures' own work below
+        # delays no tick. Not in the CPU window above.
+        expected = round(seconds * 50) * n * common.speakers_per_call()
+        deadline = time.monotonic() + 2.0
+        while sum(r.decoded_packets for r in receivers.values()) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        for r in receivers.values():
+            r.measuring = False
+        clock_after = clock_counters(receivers)
     rss_after = common.rss_kib()
+    report = json.loads(report_line)
     # each stream's receiver (its call's) and user id
     streams = {key: (receivers[stream.get("guild", key)], stream["user_id"]) for key, stream in report["calls"].items()}
     arrivals = {key: r.arrivals.by_user[user] for key, (r, user) in streams.items() if user in r.arrivals.by_user}
@@ -198,16 +215,6 @@ async def measure(n: int, seconds: float, playout: bool, server, closers: list) 
                                     if machine is not None and window[2] is not None and wall else None)
     result["load_average"] = round(os.getloadavg()[0], 2)
     if playout:
-        # The frames still in the jitter buffers when the stream stopped play out (at most
-        # the largest playout delay, 0.4 s, plus decoding); not in the CPU window above.
-        deadline = time.monotonic() + 2.0
-        while (sum(r.decoded_packets for r in receivers.values()) < result["expected"]
-               and time.monotonic() < deadline):
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.1)
-        for r in receivers.values():
-            r.measuring = False
-        clock_after = clock_counters(receivers)
         calls = [{"ticks": r.ticks_seen, "late": r.late, "decoded": r.decoded, "decoded_packets": r.decoded_packets,
                   "dropped_ticks": r.dropped_ticks - r.dropped_before,
                   "skipped_ticks": r.skipped_ticks - r.skipped_before, "lags": r.lags}
@@ -215,6 +222,10 @@ async def measure(n: int, seconds: float, playout: bool, server, closers: list) 
         result["decoded"] = sum(r.decoded for r in receivers.values())  # PCM frames, concealed ones included
         result.update(common.playout_summary(
             result["expected"], calls, {k: clock_after[k] - clock_before.get(k, 0) for k in clock_after}))
+        # when the late ticks were due, in seconds after the first packet was sent (the first
+        # 20 of each call, all calls together): tells a one-off stall from steady overload
+        result["late_tick_times"] = sorted({round(t - window[1], 2) for r in receivers.values()
+                                            for t in r.late_times})[:50]
         stats = [r.stats(user) for r, user in streams.values() if user in r.users]
         result["played"] = sum(s.played for s in stats)
         result["concealed"] = sum(s.concealed for s in stats)

@@ -42,6 +42,11 @@ def machine_busy_seconds() -> float | None:
         return None
 
 
+def speakers_per_call() -> int:
+    """``FASTVOICE_BENCH_SPEAKERS`` as the server reads it (default 1)."""
+    return int(os.environ.get("FASTVOICE_BENCH_SPEAKERS", "1"))
+
+
 #: The encryption modes by their short names (the server offers only the one a run asks for).
 MODES = {"xchacha": "aead_xchacha20_poly1305_rtpsize", "aes": "aead_aes256_gcm_rtpsize"}
 
@@ -93,6 +98,13 @@ async def speak(server: asyncio.subprocess.Process, seconds: float, on_streaming
 
     ``on_streaming()`` is called when the first packet is about to leave (start the CPU
     window there)."""
+    return json.loads(await speak_raw(server, seconds, on_streaming))
+
+
+async def speak_raw(server: asyncio.subprocess.Process, seconds: float, on_streaming=None) -> bytes:
+    """:func:`speak`, returning the report's JSON line unparsed: parsing a large report (every
+    packet's send time) holds the GIL for tens of milliseconds, which a client whose receivers
+    still play the stream's last ticks parses after them."""
     server.stdin.write(f"start {seconds}\n".encode())
     await server.stdin.drain()
     line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode()
@@ -100,7 +112,7 @@ async def speak(server: asyncio.subprocess.Process, seconds: float, on_streaming
         raise RuntimeError(f"the speaking server did not start streaming: {line[:200]!r}")
     if on_streaming is not None:
         on_streaming()
-    return json.loads(await asyncio.wait_for(server.stdout.readline(), 120 + 2 * seconds))
+    return await asyncio.wait_for(server.stdout.readline(), 120 + 2 * seconds)
 
 
 def _pct(values: list[float], p: float) -> float | None:
