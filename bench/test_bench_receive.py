@@ -59,6 +59,9 @@ DISCORDJS_MAX = int(os.environ.get("FASTVOICE_BENCH_DISCORDJS_MAX", "1000"))
 DECODE_MAX = int(os.environ.get("FASTVOICE_BENCH_DECODE_MAX", "500"))
 PYCORD_PYTHON = os.environ.get("FASTVOICE_BENCH_PYCORD_PYTHON")
 DISCORDJS_DIR = os.path.join(HERE, "discordjs")
+#: Speakers per call (the server reads it; see receive_server_process.py). The peers' clients
+#: record one stream per call, so they run with one speaker only.
+SPEAKERS = int(os.environ.get("FASTVOICE_BENCH_SPEAKERS", "1"))
 
 #: contender -> (client command after the interpreter, encryption mode, FASTVOICE_NO_EXTENSIONS)
 CONTENDERS = {
@@ -133,6 +136,8 @@ def test_receive(benchmark, n, round_, contender):
 
         if not fastvoice.speedups_enabled():
             pytest.skip("compiled twin not built (or FASTVOICE_NO_EXTENSIONS=1)")
+    if SPEAKERS != 1 and contender not in ("compiled", "pure", "compiled/aes", "compiled+playout"):
+        pytest.skip(f"{contender} is measured with one speaker per call (FASTVOICE_BENCH_SPEAKERS={SPEAKERS})")
     if contender == "pure" and n > 1000:
         pytest.skip("the pure twin is measured up to 1,000 calls")
     if contender.startswith("voice-recv"):
