@@ -58,7 +58,8 @@ def capacity_warning(calls: int, cores: dict[str, float], machine_cores: int) ->
     else:
         why = f"the three processes use {total:.2f} of this machine's {machine_cores} cores"
     return textwrap.fill(
-        f"This machine is too small for {calls} calls: {why}. Expect late ticks, delayed audio and possibly lost packets; "
+        f"This machine is too small for {calls} calls: {why}. Expect late ticks, delayed audio "
+        f"and possibly lost packets; "
         f"about {fits} calls fit here.", width=92, initial_indent="  ", subsequent_indent="  ")
 
 
