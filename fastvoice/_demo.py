@@ -175,8 +175,9 @@ async def _run_calls(calls: int, seconds: float, dave: bool, in_process: bool,
         else:
             speakers = SpeakerBotProcess({"user_id": SPEAKER, "calls": setup_calls, "seconds": seconds, "dave": dave,
                                           "metrics": metrics_port is not None})
-            await speakers.start()
         try:
+            if isinstance(speakers, SpeakerBotProcess):
+                await speakers.start()
             return await _stream(calls, frames, dave, speakers, bot, view, recording, metrics_port, where,
                                  receive_drops_by_port)
         finally:
