@@ -34,6 +34,7 @@ from typing import Any
 from . import ConnConfig, GatewayConfig, Manager, OpusReader, SendClock
 from ._demo_clip import load_clip
 from .histogram import Histogram
+from .testing._process import end_child
 
 __all__ = ["LocalSpeakers", "SpeakerBot", "SpeakerBotProcess", "main"]
 
@@ -261,17 +262,7 @@ class SpeakerBotProcess:
         """End the process (close its stdin; terminate, then kill, if it lingers) and wait for it."""
         process, self._process = self._process, None
         if process is not None:
-            if process.stdin is not None and not process.stdin.is_closing():
-                process.stdin.close()
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except asyncio.TimeoutError:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 5)
-                except asyncio.TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await end_child(process, 30)
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
             self._reader = None

@@ -15,9 +15,25 @@ from .._shown import cut
 from ._dispatches import voice_dispatches
 from ._main_gateway import MainGatewayStandIn
 
-__all__ = ["VoiceServerProcess"]
+__all__ = ["VoiceServerProcess", "end_child"]
 
 _MAX_REPLY = 256 * 1024 * 1024  # one reply line (sequences of thousands of calls)
+
+
+async def end_child(process: asyncio.subprocess.Process, grace: float) -> None:
+    """End a child that stops when its stdin closes: close it, wait ``grace`` seconds, then
+    terminate, and kill after 5 more; return once it has exited."""
+    if process.stdin is not None and not process.stdin.is_closing():
+        process.stdin.close()
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except asyncio.TimeoutError:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 class VoiceServerProcess:
@@ -85,17 +101,8 @@ class VoiceServerProcess:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if process is None:
             return
-        if process.stdin is not None and not process.stdin.is_closing():
-            process.stdin.close()
         try:
-            await asyncio.wait_for(process.wait(), 10)
-        except asyncio.TimeoutError:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 5)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
+            await end_child(process, 10)
         finally:
             if self._reader is not None:
                 self._reader.cancel()

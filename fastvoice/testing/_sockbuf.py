@@ -55,6 +55,21 @@ def enlarge_receive_buffer(fd: int, size: int = DEFAULT_RECEIVE_BUFFER) -> int:
         sock.detach()
 
 
+def _udp_rows() -> list[list[str]] | None:
+    """The socket rows of ``/proc/net/udp`` and ``udp6`` (fields split; ``None`` if neither reads)."""
+    rows: list[list[str]] = []
+    found = False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                next(fh, None)  # the header
+                rows.extend(fields for fields in (line.split() for line in fh) if len(fields) >= 13)
+            found = True
+        except OSError:
+            continue
+    return rows if found else None
+
+
 def receive_drops(fd: int) -> int | None:
     """Datagrams the kernel dropped at the UDP socket ``fd`` (full receive buffer, ...).
 
@@ -65,16 +80,12 @@ def receive_drops(fd: int) -> int | None:
         inode = str(os.fstat(fd).st_ino)
     except OSError:
         return None
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table, encoding="ascii") as fh:
-                next(fh, None)  # the header
-                for line in fh:
-                    fields = line.split()
-                    if len(fields) >= 13 and fields[9] == inode:
-                        return int(fields[12])
-        except (OSError, ValueError):
-            continue
+    for fields in _udp_rows() or ():
+        if fields[9] == inode:
+            try:
+                return int(fields[12])
+            except ValueError:
+                return None
     return None
 
 
@@ -84,19 +95,14 @@ def receive_drops_by_port(ports: set[int] | frozenset[int]) -> int | None:
     One pass over ``/proc/net/udp`` (and ``udp6``) for however many sockets (a listener bot's
     thousand connections); ``None`` where those tables cannot be read.
     """
-    total, found = 0, False
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    rows = _udp_rows()
+    if rows is None:
+        return None
+    total = 0
+    for fields in rows:
         try:
-            with open(table, encoding="ascii") as fh:
-                next(fh, None)  # the header
-                for line in fh:
-                    fields = line.split()
-                    if len(fields) < 13:
-                        continue
-                    port = int(fields[1].rpartition(":")[2], 16)
-                    if port in ports:
-                        total += int(fields[12])
-            found = True
-        except (OSError, ValueError):
+            if int(fields[1].rpartition(":")[2], 16) in ports:
+                total += int(fields[12])
+        except ValueError:
             continue
-    return total if found else None
+    return total
